@@ -1,0 +1,86 @@
+"""A TCP proxy on loopback that can cut every open connection on demand.
+
+Used in front of an API server to break watch connections the way a flaky network
+or load balancer does (the TLS session ends abruptly; the server sees a reset).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+__all__ = ["TcpProxy"]
+
+
+class TcpProxy:
+    def __init__(self, *, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._stopped = threading.Event()
+        self.accepted = 0
+        self.cuts = 0
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        threading.Thread(target=self._accept_loop, name=f"proxy-{self.port}", daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self.accepted += 1
+                self._conns.update((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(src)
+            self._close(dst)
+
+    def _close(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._conns.discard(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def cut_all(self) -> int:
+        """Reset every open connection; return how many client/upstream pairs were cut."""
+        with self._lock:
+            conns = list(self._conns)
+            self.cuts += 1
+        for sock in conns:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            except OSError:
+                pass
+            self._close(sock)
+        return len(conns) // 2
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._listener.close()
+        self.cut_all()
