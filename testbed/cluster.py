@@ -377,7 +377,8 @@ class KubeHttp:
 _AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
-    "omitStages": ["RequestReceived", "ResponseStarted"],
+    # ResponseStarted is kept: a watch is only logged at that stage until it ends.
+    "omitStages": ["RequestReceived"],
     "rules": [{"level": "Metadata"}],
 }
 

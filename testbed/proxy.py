@@ -6,6 +6,7 @@ or load balancer does (the TLS session ends abruptly; the server sees a reset).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -22,6 +23,8 @@ class TcpProxy:
         self._stopped = threading.Event()
         self.accepted = 0
         self.cuts = 0
+        #: While paused, new connections are refused (closed at once): a network outage.
+        self.paused = False
 
     @property
     def url(self) -> str:
@@ -36,6 +39,9 @@ class TcpProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.paused:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
                 upstream.settimeout(None)
@@ -61,10 +67,8 @@ class TcpProxy:
     def _close(self, sock: socket.socket) -> None:
         with self._lock:
             self._conns.discard(sock)
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         sock.close()
 
     def cut_all(self) -> int:
@@ -73,12 +77,18 @@ class TcpProxy:
             conns = list(self._conns)
             self.cuts += 1
         for sock in conns:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            except OSError:
-                pass
             self._close(sock)
         return len(conns) // 2
+
+    def pause(self) -> None:
+        """Cut every connection and refuse new ones until :meth:`resume`."""
+        self.paused = True
+        self.cut_all()
+
+    def resume(self) -> None:
+        self.paused = False
 
     def stop(self) -> None:
         self._stopped.set()

@@ -1,0 +1,583 @@
+"""Informers: list, then watch, each resource of each context into the cache.
+
+The layering follows client-go's Reflector and kopf's watching module:
+
+* :meth:`ResourceInformer.run` - the infinite loop. Absorbs every failure: backs
+  off on transport errors, 429 and 5xx (re-watching from the same resourceVersion,
+  no relist), relists on 410 Gone, parks a forbidden resource and retries it
+  slowly. Ends only when asked to stop.
+* :meth:`ResourceInformer._sync_once` - one list-then-watch cycle. Lists only when
+  there is no resourceVersion to resume from; then watches until the server ends
+  the request. Absorbs nothing.
+* :meth:`ResourceInformer._watch` / ``_list`` - one request each.
+
+State machine (``InformerStatus.state``): ``starting -> listing -> watching``,
+``watching -> listing`` on 410, ``* -> backoff -> watching|listing`` on transient
+errors, ``* -> forbidden`` on 401/403, ``* -> error`` on anything else (retried
+with backoff), ``stopped`` at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from watcher.kube import JSON, PARTIAL_LIST, PARTIAL_OBJECT, ApiError, KubeClient, WatchStream
+from watcher.resources import CRD, RESOURCES, ResourceDescriptor, custom_object_descriptor
+from watcher.state import CacheStore, InformerStatus, objects
+
+log = logging.getLogger(__name__)
+
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
+
+class WatchExpired(Exception):
+    """HTTP 410 / ERROR 410: the resourceVersion is older than the server keeps."""
+
+
+class WatchBroken(Exception):
+    """An established watch broke (connection cut, reset, server gone) after it had
+    delivered events or run for a while: re-watch promptly, without exponential backoff."""
+
+
+class StreamingListUnsupported(Exception):
+    """The server refused sendInitialEvents for this resource (no watch cache, old server)."""
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter, as client-go's (0.8 s doubling to 30 s), reset
+    after ``reset_after`` seconds without a failure."""
+
+    initial: float = 0.8
+    cap: float = 30.0
+    factor: float = 2.0
+    jitter: float = 1.0
+    reset_after: float = 120.0
+    _current: float = 0.0
+    _last_failure: float = 0.0
+
+    def next_delay(self) -> float:
+        now = time.monotonic()
+        if not self._current or now - self._last_failure > self.reset_after:
+            self._current = self.initial
+        else:
+            self._current = min(self._current * self.factor, self.cap)
+        self._last_failure = now
+        return self._current * (1 + random.random() * self.jitter) if self._current < self.cap else self.cap
+
+
+@dataclass
+class InformerOptions:
+    page_size: int = 500
+    #: Server-side watch timeout is drawn from this range (client-go: 5-10 minutes),
+    #: so that thousands of watches do not all reconnect at the same moment.
+    watch_timeout_range: tuple[int, int] = (300, 600)
+    #: Client read timeout above the server's: only a dead connection exceeds it.
+    read_timeout_slack: float = 30.0
+    forbidden_retry: float = 300.0
+    streaming_list: bool = True
+    #: Events applied to the cache per transaction while a watch delivers a burst.
+    event_batch: int = 500
+    list_semaphore: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(4))
+
+
+class ResourceInformer:
+    """List-and-watch one resource of one context into the cache."""
+
+    def __init__(
+        self,
+        *,
+        client: KubeClient,
+        descriptor: ResourceDescriptor,
+        store: CacheStore,
+        options: InformerOptions,
+        resume_from: str | None = None,
+        streaming: bool = True,
+    ) -> None:
+        self.client = client
+        self.descriptor = descriptor
+        self.store = store
+        self.options = options
+        self.streaming = streaming and options.streaming_list
+        self.stop_event = threading.Event()
+        self.backoff = Backoff()
+        self.status = InformerStatus(
+            context=client.context, resource=descriptor.key, table_name=descriptor.table, state="starting"
+        )
+        # Resume: a stored resourceVersion means the cache already equals the server's
+        # state as of that RV, so we watch from it and list nothing. Only a 410 on that
+        # watch (the RV was compacted away) sends us back to listing.
+        self.resource_version: str | None = resume_from
+        #: After an expired RV, list with RV "" (a consistent read from etcd), never "0":
+        #: the watch cache that served "0" may be just as stale as what expired.
+        self._consistent_list = False
+        self._thread: threading.Thread | None = None
+        self._stream: WatchStream | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.client.context}/{self.descriptor.key}"
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name=f"informer {self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        self.status.state = state
+        self.status.resource_version = self.resource_version
+        if error is not None:
+            self.status.last_error = error
+        self.status.updated_at = time.time()
+        self.store.write_status(self.status)
+
+    # -- layer 1: the infinite loop ------------------------------------------
+
+    def run(self) -> None:
+        """Keep the cache in step with the server until stopped; absorb every failure."""
+        while not self.stop_event.is_set():
+            try:
+                self._sync_once()
+            except WatchExpired as exc:
+                log.info("%s: resourceVersion %s expired (%s); relisting", self.name, self.resource_version, exc)
+                self.resource_version = None
+                self._consistent_list = True
+                self.status.relists += 1
+            except WatchBroken as exc:
+                if self.stop_event.is_set():
+                    break
+                self.status.errors += 1
+                delay = random.uniform(0.05, 0.25)
+                log.info("%s: %s; re-watching from RV %s", self.name, exc, self.resource_version)
+                self._set_state("backoff", str(exc))
+                self.stop_event.wait(delay)
+            except ApiError as exc:
+                if self.stop_event.is_set():
+                    break
+                self.status.errors += 1
+                if exc.status in (401, 403):
+                    log.warning("%s: %s; parked as forbidden, retrying in %.0fs", self.name, exc, self.options.forbidden_retry)
+                    self._set_state("forbidden", str(exc))
+                    self.stop_event.wait(self.options.forbidden_retry)
+                    continue
+                if exc.status == 404 and self.descriptor.custom:
+                    # The CRD is gone (or not yet served); the manager stops us.
+                    self._set_state("error", str(exc))
+                    self.stop_event.wait(self.backoff.next_delay())
+                    continue
+                delay = self.backoff.next_delay()
+                state = "backoff" if exc.status in (0, 429) or exc.status >= 500 else "error"
+                log.warning("%s: %s; %s for %.1fs, then re-watch from RV %s", self.name, exc, state, delay, self.resource_version)
+                self._set_state(state, str(exc))
+                self.stop_event.wait(delay)
+            except Exception as exc:
+                self.status.errors += 1
+                delay = self.backoff.next_delay()
+                log.exception("%s: unexpected failure; retrying in %.1fs", self.name, delay)
+                self._set_state("error", f"{type(exc).__name__}: {exc}")
+                self.stop_event.wait(delay)
+        self._set_state("stopped")
+
+    # -- layer 2: one list-then-watch cycle ----------------------------------
+
+    def _sync_once(self) -> None:
+        if self.resource_version is None:
+            if self.streaming:
+                try:
+                    self._watch(streaming_list=True)
+                    return
+                except StreamingListUnsupported as exc:
+                    log.info("%s: streaming list unsupported (%s); using LIST", self.name, exc)
+                    self.streaming = False
+            self._list()
+        self._watch(streaming_list=False)
+
+    # -- layer 3: single requests --------------------------------------------
+
+    def _list(self) -> None:
+        """Paginated LIST into the cache; the cache then equals the list (deletions too)."""
+        self._set_state("listing")
+        desc = self.descriptor
+        accept = PARTIAL_LIST if desc.metadata_only else JSON
+        # RV "0": any state the API server has (its watch cache) - cheap for the server.
+        # RV "": a consistent read, needed after a 410 (see _consistent_list).
+        rv = "" if self._consistent_list else "0"
+        with self.options.list_semaphore:
+            gen = self.store.begin_relist()
+            cont: str | None = None
+            count = 0
+            while True:
+                query: dict[str, Any] = {"limit": self.options.page_size}
+                if cont:
+                    query["continue"] = cont
+                else:
+                    query["resourceVersion"] = rv
+                    if rv == "0":
+                        query["resourceVersionMatch"] = "NotOlderThan"
+                try:
+                    page = self.client.get(desc.collection_path(), query, accept=accept)
+                except ApiError as exc:
+                    if exc.status == 410 and cont:
+                        # The continue token expired (about 5 min): start over, consistently.
+                        log.info("%s: continue token expired; restarting the list", self.name)
+                        rv, cont, count = "", None, 0
+                        gen = self.store.begin_relist()
+                        continue
+                    if exc.status == 410:
+                        raise WatchExpired(str(exc)) from exc
+                    raise
+                items = page.get("items") or []
+                count += len(items)
+                self.store.relist_page(self.client.context, desc, items, gen)
+                cont = (page.get("metadata") or {}).get("continue")
+                if not cont:
+                    break
+        self.resource_version = page["metadata"]["resourceVersion"]
+        self._consistent_list = False
+        self.status.lists += 1
+        self.status.last_list_at = time.time()
+        self.status.resource_version = self.resource_version
+        self.store.end_relist(self.client.context, desc, gen, self._status_copy())
+        log.info("%s: listed %d objects at RV %s", self.name, count, self.resource_version)
+
+    def _status_copy(self) -> InformerStatus:
+        self.status.updated_at = time.time()
+        return InformerStatus(**self.status.__dict__)
+
+    def _watch(self, *, streaming_list: bool) -> None:
+        """One WATCH request, applied to the cache until the server ends it.
+
+        With ``streaming_list`` the server first sends the whole current state as
+        ADDED events, closed by a BOOKMARK annotated ``k8s.io/initial-events-end``;
+        that replaces LIST and the same request goes on as an ordinary watch.
+        """
+        desc = self.descriptor
+        low, high = self.options.watch_timeout_range
+        timeout = random.randint(low, high)
+        query: dict[str, Any] = {
+            "watch": "1",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": timeout,
+        }
+        if streaming_list:
+            query.update(sendInitialEvents="true", resourceVersionMatch="NotOlderThan", resourceVersion="")
+        else:
+            query["resourceVersion"] = self.resource_version
+        accept = PARTIAL_OBJECT if desc.metadata_only else JSON
+        gen = self.store.begin_relist() if streaming_list else None
+        initial: list[dict[str, Any]] = []
+        self._set_state("listing" if streaming_list else "watching")
+        try:
+            events = self.client.stream(
+                desc.collection_path(), query, accept=accept, read_timeout=timeout + self.options.read_timeout_slack
+            )
+        except ApiError as exc:
+            if exc.status == 410:
+                raise WatchExpired(str(exc)) from exc
+            if streaming_list and exc.status in (400, 422, 501):
+                raise StreamingListUnsupported(str(exc)) from exc
+            raise
+        self.status.watches += 1
+        self._stream = events
+        if self.stop_event.is_set():
+            events.close()
+        opened, delivered = time.monotonic(), 0
+        try:
+            for batch in events:
+                delivered += len(batch)
+                gen, initial = self._apply_batch(batch, gen, initial)
+        except ApiError as exc:
+            # A watch that worked and then broke is a network event, not a failing
+            # server: back to watching at once. One that broke at once backs off.
+            if exc.status == 0 and (delivered or time.monotonic() - opened > 1.0):
+                raise WatchBroken(str(exc)) from exc
+            raise
+        finally:
+            self._stream = None
+        if gen is not None and not self.stop_event.is_set():
+            raise StreamingListUnsupported("the server ended the watch before the initial-events-end bookmark")
+
+    def _apply_batch(
+        self, batch: list[dict[str, Any]], gen: int | None, initial: list[dict[str, Any]]
+    ) -> tuple[int | None, list[dict[str, Any]]]:
+        """Apply the events of one network read; returns the streaming-list progress
+        (generation and buffered initial objects; ``None`` once the initial state is in)."""
+        desc = self.descriptor
+        pending: list[tuple[str, dict[str, Any]]] = []
+        for ev in batch:
+            kind, obj = str(ev.get("type")), ev.get("object") or {}
+            if kind == "ERROR":
+                self._flush(pending)
+                raise self._watch_error(obj, streaming_list=gen is not None)
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            if gen is None:
+                # Every event, BOOKMARK included, advances the RV we resume from.
+                if rv:
+                    self.resource_version = rv
+                if kind != "BOOKMARK":
+                    self.status.events += 1
+                    self.status.last_event_at = time.time()
+                pending.append((kind, obj))
+            elif kind == "ADDED":
+                initial.append(obj)
+                if len(initial) >= self.options.page_size:
+                    self.store.relist_page(self.client.context, desc, initial, gen)
+                    initial = []
+            elif kind == "BOOKMARK" and (obj["metadata"].get("annotations") or {}).get(INITIAL_EVENTS_END) == "true":
+                # The initial state is complete: the cache equals it as of this RV.
+                self.store.relist_page(self.client.context, desc, initial, gen)
+                self.resource_version = rv
+                self.status.lists += 1
+                self.status.last_list_at = time.time()
+                self.status.state = "watching"
+                self.status.resource_version = rv
+                self.store.end_relist(self.client.context, desc, gen, self._status_copy())
+                log.info("%s: streamed initial state at RV %s", self.name, rv)
+                gen, initial = None, []
+        self._flush(pending)
+        return gen, initial
+
+    @staticmethod
+    def _watch_error(status: dict[str, Any], *, streaming_list: bool) -> Exception:
+        """The exception for an ERROR event (a Status object in the stream)."""
+        code = int(status.get("code") or 0)
+        message = str(status.get("message") or status)
+        if code == 410:
+            return WatchExpired(message)
+        if streaming_list and code in (400, 422, 501):
+            return StreamingListUnsupported(message)
+        return ApiError(code, str(status.get("reason") or "watch error"), message)
+
+    def _flush(self, pending: list[tuple[str, dict[str, Any]]]) -> None:
+        if not pending:
+            return
+        self.status.resource_version = self.resource_version
+        self.store.apply_events(self.client.context, self.descriptor, pending, self._status_copy())
+
+
+# --------------------------------------------------------------------------- per context
+
+
+def _server_minor(version: dict[str, Any]) -> int:
+    digits = "".join(ch for ch in str(version.get("minor", "")) if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+class ContextInformers:
+    """Every informer of one kubeconfig context, plus custom-resource discovery.
+
+    CRDs are themselves watched into the cache; :meth:`reconcile` reads the cached
+    CRDs and starts an informer for each one's instances, and stops the informer and
+    tombstones the objects of a CRD that is gone. Reading the cache rather than
+    hooking the CRD informer keeps the data flowing one way.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: KubeClient,
+        store: CacheStore,
+        descriptors: tuple[ResourceDescriptor, ...],
+        options: InformerOptions,
+        watch_custom_objects: bool = True,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.options = options
+        self.descriptors = descriptors
+        self.watch_custom_objects = watch_custom_objects
+        self.informers: dict[str, ResourceInformer] = {}
+        self.streaming = False
+        self.kubernetes_version: str | None = None
+        self._resume = self._stored_resource_versions()
+
+    @property
+    def context(self) -> str:
+        return self.client.context
+
+    def _stored_resource_versions(self) -> dict[str, str]:
+        from watcher.state import checkpoints
+
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                select(checkpoints.c.resource, checkpoints.c.resource_version).where(
+                    checkpoints.c.context == self.context
+                )
+            ).all()
+        return {str(r): str(v) for r, v in rows if v}
+
+    def refresh_cluster_info(self) -> None:
+        """Record the server's version (and whether it can stream lists) in the cache."""
+        info = self.client.info
+        values: dict[str, Any] = {
+            "cluster_name": info.cluster_name,
+            "server": info.server,
+            "ca_file": info.ca_file,
+            "insecure_skip_verify": info.insecure_skip_verify,
+            "namespace": info.namespace,
+        }
+        try:
+            version = self.client.get("/version", timeout=10)
+            self.kubernetes_version = str(version.get("gitVersion"))
+            # Streaming lists (WatchList) are served by default from 1.34 on.
+            self.streaming = _server_minor(version) >= 34
+            values.update(kubernetes_version=self.kubernetes_version, last_error=None)
+        except ApiError as exc:
+            log.warning("%s: cannot read server version: %s", self.context, exc)
+            values.update(last_error=str(exc))
+        self.store.write_cluster(self.context, **values)
+
+    def start(self) -> None:
+        self.refresh_cluster_info()
+        for desc in self.descriptors:
+            self._start_informer(desc)
+
+    def _start_informer(self, desc: ResourceDescriptor) -> None:
+        informer = ResourceInformer(
+            client=self.client,
+            descriptor=desc,
+            store=self.store,
+            options=self.options,
+            resume_from=self._resume.get(desc.key),
+            streaming=self.streaming,
+        )
+        self.informers[desc.key] = informer
+        informer.start()
+
+    def reconcile(self) -> None:
+        """Start informers for new CRDs, stop and tombstone those of deleted ones."""
+        if self.kubernetes_version is None:
+            self.refresh_cluster_info()
+        if not self.watch_custom_objects or CRD.key not in self.informers:
+            return
+        if self.informers[CRD.key].status.lists == 0 and CRD.key not in self._resume:
+            return  # CRDs not listed yet: absence of a CRD means nothing so far
+        wanted = {d.key: d for d in self._cached_custom_descriptors()}
+        running = {k for k, inf in self.informers.items() if inf.descriptor.custom}
+        for key in running - wanted.keys():
+            log.info("%s: CRD for %s is gone; stopping its informer", self.context, key)
+            self.informers.pop(key).stop()
+            self.store.drop_resource(self.context, key)
+        for key in wanted.keys() - running:
+            log.info("%s: watching custom resource %s", self.context, key)
+            self._start_informer(wanted[key])
+        # Custom resources cached by an earlier run whose CRD vanished meanwhile.
+        for key in set(self._resume) - wanted.keys() - {d.key for d in self.descriptors}:
+            self.store.drop_resource(self.context, key)
+            self._resume.pop(key)
+
+    def _cached_custom_descriptors(self) -> list[ResourceDescriptor]:
+        import orjson
+
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                select(objects.c.row).where(
+                    (objects.c.context == self.context)
+                    & (objects.c.resource == CRD.key)
+                    & (objects.c.deleted == False)  # noqa: E712
+                )
+            ).scalars()
+            crds = [orjson.loads(r) for r in rows]
+        out = []
+        for crd in crds:
+            desc = custom_object_descriptor(crd)
+            if desc is not None:
+                out.append(desc)
+        return out
+
+    def statuses(self) -> list[InformerStatus]:
+        return [inf.status for inf in self.informers.values()]
+
+    def stop(self) -> None:
+        for informer in self.informers.values():
+            informer.stop()
+
+    def join(self, timeout: float = 10) -> None:
+        for informer in self.informers.values():
+            informer.join(timeout)
+
+
+class InformerManager:
+    """All contexts' informers, and the periodic CRD reconcile."""
+
+    def __init__(
+        self,
+        *,
+        clients: list[KubeClient],
+        store: CacheStore,
+        descriptors: tuple[ResourceDescriptor, ...] = RESOURCES,
+        options: InformerOptions | None = None,
+        watch_custom_objects: bool = True,
+        reconcile_interval: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.options = options or InformerOptions()
+        self.contexts = [
+            ContextInformers(
+                client=c,
+                store=store,
+                descriptors=descriptors,
+                options=self.options,
+                watch_custom_objects=watch_custom_objects,
+            )
+            for c in clients
+        ]
+        self.reconcile_interval = reconcile_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        for ctx in self.contexts:
+            ctx.start()
+        self._thread = threading.Thread(target=self._reconcile_loop, name="informer-reconcile", daemon=True)
+        self._thread.start()
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.wait(self.reconcile_interval):
+            for ctx in self.contexts:
+                try:
+                    ctx.reconcile()
+                except Exception:
+                    log.exception("%s: reconcile failed", ctx.context)
+
+    def statuses(self) -> list[InformerStatus]:
+        return [s for ctx in self.contexts for s in ctx.statuses()]
+
+    def wait_synced(self, timeout: float = 60) -> bool:
+        """Wait until every informer has listed (or resumed) and is watching."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(s.state == "watching" for s in self.statuses()):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        for ctx in self.contexts:
+            ctx.stop()
+        for ctx in self.contexts:
+            ctx.join()
+        self.store.flush()

@@ -1,0 +1,231 @@
+"""Kubeconfig contexts to API clients, and raw JSON requests.
+
+The ``kubernetes`` package loads the kubeconfig (TLS material, tokens, exec and
+auth-provider plugins); requests go through urllib3 directly with the response
+left unparsed until :mod:`orjson` reads it. No model objects are built: they are
+slow, memory-hungry and would hold secret data we never asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+import urllib3
+import yaml
+from kubernetes.client import Configuration
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.kube_config import load_kube_config
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+#: Ask for metadata only: the API server strips the body before it leaves the server.
+PARTIAL_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+PARTIAL_OBJECT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+class KubeconfigError(ValueError):
+    """The kubeconfig is missing, unreadable, malformed, or lacks a context."""
+
+
+class ApiError(Exception):
+    """An API request failed. ``status`` is the HTTP code, 0 for transport errors."""
+
+    def __init__(self, status: int, reason: str, message: str = "") -> None:
+        super().__init__(f"HTTP {status} {reason}: {message}" if status else f"{reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def default_kubeconfig() -> Path:
+    env = os.environ.get("KUBECONFIG")
+    return Path(env.split(os.pathsep)[0]) if env else Path.home() / ".kube" / "config"
+
+
+def read_kubeconfig(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError as exc:
+        raise KubeconfigError(f"kubeconfig {path} does not exist") from exc
+    except OSError as exc:
+        raise KubeconfigError(f"kubeconfig {path} cannot be read: {exc.strerror}") from exc
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise KubeconfigError(f"kubeconfig {path} is not valid YAML: {exc}") from exc
+    if not isinstance(config, dict) or not isinstance(config.get("contexts") or [], list):
+        raise KubeconfigError(f"kubeconfig {path} is malformed: expected a mapping with a 'contexts' list")
+    return config
+
+
+def context_names(path: Path) -> list[str]:
+    """The context names the kubeconfig defines, in file order."""
+    config = read_kubeconfig(path)
+    return [str(c["name"]) for c in config.get("contexts") or [] if isinstance(c, dict) and "name" in c]
+
+
+def resolve_contexts(path: Path, wanted: list[str]) -> list[str]:
+    """Expand ``"*"`` and check every named context exists."""
+    available = context_names(path)
+    if "*" in wanted:
+        return available
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise KubeconfigError(
+            f"context(s) {', '.join(missing)} not found in kubeconfig {path} "
+            f"(available: {', '.join(available) or 'none'})"
+        )
+    return list(wanted)
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What the kubeconfig says about a context (the k8s_clusters columns it feeds)."""
+
+    context: str
+    cluster_name: str | None
+    server: str
+    ca_file: str | None
+    insecure_skip_verify: bool
+    namespace: str | None
+
+
+class KubeClient:
+    """Raw JSON access to one context's API server."""
+
+    def __init__(self, kubeconfig: Path, context: str) -> None:
+        config = read_kubeconfig(kubeconfig)
+        entry = next((c for c in config.get("contexts") or [] if c.get("name") == context), None)
+        if entry is None:
+            raise KubeconfigError(f"context {context} not found in kubeconfig {kubeconfig}")
+        ctx = entry.get("context") or {}
+        cluster = next(
+            (c.get("cluster") or {} for c in config.get("clusters") or [] if c.get("name") == ctx.get("cluster")),
+            {},
+        )
+        self.configuration = Configuration()
+        try:
+            load_kube_config(
+                config_file=str(kubeconfig),
+                context=context,
+                client_configuration=self.configuration,
+                persist_config=False,
+            )
+        except (ConfigException, OSError, ValueError) as exc:
+            raise KubeconfigError(f"context {context} in kubeconfig {kubeconfig}: {exc}") from exc
+        self.context = context
+        self.info = ClusterInfo(
+            context=context,
+            cluster_name=ctx.get("cluster"),
+            server=self.configuration.host,
+            ca_file=cluster.get("certificate-authority"),
+            insecure_skip_verify=bool(cluster.get("insecure-skip-tls-verify")),
+            namespace=ctx.get("namespace"),
+        )
+        c = self.configuration
+        self._pool = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=64,
+            cert_reqs="CERT_REQUIRED" if c.verify_ssl else "CERT_NONE",
+            ca_certs=c.ssl_ca_cert,
+            cert_file=c.cert_file,
+            key_file=c.key_file,
+            retries=False,
+        )
+        if not c.verify_ssl:
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+
+    def _headers(self, accept: str) -> dict[str, str]:
+        headers = {"Accept": accept, "User-Agent": "k8s-watcher/0.1"}
+        token = self.configuration.get_api_key_with_prefix("BearerToken")
+        if token:
+            headers["Authorization"] = token
+        return headers
+
+    def _open(self, path: str, query: Mapping[str, Any], *, accept: str, timeout: urllib3.Timeout) -> Any:
+        url = self.configuration.host.rstrip("/") + path
+        if query:
+            url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+        try:
+            resp = self._pool.request(
+                "GET", url, headers=self._headers(accept), timeout=timeout, preload_content=False
+            )
+        except urllib3.exceptions.SSLError as exc:
+            raise ApiError(0, "TLS error", str(exc)) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise ApiError(0, "connection error", str(exc)) from exc
+        if resp.status >= 400:
+            body = resp.read()
+            resp.release_conn()
+            message = ""
+            try:
+                message = str(orjson.loads(body).get("message", ""))
+            except (orjson.JSONDecodeError, AttributeError):
+                message = body[:200].decode(errors="replace")
+            raise ApiError(resp.status, resp.reason or "", message)
+        return resp
+
+    def get(self, path: str, query: Mapping[str, Any] | None = None, *, accept: str = JSON, timeout: float = 60) -> Any:
+        """One GET, parsed. Transport errors and HTTP >= 400 raise :class:`ApiError`."""
+        resp = self._open(path, query or {}, accept=accept, timeout=urllib3.Timeout(connect=10, read=timeout))
+        try:
+            return orjson.loads(resp.read())
+        except urllib3.exceptions.HTTPError as exc:
+            raise ApiError(0, "connection error", str(exc)) from exc
+        finally:
+            resp.release_conn()
+
+    def stream(
+        self, path: str, query: Mapping[str, Any], *, accept: str = JSON, read_timeout: float
+    ) -> WatchStream:
+        """Open a watch; HTTP errors raise here, events come from the returned stream.
+
+        ``read_timeout`` bounds each socket read, so a connection that died silently
+        (no FIN, no RST) is noticed instead of hanging forever.
+        """
+        resp = self._open(path, query, accept=accept, timeout=urllib3.Timeout(connect=10, read=read_timeout))
+        return WatchStream(resp)
+
+    def close(self) -> None:
+        self._pool.clear()
+
+
+class WatchStream:
+    """The events of one watch response. Iterating yields the events of each network
+    read as a list, so a burst is applied to the cache in one transaction.
+    :meth:`close` may be called from another thread to interrupt a blocked read."""
+
+    def __init__(self, resp: Any) -> None:
+        self._resp = resp
+        self.closed = False
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        buffer = b""
+        try:
+            for chunk in self._resp.stream(1 << 16, decode_content=True):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                events = [orjson.loads(line) for line in lines if line.strip()]
+                if events:
+                    yield events
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            if not self.closed:
+                raise ApiError(0, "watch connection broken", str(exc)) from exc
+        finally:
+            self._resp.release_conn()
+
+    def close(self) -> None:
+        self.closed = True
+        # shutdown() interrupts a read blocked in another thread; it raises ValueError
+        # when the response has no socket yet (or any more): nothing to interrupt then.
+        with contextlib.suppress(OSError, ValueError):
+            self._resp.shutdown()

@@ -1,0 +1,524 @@
+"""The on-disk cache: objects, per-informer checkpoints and the change sequence.
+
+SQLite in WAL mode through SQLAlchemy Core. One writer thread (:class:`CacheStore`
+owns it) applies everything in batched transactions, in the order informers
+enqueued it, so an informer's checkpoint resourceVersion is never committed ahead
+of the events it covers. Readers open their own connection and get a consistent
+snapshot (one read transaction) without blocking the writer.
+
+Change sequence: every write of an object takes a new ``seq`` from one monotonic
+counter; a delete keeps the row as a tombstone (``deleted = 1``) with a new seq.
+``seq > cursor`` is therefore exactly "changed or deleted since the cursor". The
+retention job purges old tombstones and records the highest purged seq, so a reader
+with an older cursor knows it must take a full snapshot instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    case,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from watcher.resources import ResourceDescriptor
+from watcher.tables import extract_row, sanitize
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+
+metadata = MetaData()
+
+objects = Table(
+    "objects",
+    metadata,
+    Column("context", String, primary_key=True),
+    Column("resource", String, primary_key=True),
+    Column("uid", String, primary_key=True),
+    Column("table_name", String, nullable=False),
+    Column("namespace", String),
+    Column("name", String, nullable=False),
+    Column("resource_version", String, nullable=False),
+    Column("row", LargeBinary, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("list_gen", Integer),
+    Index("objects_by_table", "table_name", "context", "deleted"),
+    Index("objects_by_seq", "seq"),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("context", String, primary_key=True),
+    Column("resource", String, primary_key=True),
+    Column("table_name", String, nullable=False),
+    Column("resource_version", String),
+    Column("state", String, nullable=False),
+    Column("last_list_at", Float),
+    Column("last_event_at", Float),
+    Column("last_error", String),
+    Column("lists", Integer, nullable=False, default=0),
+    Column("relists", Integer, nullable=False, default=0),
+    Column("watches", Integer, nullable=False, default=0),
+    Column("events", Integer, nullable=False, default=0),
+    Column("errors", Integer, nullable=False, default=0),
+    Column("updated_at", Float, nullable=False),
+)
+
+clusters = Table(
+    "clusters",
+    metadata,
+    Column("context", String, primary_key=True),
+    Column("cluster_name", String),
+    Column("server", String),
+    Column("ca_file", String),
+    Column("insecure_skip_verify", Boolean),
+    Column("namespace", String),
+    Column("kubernetes_version", String),
+    Column("last_error", String),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("value", String, nullable=False),
+)
+
+
+class CacheUnusable(RuntimeError):
+    """The cache file cannot be opened or written (locked, read-only, not a database)."""
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def _engine(path: Path, *, readonly: bool) -> Engine:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    engine = create_engine(
+        "sqlite+pysqlite:///" + str(path),
+        creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30),
+        pool_pre_ping=False,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # Let SQLAlchemy's BEGIN below start transactions (pysqlite's own handling
+        # would not start one for SELECTs, and readers need one for a snapshot).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout = 30000")
+        if not readonly:
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def _create_private(path: Path) -> None:
+    """Create the file 0600 before SQLite does (it copies the mode to -wal and -shm)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+def _usable(path: Path) -> bool:
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            ok = con.execute("PRAGMA quick_check").fetchone()
+            return bool(ok and ok[0] == "ok")
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return False
+
+
+# --------------------------------------------------------------------------- writes
+
+
+@dataclass
+class _Op:
+    """One queued write; ``apply`` runs on the writer thread inside a transaction."""
+
+    apply: Callable[[Any, CacheStore], None]
+    done: threading.Event | None = None
+
+
+@dataclass
+class InformerStatus:
+    """What an informer reports about itself; persisted in ``checkpoints``."""
+
+    context: str
+    resource: str
+    table_name: str
+    state: str
+    resource_version: str | None = None
+    last_list_at: float | None = None
+    last_event_at: float | None = None
+    last_error: str | None = None
+    lists: int = 0
+    relists: int = 0
+    watches: int = 0
+    events: int = 0
+    errors: int = 0
+    updated_at: float = field(default_factory=time.time)
+
+
+class CacheStore:
+    """Owner of the cache file and its single writer thread."""
+
+    def __init__(self, path: Path, *, batch_max: int = 5000, batch_wait: float = 0.02) -> None:
+        self.path = Path(path)
+        self._prepare_file()
+        self.engine = _engine(self.path, readonly=False)
+        try:
+            metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sqlite_insert(meta).values(key="schema_version", value=SCHEMA_VERSION).on_conflict_do_nothing()
+                )
+                self._seq = int(conn.execute(select(func.coalesce(func.max(objects.c.seq), 0))).scalar_one())
+        except Exception as exc:
+            raise CacheUnusable(f"cache file {self.path} cannot be written: {exc}") from exc
+        self._batch_max = batch_max
+        self._batch_wait = batch_wait
+        self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=100_000)
+        self._gen = 0
+        self.applied_ops = 0
+        self._writer = threading.Thread(target=self._write_loop, name="cache-writer", daemon=True)
+        self._writer.start()
+
+    def _prepare_file(self) -> None:
+        if self.path.exists() and self.path.stat().st_size > 0 and not _usable(self.path):
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error("cache file %s is not a usable SQLite database; moved aside to %s, rebuilding", self.path, aside)
+            shutil.move(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                side = Path(str(self.path) + suffix)
+                if side.exists():
+                    side.unlink()
+        try:
+            _create_private(self.path)
+        except OSError as exc:
+            raise CacheUnusable(f"cache file {self.path} cannot be created: {exc}") from exc
+
+    # -- the writer thread ---------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self._batch_wait
+            stop = False
+            while len(batch) < self._batch_max:
+                try:
+                    op = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if op is None:
+                    stop = True
+                    break
+                batch.append(op)
+            self._apply(batch)
+            if stop:
+                return
+
+    def _apply(self, batch: list[_Op]) -> None:
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    for op in batch:
+                        op.apply(conn, self)
+                break
+            except Exception:
+                log.exception("cache write of %d operations failed (attempt %d)", len(batch), attempt + 1)
+                time.sleep(0.5 * (attempt + 1))
+        self.applied_ops += len(batch)
+        for op in batch:
+            if op.done is not None:
+                op.done.set()
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _submit(self, fn: Callable[[Any, CacheStore], None], *, wait: bool = False) -> None:
+        if not self._writer.is_alive():
+            raise CacheUnusable(f"cache {self.path} is closed")
+        done = threading.Event() if wait else None
+        self._queue.put(_Op(fn, done))
+        if done is not None:
+            done.wait()
+
+    def flush(self) -> None:
+        """Block until everything enqueued so far is committed."""
+        self._submit(lambda _c, _s: None, wait=True)
+
+    def close(self) -> None:
+        if not self._writer.is_alive():
+            return
+        self.flush()
+        self._queue.put(None)
+        self._writer.join(timeout=30)
+        self.engine.dispose()
+
+    # -- object writes -------------------------------------------------------
+
+    def _upsert_rows(self, conn: Any, context: str, desc: ResourceDescriptor, objs: Sequence[dict[str, Any]], gen: int | None) -> None:
+        if not objs:
+            return
+        rows = []
+        for obj in objs:
+            clean = sanitize(obj, desc)
+            m = clean["metadata"]
+            rows.append(
+                {
+                    "context": context,
+                    "resource": desc.key,
+                    "uid": m["uid"],
+                    "table_name": desc.table,
+                    "namespace": m.get("namespace"),
+                    "name": m.get("name") or "",
+                    "resource_version": m.get("resourceVersion") or "",
+                    "row": extract_row(clean, desc),
+                    "seq": self._next_seq(),
+                    "deleted": False,
+                    "list_gen": gen,
+                }
+            )
+        stmt = sqlite_insert(objects)
+        ex = stmt.excluded
+        # An object re-listed unchanged keeps its seq: a relist alone must not make the
+        # next incremental sync re-emit every object.
+        unchanged = (objects.c.resource_version == ex.resource_version) & (objects.c.deleted == False)  # noqa: E712
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[objects.c.context, objects.c.resource, objects.c.uid],
+            set_={
+                "namespace": ex.namespace,
+                "name": ex.name,
+                "resource_version": ex.resource_version,
+                "row": ex.row,
+                "seq": case((unchanged, objects.c.seq), else_=ex.seq),
+                "deleted": False,
+                "list_gen": func.coalesce(ex.list_gen, objects.c.list_gen),
+            },
+        )
+        conn.execute(stmt, rows)
+
+    def _tombstone(self, conn: Any, context: str, desc: ResourceDescriptor, objs: Sequence[dict[str, Any]]) -> None:
+        for obj in objs:
+            m = obj.get("metadata") or {}
+            conn.execute(
+                update(objects)
+                .where(
+                    (objects.c.context == context)
+                    & (objects.c.resource == desc.key)
+                    & (objects.c.uid == m.get("uid"))
+                    & (objects.c.deleted == False)  # noqa: E712
+                )
+                .values(deleted=True, seq=self._next_seq(), resource_version=m.get("resourceVersion") or "")
+            )
+
+    def apply_events(
+        self,
+        context: str,
+        desc: ResourceDescriptor,
+        events: Iterable[tuple[str, dict[str, Any]]],
+        status: InformerStatus,
+    ) -> None:
+        """Apply watch events (ADDED/MODIFIED/DELETED/BOOKMARK) and then the informer's
+        checkpoint, in one transaction, in order."""
+        events = list(events)
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            batch: list[dict[str, Any]] = []
+            for kind, obj in events:
+                if kind in ("ADDED", "MODIFIED"):
+                    batch.append(obj)
+                    continue
+                store._upsert_rows(conn, context, desc, batch, None)
+                batch = []
+                if kind == "DELETED":
+                    store._tombstone(conn, context, desc, [obj])
+            store._upsert_rows(conn, context, desc, batch, None)
+            store._write_status(conn, status)
+
+        self._submit(apply)
+
+    def begin_relist(self) -> int:
+        """A new list generation: objects written with it survive ``end_relist``."""
+        self._gen += 1
+        return int(time.time() * 1000) * 1000 + self._gen
+
+    def relist_page(self, context: str, desc: ResourceDescriptor, items: Sequence[dict[str, Any]], gen: int) -> None:
+        items = list(items)
+        self._submit(lambda conn, store: store._upsert_rows(conn, context, desc, items, gen))
+
+    def end_relist(self, context: str, desc: ResourceDescriptor, gen: int, status: InformerStatus) -> None:
+        """Tombstone every cached object of this resource that the list did not return,
+        then record the list's resourceVersion: the cache now equals the list."""
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            conn.execute(
+                update(objects)
+                .where(
+                    (objects.c.context == context)
+                    & (objects.c.resource == desc.key)
+                    & (objects.c.deleted == False)  # noqa: E712
+                    & ((objects.c.list_gen != gen) | objects.c.list_gen.is_(None))
+                )
+                .values(deleted=True, seq=store._next_seq())
+            )
+            store._write_status(conn, status)
+
+        self._submit(apply)
+
+    def drop_resource(self, context: str, resource: str) -> None:
+        """Tombstone every object of a resource that no longer exists (a deleted CRD)
+        and forget its checkpoint."""
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            conn.execute(
+                update(objects)
+                .where((objects.c.context == context) & (objects.c.resource == resource) & (objects.c.deleted == False))  # noqa: E712
+                .values(deleted=True, seq=store._next_seq())
+            )
+            conn.execute(
+                checkpoints.delete().where((checkpoints.c.context == context) & (checkpoints.c.resource == resource))
+            )
+
+        self._submit(apply)
+
+    # -- status --------------------------------------------------------------
+
+    @staticmethod
+    def _write_status(conn: Any, status: InformerStatus) -> None:
+        values = {k: v for k, v in status.__dict__.items()}
+        stmt = sqlite_insert(checkpoints).values(values)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[checkpoints.c.context, checkpoints.c.resource],
+                set_={k: stmt.excluded[k] for k in values if k not in ("context", "resource")},
+            )
+        )
+
+    def write_status(self, status: InformerStatus) -> None:
+        snapshot = InformerStatus(**status.__dict__)
+        self._submit(lambda conn, store: store._write_status(conn, snapshot))
+
+    def write_cluster(self, context: str, **values: Any) -> None:
+        now = time.time()
+
+        def apply(conn: Any, _store: CacheStore) -> None:
+            stmt = sqlite_insert(clusters).values(context=context, created_at=now, updated_at=now, **values)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[clusters.c.context],
+                    set_={**{k: stmt.excluded[k] for k in values}, "updated_at": now},
+                )
+            )
+
+        self._submit(apply)
+
+    # -- maintenance ---------------------------------------------------------
+
+    def purge_tombstones(self, older_than_seq: int) -> int:
+        """Delete tombstones with seq <= ``older_than_seq``; remember the purge point."""
+        result: dict[str, int] = {}
+
+        def apply(conn: Any, _store: CacheStore) -> None:
+            gone = conn.execute(
+                objects.delete().where((objects.c.deleted == True) & (objects.c.seq <= older_than_seq))  # noqa: E712
+            ).rowcount
+            stmt = sqlite_insert(meta).values(key="purged_seq", value=str(older_than_seq))
+            conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value}))
+            result["n"] = int(gone or 0)
+
+        self._submit(apply, wait=True)
+        return result["n"]
+
+    def checkpoint_wal(self) -> None:
+        """Fold the WAL back into the main file (a scheduled job keeps the -wal small).
+        PASSIVE: never waits for readers, so a long sync cannot stall the daemon."""
+        self.flush()
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def open_reader(path: Path) -> Engine:
+    """A read-only engine on the cache file (a daemon may be writing it meanwhile)."""
+    if not Path(path).exists():
+        raise CacheUnusable(f"cache file {path} does not exist")
+    if not _usable(Path(path)):
+        raise CacheUnusable(f"cache file {path} is not a usable SQLite database")
+    return _engine(Path(path), readonly=True)
+
+
+def read_checkpoints(conn: Any, context: str | None = None) -> list[dict[str, Any]]:
+    query = select(checkpoints).order_by(checkpoints.c.context, checkpoints.c.resource)
+    if context is not None:
+        query = query.where(checkpoints.c.context == context)
+    return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def read_meta(conn: Any, key: str) -> str | None:
+    return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one_or_none()
+
+
+def max_seq(conn: Any) -> int:
+    return int(conn.execute(select(func.coalesce(func.max(objects.c.seq), 0))).scalar_one())
+
+
+def count_rows(conn: Any) -> dict[str, int]:
+    """Live (not deleted) cached objects per table."""
+    rows = conn.execute(
+        text("SELECT table_name, count(*) FROM objects WHERE deleted = 0 GROUP BY table_name")
+    ).all()
+    return {str(t): int(n) for t, n in rows}
