@@ -120,6 +120,7 @@ class ResourceInformer:
         self._consistent_list = False
         self._thread: threading.Thread | None = None
         self._stream: WatchStream | None = None
+        self._relist_requested = False
 
     @property
     def name(self) -> str:
@@ -149,11 +150,32 @@ class ResourceInformer:
         self.status.updated_at = time.time()
         self.store.write_status(self.status)
 
+    def request_relist(self) -> None:
+        """Make the running loop relist (a safety net against missed events)."""
+        self._relist_requested = True
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+
+    def relist(self) -> None:
+        """One consistent paginated LIST into the cache, and no watch: the plugin's
+        fallback when no daemon keeps the cache warm."""
+        self._consistent_list = True
+        self._list()
+        self._set_state("listed")
+
+    def record_failure(self, exc: ApiError) -> None:
+        self.status.errors += 1
+        self._set_state("forbidden" if exc.status in (401, 403) else "error", str(exc))
+
     # -- layer 1: the infinite loop ------------------------------------------
 
     def run(self) -> None:
         """Keep the cache in step with the server until stopped; absorb every failure."""
         while not self.stop_event.is_set():
+            if self._relist_requested:
+                self._relist_requested = False
+                self.resource_version = None
             try:
                 self._sync_once()
             except WatchExpired as exc:

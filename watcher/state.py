@@ -22,6 +22,7 @@ import shutil
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,9 +213,9 @@ class CacheStore:
         try:
             metadata.create_all(self.engine)
             with self.engine.begin() as conn:
-                conn.execute(
-                    sqlite_insert(meta).values(key="schema_version", value=SCHEMA_VERSION).on_conflict_do_nothing()
-                )
+                for key, value in (("schema_version", SCHEMA_VERSION), ("cache_id", uuid.uuid4().hex)):
+                    # The cache id tells an incremental cursor which file its seq belongs to.
+                    conn.execute(sqlite_insert(meta).values(key=key, value=value).on_conflict_do_nothing())
                 self._seq = int(conn.execute(select(func.coalesce(func.max(objects.c.seq), 0))).scalar_one())
         except Exception as exc:
             raise CacheUnusable(f"cache file {self.path} cannot be written: {exc}") from exc
@@ -289,6 +290,9 @@ class CacheStore:
         self._queue.put(_Op(fn, done))
         if done is not None:
             done.wait()
+
+    def writer_alive(self) -> bool:
+        return self._writer.is_alive()
 
     def flush(self) -> None:
         """Block until everything enqueued so far is committed."""
@@ -461,6 +465,16 @@ class CacheStore:
         self._submit(apply)
 
     # -- maintenance ---------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Record that a daemon is alive and keeping the cache warm."""
+        now = str(time.time())
+
+        def apply(conn: Any, _store: CacheStore) -> None:
+            stmt = sqlite_insert(meta).values(key="daemon_heartbeat", value=now)
+            conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value}))
+
+        self._submit(apply)
 
     def purge_tombstones(self, older_than_seq: int) -> int:
         """Delete tombstones with seq <= ``older_than_seq``; remember the purge point."""

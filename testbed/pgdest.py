@@ -1,0 +1,240 @@
+"""STAND-IN PostgreSQL destination (plugin protocol v3), for the test bed only.
+
+The real CloudQuery PostgreSQL destination cannot be built here: the Go module
+proxy answers 403 "This module version is not available" for every
+``github.com/cloudquery/...`` module (see README, "Blocked"). Until it can be, this
+small destination lets the real ``cloudquery`` CLI deliver what the source sends
+into a real PostgreSQL server, following the real destination's documented
+behaviour:
+
+* ``migrate_table``: CREATE TABLE with the primary key, ADD COLUMN for new columns;
+* ``insert``: upsert on the primary key (``write_mode: overwrite[-delete-stale]``)
+  or plain insert (``append``);
+* ``delete`` (stale): ``DELETE WHERE _cq_source_name = ? AND _cq_sync_time < ?``;
+* ``delete_record``: ``DELETE WHERE`` from equality predicates, AND/OR groups;
+* ``Read``: every row of a table (what the state backend needs).
+
+It is not the product and not a mock of it: tests that need the real destination's
+own behaviour cannot pass through it, and the README says which those are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import psycopg
+import pyarrow as pa
+from cloudquery.discovery_v1 import discovery_pb2_grpc
+from cloudquery.plugin_v3 import arrow, plugin_pb2, plugin_pb2_grpc
+from cloudquery.sdk.internal.servers.discovery_v1.discovery import DiscoveryServicer
+from cloudquery.sdk.types import JSONType, UUIDType
+from psycopg import sql
+
+log = logging.getLogger("pgdest")
+
+
+def _pg_type(t: pa.DataType) -> str:
+    if isinstance(t, UUIDType):
+        return "uuid"
+    if isinstance(t, JSONType):
+        return "jsonb"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _pg_type(t.value_type) + "[]"
+    if pa.types.is_timestamp(t):
+        return "timestamptz"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_integer(t):
+        return "bigint"
+    if pa.types.is_floating(t):
+        return "double precision"
+    if pa.types.is_binary(t) or pa.types.is_fixed_size_binary(t):
+        return "bytea"
+    return "text"
+
+
+def _is_pk(f: pa.Field) -> bool:
+    return bool(f.metadata and f.metadata.get(b"cq:extension:primary_key") == b"true")
+
+
+def _column_values(col: pa.Array) -> list[Any]:
+    if isinstance(col.type, UUIDType):
+        import uuid
+
+        return [None if v is None else uuid.UUID(bytes=v) for v in col.storage.to_pylist()]
+    if isinstance(col.type, JSONType):
+        return [None if v is None else v.decode() for v in col.storage.to_pylist()]
+    return col.to_pylist()
+
+
+class Destination:
+    def __init__(self) -> None:
+        self.dsn = ""
+        self.write_mode = "overwrite-delete-stale"
+        self.tables: dict[str, pa.Schema] = {}
+
+    def init(self, spec: bytes) -> None:
+        data = json.loads(spec or b"{}") or {}
+        self.dsn = data.get("connection_string", "")
+        if not self.dsn:
+            raise ValueError("connection_string is required")
+        with psycopg.connect(self.dsn) as conn:
+            conn.execute("SELECT 1")
+
+    def migrate(self, conn: psycopg.Connection, schema: pa.Schema) -> None:
+        name = schema.metadata[b"cq:table_name"].decode()
+        self.tables[name] = schema
+        cols = [sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(_pg_type(f.type))) for f in schema]
+        pks = [sql.Identifier(f.name) for f in schema if _is_pk(f)]
+        if pks:
+            cols.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(pks)))
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(sql.Identifier(name), sql.SQL(", ").join(cols)))
+        for f in schema:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                    sql.Identifier(name), sql.Identifier(f.name), sql.SQL(_pg_type(f.type))
+                )
+            )
+
+    def insert(self, conn: psycopg.Connection, batch: pa.RecordBatch) -> None:
+        name = batch.schema.metadata[b"cq:table_name"].decode()
+        schema = batch.schema
+        names = [f.name for f in schema]
+        pks = [f.name for f in schema if _is_pk(f)]
+        columns = [_column_values(batch.column(i)) for i in range(batch.num_columns)]
+        rows = list(zip(*columns, strict=True))
+        stmt = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            sql.Identifier(name),
+            sql.SQL(", ").join(map(sql.Identifier, names)),
+            sql.SQL(", ").join(sql.Placeholder() * len(names)),
+        )
+        if pks and self.write_mode != "append":
+            stmt += sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, pks)),
+                sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in pks),
+            )
+        with conn.cursor() as cur:
+            cur.executemany(stmt, rows)
+
+    def delete_stale(self, conn: psycopg.Connection, msg: Any) -> None:
+        table = msg.table_name or arrow.new_schema_from_bytes(msg.table).metadata[b"cq:table_name"].decode()
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE _cq_source_name = %s AND _cq_sync_time < %s").format(sql.Identifier(table)),
+            (msg.source_name, msg.sync_time.ToDatetime()),
+        )
+
+    def delete_record(self, conn: psycopg.Connection, msg: Any) -> None:
+        groups, params = [], []
+        for group in msg.where_clause:
+            preds = []
+            for p in group.predicates:
+                value = _column_values(arrow.new_record_from_bytes(p.record).column(0))[0]
+                preds.append(sql.SQL("{} = %s").format(sql.Identifier(p.column)))
+                params.append(value)
+            joiner = " OR " if group.grouping_type == plugin_pb2.PredicatesGroup.GroupingType.OR else " AND "
+            groups.append(sql.SQL("(") + sql.SQL(joiner).join(preds) + sql.SQL(")"))
+        where = sql.SQL(" AND ").join(groups) if groups else sql.SQL("TRUE")
+        conn.execute(sql.SQL("DELETE FROM {} WHERE ").format(sql.Identifier(msg.table_name)) + where, params)
+
+    def read(self, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        name = schema.metadata[b"cq:table_name"].decode()
+        with psycopg.connect(self.dsn) as conn:
+            exists = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+            if not exists or exists[0] is None:
+                return
+            cols = sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
+            rows = conn.execute(sql.SQL("SELECT {} FROM {}").format(cols, sql.Identifier(name))).fetchall()
+        if rows:
+            arrays = [pa.array([r[i] for r in rows], f.type) for i, f in enumerate(schema)]
+            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+class Servicer(plugin_pb2_grpc.PluginServicer):
+    def __init__(self) -> None:
+        self.dest = Destination()
+
+    def GetName(self, request: Any, context: Any) -> Any:
+        return plugin_pb2.GetName.Response(name="postgresql-standin")
+
+    def GetVersion(self, request: Any, context: Any) -> Any:
+        return plugin_pb2.GetVersion.Response(version="v0.0.1-standin")
+
+    def GetSpecSchema(self, request: Any, context: Any) -> Any:
+        return plugin_pb2.GetSpecSchema.Response(json_schema="")
+
+    def Init(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            self.dest.init(request.spec)
+        except Exception as exc:  # noqa: BLE001 - reported to the CLI
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"postgresql-standin: {exc}")
+        return plugin_pb2.Init.Response()
+
+    def TestConnection(self, request: Any, context: Any) -> Any:
+        return plugin_pb2.TestConnection.Response(success=True)
+
+    def Write(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        d = self.dest
+        with psycopg.connect(d.dsn) as conn:
+            for msg in request_iterator:
+                kind = msg.WhichOneof("message")
+                if kind == "migrate_table":
+                    d.migrate(conn, arrow.new_schema_from_bytes(msg.migrate_table.table))
+                elif kind == "insert":
+                    d.insert(conn, arrow.new_record_from_bytes(msg.insert.record))
+                elif kind == "delete":
+                    d.delete_stale(conn, msg.delete)
+                elif kind == "delete_record":
+                    d.delete_record(conn, msg.delete_record)
+                elif kind == "flush":
+                    conn.commit()
+            conn.commit()
+        return plugin_pb2.Write.Response()
+
+    def Read(self, request: Any, context: Any) -> Iterator[Any]:
+        for batch in self.dest.read(arrow.new_schema_from_bytes(request.table)):
+            yield plugin_pb2.Read.Response(record=arrow.record_to_bytes(batch))
+
+    def Close(self, request: Any, context: Any) -> Any:
+        return plugin_pb2.Close.Response()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pgdest")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve")
+    serve.add_argument("--address", default="127.0.0.1:7778")
+    serve.add_argument("--network", default="tcp")
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-format", default="text")
+    serve.add_argument("--no-sentry", action="store_true")
+    serve.add_argument("--license", default="")
+    args, _ = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    address = f"unix:{args.address}" if args.network == "unix" and not args.address.startswith("unix:") else args.address
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=[("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)],
+    )
+    discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryServicer([3]), server)
+    plugin_pb2_grpc.add_PluginServicer_to_server(Servicer(), server)
+    server.add_insecure_port(address)
+    server.start()
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop(2).wait(5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

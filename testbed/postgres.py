@@ -1,0 +1,79 @@
+"""A throwaway PostgreSQL server on a free loopback port, in a temporary directory.
+
+Uses Debian's ``postgresql`` binaries (``/usr/lib/postgresql/<v>/bin``). initdb
+refuses to run as root, so as root the server runs as the ``postgres`` user.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.cluster import free_port
+
+
+def pg_bin() -> Path:
+    root = Path("/usr/lib/postgresql")
+    versions = sorted((p for p in root.glob("*/bin") if (p / "initdb").exists()), key=lambda p: int(p.parent.name))
+    if not versions:
+        raise FileNotFoundError("PostgreSQL server binaries not found; install Debian's postgresql package")
+    return versions[-1]
+
+
+@dataclass
+class Postgres:
+    datadir: Path
+    port: int
+    user: str
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres?sslmode=disable"
+
+
+def _as_user(argv: list[str], user: str | None) -> list[str]:
+    return ["runuser", "-u", user, "--", *argv] if user else argv
+
+
+@contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    bindir = pg_bin()
+    run_as = "postgres" if os.geteuid() == 0 else None
+    user = run_as or getpass.getuser()
+    tmp = Path(tempfile.mkdtemp(prefix="k8s-watcher-pg-"))
+    datadir = tmp / "data"
+    if run_as:
+        pw = pwd.getpwnam(run_as)
+        os.chown(tmp, pw.pw_uid, pw.pw_gid)
+    port = free_port()
+    subprocess.run(
+        _as_user([str(bindir / "initdb"), "-D", str(datadir), "-U", user, "-A", "trust", "--no-sync", "-E", "UTF8"], run_as),
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    subprocess.run(
+        _as_user(
+            [
+                str(bindir / "pg_ctl"), "-D", str(datadir), "-w", "-t", "60", "-l", str(tmp / "pg.log"),
+                "-o", f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+                "start",
+            ],
+            run_as,
+        ),
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield Postgres(datadir=datadir, port=port, user=user)
+    finally:
+        subprocess.run(
+            _as_user([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"], run_as),
+            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,161 @@
+"""Command line: ``k8s-watcher serve | status`` and the ``k8s-watcher-plugin`` entry
+that CloudQuery's ``registry: local`` starts (``<path> serve --network unix ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from watcher import __version__
+
+log = logging.getLogger("watcher")
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line, the shape the CloudQuery CLI re-logs from plugins."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "level": record.levelname.lower().replace("warning", "warn"),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+            "module": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    level = {"trace": "debug", "warn": "warning"}.get(level, level)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    # urllib3 logs every retry of every watch at WARNING; our informers log what matters.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from watcher.daemon import Daemon, DaemonConfig
+    from watcher.kube import KubeconfigError, default_kubeconfig
+    from watcher.spec import default_cache_path
+    from watcher.state import CacheUnusable
+
+    setup_logging(args.log_level, args.log_format)
+    config = DaemonConfig(
+        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else default_kubeconfig(),
+        contexts=args.contexts.split(",") if args.contexts else ["*"],
+        cache_path=Path(args.cache) if args.cache else default_cache_path(),
+        grpc_address=args.grpc_address,
+        http_address=args.http_address,
+        relist_interval=args.relist_interval,
+    )
+    try:
+        daemon = Daemon(config)
+    except (KubeconfigError, CacheUnusable) as exc:
+        log.error("%s", exc)
+        return 2
+    daemon.run_forever()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from watcher import state
+    from watcher.spec import default_cache_path
+
+    path = Path(args.cache) if args.cache else default_cache_path()
+    try:
+        engine = state.open_reader(path)
+    except state.CacheUnusable as exc:
+        print(f"k8s-watcher: {exc}", file=sys.stderr)
+        return 2
+    with engine.connect() as conn:
+        rows = state.read_checkpoints(conn)
+        heartbeat = float(state.read_meta(conn, "daemon_heartbeat") or 0)
+        counts = state.count_rows(conn)
+    now = time.time()
+    if args.json:
+        print(json.dumps({"daemon_heartbeat_age": now - heartbeat if heartbeat else None, "informers": rows, "rows": counts}, default=str))
+        return 0
+    alive = f"{now - heartbeat:.0f}s ago" if heartbeat else "never"
+    print(f"cache {path}: {sum(counts.values())} objects; daemon heartbeat {alive}")
+    print(f"{'CONTEXT':<20} {'RESOURCE':<45} {'STATE':<10} {'RV':<12} {'EVENTS':>8} {'LISTS':>6} {'RELISTS':>8} {'ERRORS':>7}  LAST ERROR")
+    for r in rows:
+        print(
+            f"{r['context']:<20} {r['resource']:<45} {r['state']:<10} {r['resource_version'] or '-'!s:<12} "
+            f"{r['events']:>8} {r['lists']:>6} {r['relists']:>8} {r['errors']:>7}  {(r['last_error'] or '')[:80]}"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="k8s-watcher", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"k8s-watcher {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the daemon: informers + gRPC plugin server + health/metrics")
+    serve.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    serve.add_argument("--contexts", help="comma-separated context names (default: all)")
+    serve.add_argument("--cache", help="cache file (default: ~/.local/state/k8s-watcher/cache.db)")
+    serve.add_argument("--grpc-address", default="127.0.0.1:7777", help="plugin server for registry: grpc")
+    serve.add_argument("--http-address", default="127.0.0.1:9464", help="/healthz and /metrics")
+    serve.add_argument("--relist-interval", type=float, default=0, help="seconds between safety-net relists (0: off)")
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-format", default="text", choices=["text", "json"])
+    serve.set_defaults(func=_serve)
+    status = sub.add_parser("status", help="print each informer's state from the cache file")
+    status.add_argument("--cache", help="cache file (default: ~/.local/state/k8s-watcher/cache.db)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+# --------------------------------------------------------------------------- registry: local
+
+
+def plugin_main(argv: list[str] | None = None) -> int:
+    """What ``registry: local`` runs: ``serve --network unix --address PATH ...``."""
+    parser = argparse.ArgumentParser(prog="k8s-watcher-plugin")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve")
+    serve.add_argument("--address", default="127.0.0.1:7777")
+    serve.add_argument("--network", default="tcp", choices=["tcp", "unix"])
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-format", default="text", choices=["text", "json"])
+    serve.add_argument("--no-sentry", action="store_true")
+    serve.add_argument("--license", default="")
+    serve.add_argument("--otel-endpoint", default="")
+    serve.add_argument("--otel-endpoint-insecure", default="")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+
+    from watcher.plugin import Plugin, serve_plugin
+
+    server = serve_plugin(Plugin(), args.address, network=args.network)
+    done = threading.Event()
+    # The CLI stops a local plugin with SIGINT: a clean exit, not a traceback.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop(grace=2).wait(5)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The long-running daemon: informers, gRPC plugin server, health and metrics, jobs.
+
+``k8s-watcher serve`` keeps the cache warm with informers and serves the plugin for
+``registry: grpc`` from the same process; ``registry: local`` plugins may read the
+same cache file concurrently. Scheduled jobs (APScheduler): a heartbeat that tells
+readers the cache is live, tombstone retention, WAL checkpoints and an optional
+periodic relist as a safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from watcher import state
+from watcher.informers import InformerManager
+from watcher.kube import KubeClient, resolve_contexts
+from watcher.plugin import Plugin, serve_plugin
+from watcher.state import CacheStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DaemonConfig:
+    kubeconfig: Path
+    contexts: list[str]
+    cache_path: Path
+    grpc_address: str = "127.0.0.1:7777"
+    http_address: str = "127.0.0.1:9464"
+    #: Tombstones older than this are purged; an incremental cursor older than the
+    #: purge point falls back to a full snapshot.
+    tombstone_retention: float = 24 * 3600
+    #: Periodic full relist as a safety net against missed events (0 = off).
+    relist_interval: float = 0
+    heartbeat_interval: float = 5
+
+
+class _MetricsCollector:
+    """Prometheus metrics computed from the informers' statuses and the cache."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Any]:
+        statuses = self.daemon.manager.statuses()
+        labels = ["context", "resource"]
+        state_g = GaugeMetricFamily("k8s_watcher_informer_state", "1 for the informer's current state", labels=[*labels, "state"])
+        families = {
+            name: CounterMetricFamily(f"k8s_watcher_{name}", help_, labels=labels)
+            for name, help_ in (
+                ("events", "Watch events applied to the cache"),
+                ("lists", "Full lists (LIST or streaming list) completed"),
+                ("relists", "Relists caused by an expired resourceVersion (410)"),
+                ("watches", "Watch requests opened"),
+                ("errors", "Failed requests"),
+            )
+        }
+        for s in statuses:
+            state_g.add_metric([s.context, s.resource, s.state], 1)
+            for name, family in families.items():
+                family.add_metric([s.context, s.resource], getattr(s, name))
+        yield state_g
+        yield from families.values()
+        rows = GaugeMetricFamily("k8s_watcher_cache_rows", "Live objects in the cache", labels=["table"])
+        with self.daemon.store.engine.connect() as conn:
+            for table, n in state.count_rows(conn).items():
+                rows.add_metric([table], n)
+        yield rows
+        yield GaugeMetricFamily("k8s_watcher_cache_seq", "Newest change sequence number", value=self.daemon.store.seq)
+
+
+def _http_handler(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                ok, detail = daemon.health()
+                self._send(200 if ok else 503, detail.encode(), "text/plain; charset=utf-8")
+            elif self.path == "/metrics":
+                self._send(200, generate_latest(daemon.registry), CONTENT_TYPE_LATEST)
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("http: " + format, *args)
+
+    return Handler
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        contexts = resolve_contexts(config.kubeconfig, config.contexts)
+        self.store = CacheStore(config.cache_path)
+        self.manager = InformerManager(clients=[KubeClient(config.kubeconfig, c) for c in contexts], store=self.store)
+        self.registry = CollectorRegistry()
+        self.registry.register(_MetricsCollector(self))
+        self.sync_seconds = Histogram(
+            "k8s_watcher_sync_duration_seconds", "Duration of plugin syncs served", registry=self.registry
+        )
+        self.plugin = Plugin(
+            defaults={"kubeconfig": str(config.kubeconfig), "cache_path": str(config.cache_path), "contexts": contexts},
+            on_sync_done=lambda seconds, _rows: self.sync_seconds.observe(seconds),
+        )
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self._seq_samples: deque[tuple[float, int]] = deque()
+        self._stopped = threading.Event()
+
+    # -- health --------------------------------------------------------------
+
+    def health(self) -> tuple[bool, str]:
+        statuses = self.manager.statuses()
+        by_state: dict[str, int] = {}
+        for s in statuses:
+            by_state[s.state] = by_state.get(s.state, 0) + 1
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(by_state.items()))
+        # Healthy while the process works: the writer is alive. A forbidden or
+        # unreachable cluster is reported, not fatal (the others still sync).
+        ok = self.store.writer_alive()
+        return ok, f"{'ok' if ok else 'cache writer stopped'}: {detail}\n"
+
+    # -- jobs ----------------------------------------------------------------
+
+    def _purge_tombstones(self) -> None:
+        now = time.time()
+        self._seq_samples.append((now, self.store.seq))
+        cutoff: int | None = None
+        while self._seq_samples and now - self._seq_samples[0][0] > self.config.tombstone_retention:
+            cutoff = self._seq_samples.popleft()[1]
+        if cutoff:
+            purged = self.store.purge_tombstones(cutoff)
+            log.info("purged %d tombstones up to seq %d", purged, cutoff)
+
+    def _relist_all(self) -> None:
+        log.info("periodic safety-net relist of every informer")
+        for ctx in self.manager.contexts:
+            for informer in list(ctx.informers.values()):
+                informer.request_relist()
+
+    def _start_jobs(self) -> None:
+        self.scheduler.add_job(self.store.heartbeat, "interval", seconds=self.config.heartbeat_interval, id="heartbeat")
+        self.scheduler.add_job(self._purge_tombstones, "interval", minutes=10, id="tombstones", next_run_time=None)
+        self.scheduler.add_job(self.store.checkpoint_wal, "interval", minutes=5, id="wal-checkpoint")
+        if self.config.relist_interval > 0:
+            self.scheduler.add_job(self._relist_all, "interval", seconds=self.config.relist_interval, id="relist")
+        self.scheduler.start()
+        self._purge_tombstones()  # first sample
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.manager.start()
+        self.store.heartbeat()
+        self._start_jobs()
+        host, port = _split(self.config.grpc_address)
+        self.grpc = serve_plugin(self.plugin, f"{host}:{port}")
+        self.http = ThreadingHTTPServer(_split(self.config.http_address), _http_handler(self))
+        threading.Thread(target=self.http.serve_forever, name="http", daemon=True).start()
+        log.info(
+            "k8s-watcher daemon: %d contexts, cache %s, plugin on %s, health/metrics on http://%s",
+            len(self.manager.contexts), self.config.cache_path, self.config.grpc_address, self.config.http_address,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("stopping: closing watches and flushing the cache")
+        self.scheduler.shutdown(wait=False)
+        self.grpc.stop(grace=5).wait(10)
+        self.http.shutdown()
+        self.manager.stop()
+        self.store.close()
+        log.info("stopped cleanly")
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop with everything flushed."""
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        done.wait()
+        self.stop()

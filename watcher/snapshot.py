@@ -1,0 +1,211 @@
+"""SnapshotReader: one read transaction over the cache, out as Arrow record batches.
+
+Everything a sync emits comes from a single SQLite read transaction, so the tables
+of one sync agree with each other even while the daemon keeps writing (WAL readers
+see the database as of their first read).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from sqlalchemy import Engine, select
+
+from watcher import state
+from watcher.resources import BY_TABLE, CUSTOM_OBJECTS_TABLE, NODES
+from watcher.state import checkpoints, clusters, objects
+from watcher.tables import (
+    Column,
+    custom_objects_schema,
+    descriptor_schema,
+    python_rows_to_batch,
+    rows_to_batch,
+    table_schema,
+)
+
+CLUSTERS_TABLE = "k8s_clusters"
+#: The kube-system namespace's uid is the de facto cluster identity (what cluster-api,
+#: Datadog and others use); clusters that lack it get a stable uuid5 of their server.
+_CLUSTER_ID_NS = uuid.UUID("6f1f7a52-58a3-4c1e-9b1c-0f4a2f3c9d11")
+
+CLUSTER_COLUMNS: tuple[Column, ...] = tuple(
+    Column(name, type_, lambda _o: None)  # type: ignore[arg-type]
+    for name, type_ in (
+        ("cluster_name", "string"),
+        ("server", "string"),
+        ("ca_file", "string"),
+        ("insecure_skip_verify", "bool"),
+        ("namespace", "string"),
+        ("kubernetes_version", "string"),
+        ("node_count", "int64"),
+        ("synced_at", "timestamp"),
+        ("created_at", "timestamp"),
+        ("updated_at", "timestamp"),
+        ("informer_states", "json"),
+        ("informers_total", "int64"),
+        ("informers_watching", "int64"),
+        ("last_event_at", "timestamp"),
+        ("last_list_at", "timestamp"),
+        ("cache_staleness_seconds", "int64"),
+        ("last_error", "string"),
+    )
+)
+
+
+def schema_for(table: str) -> pa.Schema:
+    if table == CLUSTERS_TABLE:
+        return table_schema(CLUSTERS_TABLE, CLUSTER_COLUMNS, "One row per kubeconfig context, with cache freshness")
+    if table == CUSTOM_OBJECTS_TABLE:
+        return custom_objects_schema()
+    return descriptor_schema(BY_TABLE[table])
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How current one context's cached copy of one resource is."""
+
+    context: str
+    resource: str
+    table: str
+    state: str
+    listed: bool
+    updated_at: float
+
+
+def _ts(value: float | None) -> Any:
+    from datetime import UTC, datetime
+
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+class SnapshotReader:
+    """A consistent read of the cache file. Use as a context manager."""
+
+    def __init__(self, engine: Engine, *, batch_max_rows: int = 20_000, batch_max_bytes: int = 8 << 20) -> None:
+        self.engine = engine
+        self.batch_max_rows = batch_max_rows
+        self.batch_max_bytes = batch_max_bytes
+
+    @classmethod
+    def open(cls, path: Path, **kwargs: Any) -> SnapshotReader:
+        return cls(state.open_reader(path), **kwargs)
+
+    def __enter__(self) -> SnapshotReader:
+        self._conn = self.engine.connect()
+        self._tx = self._conn.begin()
+        # The first read pins the snapshot; every later read in this transaction sees it.
+        self.seq = state.max_seq(self._conn)
+        self.purged_seq = int(state.read_meta(self._conn, "purged_seq") or 0)
+        self.cache_id = state.read_meta(self._conn, "cache_id") or ""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tx.rollback()
+        self._conn.close()
+
+    # -- freshness -----------------------------------------------------------
+
+    def freshness(self) -> list[Freshness]:
+        return [
+            Freshness(
+                context=r["context"],
+                resource=r["resource"],
+                table=r["table_name"],
+                state=r["state"],
+                listed=bool(r["resource_version"]),
+                updated_at=float(r["updated_at"]),
+            )
+            for r in state.read_checkpoints(self._conn)
+        ]
+
+    def daemon_heartbeat(self) -> float:
+        return float(state.read_meta(self._conn, "daemon_heartbeat") or 0)
+
+    # -- rows ----------------------------------------------------------------
+
+    def batches(self, table: str, context: str, *, since_seq: int | None = None) -> Iterator[pa.RecordBatch]:
+        """Live rows of one table and context (changed after ``since_seq`` if given),
+        as record batches bounded in rows and bytes."""
+        if table == CLUSTERS_TABLE:
+            yield self._cluster_batch(context)
+            return
+        schema = schema_for(table)
+        query = select(objects.c.row).where(
+            (objects.c.table_name == table) & (objects.c.context == context) & (objects.c.deleted == False)  # noqa: E712
+        )
+        if since_seq is not None:
+            query = query.where(objects.c.seq > since_seq)
+        result = self._conn.execute(query.order_by(objects.c.resource, objects.c.uid))
+        rows: list[bytes] = []
+        size = 0
+        for (row,) in result:
+            rows.append(row)
+            size += len(row)
+            if len(rows) >= self.batch_max_rows or size >= self.batch_max_bytes:
+                yield rows_to_batch(schema, context, rows)
+                rows, size = [], 0
+        if rows:
+            yield rows_to_batch(schema, context, rows)
+
+    def deleted_uids(self, table: str, context: str, *, since_seq: int) -> list[str]:
+        """uids of objects deleted after ``since_seq`` (tombstones)."""
+        result = self._conn.execute(
+            select(objects.c.uid).where(
+                (objects.c.table_name == table)
+                & (objects.c.context == context)
+                & (objects.c.deleted == True)  # noqa: E712
+                & (objects.c.seq > since_seq)
+            )
+        )
+        return [str(u) for (u,) in result]
+
+    def _cluster_batch(self, context: str) -> pa.RecordBatch:
+        info = self._conn.execute(select(clusters).where(clusters.c.context == context)).mappings().first() or {}
+        cps = state.read_checkpoints(self._conn, context)
+        kube_system = self._conn.execute(
+            select(objects.c.uid).where(
+                (objects.c.context == context) & (objects.c.resource == "namespaces")
+                & (objects.c.name == "kube-system") & (objects.c.deleted == False)  # noqa: E712
+            )
+        ).scalar_one_or_none()
+        nodes = self._conn.execute(
+            select(objects.c.uid).where(
+                (objects.c.context == context) & (objects.c.resource == NODES.key) & (objects.c.deleted == False)  # noqa: E712
+            )
+        ).all()
+        now = time.time()
+        last_event = max((c["last_event_at"] or 0 for c in cps), default=0) or None
+        last_list = max((c["last_list_at"] or 0 for c in cps), default=0) or None
+        newest = max([c["updated_at"] for c in cps] + [self.daemon_heartbeat()], default=0)
+        server = info.get("server") or ""
+        row = {
+            "context_name": context,
+            "uid": kube_system or str(uuid.uuid5(_CLUSTER_ID_NS, f"{context}|{server}")),
+            "cluster_name": info.get("cluster_name"),
+            "server": server or None,
+            "ca_file": info.get("ca_file"),
+            "insecure_skip_verify": info.get("insecure_skip_verify"),
+            "namespace": info.get("namespace"),
+            "kubernetes_version": info.get("kubernetes_version"),
+            "node_count": len(nodes),
+            "synced_at": _ts(now),
+            "created_at": _ts(info.get("created_at")),
+            "updated_at": _ts(info.get("updated_at")),
+            "informer_states": {c["resource"]: c["state"] for c in cps},
+            "informers_total": len(cps),
+            "informers_watching": sum(1 for c in cps if c["state"] == "watching"),
+            "last_event_at": _ts(last_event),
+            "last_list_at": _ts(last_list),
+            "cache_staleness_seconds": int(now - newest) if newest else None,
+            "last_error": info.get("last_error"),
+        }
+        return python_rows_to_batch(schema_for(CLUSTERS_TABLE), [row])
+
+    def contexts_with_checkpoints(self) -> set[str]:
+        return {str(c) for (c,) in self._conn.execute(select(checkpoints.c.context).distinct())}

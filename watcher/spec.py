@@ -1,0 +1,152 @@
+"""The plugin spec: what a user writes under ``spec:`` in the CloudQuery source YAML.
+
+Validated against a JSON schema (also served to the CLI through GetSpecSchema);
+every error names the offending field.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from watcher.kube import default_kubeconfig
+from watcher.resources import CUSTOM_OBJECTS_TABLE, RESOURCES
+
+CLUSTERS_TABLE = "k8s_clusters"
+ALL_TABLES: tuple[str, ...] = (
+    CLUSTERS_TABLE,
+    *(d.table for d in RESOURCES),
+    CUSTOM_OBJECTS_TABLE,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "k8s-watcher source spec",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "contexts": {
+            "description": 'Kubeconfig context names to sync, or ["*"] for all of them.',
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+        },
+        "tables": {
+            "description": "Tables to sync (names or glob patterns such as k8s_core_*). Default: all.",
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+        },
+        "kubeconfig": {"description": "Path of the kubeconfig file (default: $KUBECONFIG or ~/.kube/config).", "type": "string"},
+        "cache_path": {"description": "The SQLite cache file the daemon keeps warm.", "type": "string"},
+        "incremental": {
+            "description": "Emit only what changed (and deletions) since the last completed sync.",
+            "type": "boolean",
+        },
+        "max_staleness": {
+            "description": "How old a context's cache may be without a live watch before a sync relists it (e.g. 90s, 10m, 1h).",
+            "type": ["string", "number"],
+        },
+        "concurrency": {"description": "Parallel LIST requests per context during a relist.", "type": "integer", "minimum": 1, "maximum": 64},
+        "batch_max_rows": {"description": "Rows per Arrow record batch at most.", "type": "integer", "minimum": 1},
+    },
+}
+
+
+class SpecError(ValueError):
+    """The spec is invalid; the message names the field."""
+
+
+def default_cache_path() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "k8s-watcher" / "cache.db"
+
+
+def parse_duration(value: str | float | int, *, field_name: str) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"10m"``, ``"1h"``, ``"500ms"``."""
+    if isinstance(value, bool):
+        raise SpecError(f"{field_name}: expected a duration such as 10m, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value)
+        if not match:
+            raise SpecError(f"{field_name}: {value!r} is not a duration (use e.g. 90s, 10m, 1h)")
+        number, unit = float(match.group(1)), match.group(2) or "s"
+        seconds = number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    if seconds <= 0:
+        raise SpecError(f"{field_name}: must be positive, got {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Spec:
+    contexts: tuple[str, ...] = ("*",)
+    tables: tuple[str, ...] = ALL_TABLES
+    kubeconfig: Path = field(default_factory=default_kubeconfig)
+    cache_path: Path = field(default_factory=default_cache_path)
+    incremental: bool = False
+    max_staleness: float = 600.0
+    concurrency: int = 4
+    batch_max_rows: int = 20_000
+
+    @classmethod
+    def parse(cls, raw: bytes | str | dict[str, Any] | None, *, defaults: dict[str, Any] | None = None) -> Spec:
+        if raw in (None, b"", "", b"null", "null"):
+            data: Any = {}
+        elif isinstance(raw, dict):
+            data = raw
+        else:
+            try:
+                data = json.loads(raw)
+            except ValueError as exc:
+                raise SpecError(f"spec is not valid JSON: {exc}") from exc
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise SpecError(f"spec must be a mapping of fields, got {type(data).__name__}")
+        data = {**(defaults or {}), **data}
+        validator = jsonschema.Draft202012Validator(JSON_SCHEMA)
+        errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        if errors:
+            raise SpecError("; ".join(_describe(e) for e in errors))
+        tables = _expand_tables(data.get("tables", ["*"]))
+        return cls(
+            contexts=tuple(data.get("contexts", ["*"])),
+            tables=tables,
+            kubeconfig=Path(os.path.expanduser(data["kubeconfig"])) if "kubeconfig" in data else default_kubeconfig(),
+            cache_path=Path(os.path.expanduser(data["cache_path"])) if "cache_path" in data else default_cache_path(),
+            incremental=bool(data.get("incremental", False)),
+            max_staleness=parse_duration(data.get("max_staleness", "10m"), field_name="max_staleness"),
+            concurrency=int(data.get("concurrency", 4)),
+            batch_max_rows=int(data.get("batch_max_rows", 20_000)),
+        )
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "spec"
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(JSON_SCHEMA["properties"]))
+        return f"unknown field(s) in spec: {', '.join(extra)} (allowed: {', '.join(JSON_SCHEMA['properties'])})"
+    if error.validator == "minItems" and error.instance == []:
+        return f"{where}: must not be empty"
+    return f"{where}: {error.message}"
+
+
+def _expand_tables(patterns: list[str]) -> tuple[str, ...]:
+    chosen: list[str] = []
+    for pattern in patterns:
+        matched = [t for t in ALL_TABLES if fnmatch.fnmatchcase(t, pattern)]
+        if not matched:
+            raise SpecError(f"tables: {pattern!r} matches no table (known: {', '.join(ALL_TABLES)})")
+        chosen.extend(t for t in matched if t not in chosen)
+    return tuple(chosen)
