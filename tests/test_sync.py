@@ -1,0 +1,376 @@
+"""End to end: the real CloudQuery CLI runs the plugin (registry local and grpc) into a
+real PostgreSQL server, against the real API servers (issues 2 and 4).
+
+The destination is the test bed's stand-in (testbed/pgdest.py): the real CloudQuery
+PostgreSQL destination cannot be fetched from the Go module proxy here (403).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from datetime import datetime
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from testbed.cluster import ControlPlanes, free_port
+from testbed.cq import CqResult, destination_config, run_cloudquery, source_config, standin_destination
+from testbed.postgres import Postgres, postgres_server
+from tests.conftest import configmap, eventually, namespace, truth, unique
+from watcher.resources import BY_KEY
+
+PODS, CMS, NSS, SECRETS = (BY_KEY[k] for k in ("pods", "configmaps", "namespaces", "secrets"))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Postgres]:
+    with postgres_server() as pg:
+        yield pg
+
+
+@pytest.fixture
+def dsn(pg_server: Postgres) -> str:
+    """A fresh database per test."""
+    name = "t_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return pg_server.dsn.replace("/postgres?", f"/{name}?")
+
+
+def pg_uids(dsn: str, table: str, context: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(f"SELECT uid::text FROM {table} WHERE context_name = %s", (context,)).fetchall()
+    return {r[0] for r in rows}
+
+
+def pg_tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {r[0] for r in rows}
+
+
+def assert_pg_equals_api(dsn: str, planes: ControlPlanes, contexts: list[str]) -> None:
+    for ctx in contexts:
+        admin = planes.servers[ctx].admin()
+        for desc in (NSS, PODS, CMS, SECRETS):
+            assert pg_uids(dsn, desc.table, ctx) == set(truth(admin, desc)), f"{ctx} {desc.table}"
+
+
+def sync(tmp: Path, dsn: str, spec: dict[str, Any], **source: Any) -> CqResult:
+    write_mode = source.pop("write_mode", "overwrite-delete-stale")
+    configs = [source_config(spec, **source), destination_config(dsn, standin_destination(tmp), write_mode=write_mode)]
+    return run_cloudquery(["sync"], workdir=tmp / "cq", configs=configs)
+
+
+def synced_resources(result: CqResult) -> int:
+    """Rows the CLI says it received from the source (its sync summary)."""
+    match = re.search(r'"resources":(\d+)', result.output)
+    assert match, result.output[-2000:]
+    return int(match.group(1))
+
+
+def watcher_requests(planes: ControlPlanes, since: float, verbs: set[str]) -> list[str]:
+    out = []
+    for server in planes.servers.values():
+        for e in server.audit_events():
+            if not e.get("userAgent", "").startswith("k8s-watcher/"):
+                continue
+            received = datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+            if received >= since and e["verb"] in verbs:
+                out.append(f"{server.name} {e['verb']} {e['requestURI']}")
+    return out
+
+
+def _populate(planes: ControlPlanes, contexts: list[str]) -> str:
+    ns = unique("sync")
+    for ctx in contexts:
+        admin = planes.servers[ctx].admin()
+        namespace(admin, ns)
+        for i in range(3):
+            admin.create(f"/api/v1/namespaces/{ns}/pods", {"metadata": {"name": f"p{i}"}, "spec": {"containers": [{"name": "c", "image": f"img:{i}"}]}})
+            configmap(admin, ns, f"cm{i}", k=str(i))
+        admin.create(f"/api/v1/namespaces/{ns}/secrets", {"metadata": {"name": "s"}, "stringData": {"password": "hunter2-canary"}})
+    return ns
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+@dataclass
+class DaemonProcess:
+    proc: subprocess.Popen[bytes]
+    grpc_port: int
+    http_port: int
+    log: Path
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def status(self, cache: Path) -> dict[str, Any]:
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "k8s-watcher"), "status", "--cache", str(cache), "--json"],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        return json.loads(out.stdout)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Any]:
+    started: list[DaemonProcess] = []
+
+    def start(kubeconfig: Path, cache: Path, contexts: str = "*") -> DaemonProcess:
+        grpc_port, http_port = free_port(), free_port()
+        log = tmp_path / f"daemon-{len(started)}.log"
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "k8s-watcher"), "serve",
+                "--kubeconfig", str(kubeconfig), "--contexts", contexts, "--cache", str(cache),
+                "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}",
+            ],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        daemon = DaemonProcess(proc, grpc_port, http_port, log)
+        started.append(daemon)
+
+        def healthy() -> bool:
+            assert proc.poll() is None, log.read_text()
+            try:
+                code, body = daemon.http("/healthz")
+            except OSError:
+                return False
+            return code == 200 and "listing" not in body and "starting" not in body
+
+        eventually(healthy, timeout=60, what="daemon healthy and synced")
+        return daemon
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_local_registry_relists_without_cache_and_delivers_everything(planes: ControlPlanes, dsn: str, tmp_path: Path) -> None:
+    ns = _populate(planes, ["dev", "prod"])
+    cache = tmp_path / "no-daemon" / "cache.db"
+    assert not cache.exists()
+    spec = {"kubeconfig": str(planes.kubeconfig), "contexts": ["dev", "prod"], "cache_path": str(cache)}
+    result = sync(tmp_path, dsn, spec)
+    assert result.returncode == 0, result.output[-3000:]
+    assert "relisting" in result.output  # the fallback said what it did
+    assert_pg_equals_api(dsn, planes, ["dev", "prod"])
+    with psycopg.connect(dsn) as conn:
+        clusters = conn.execute("SELECT context_name, kubernetes_version, server FROM k8s_clusters ORDER BY 1").fetchall()
+        joined = conn.execute(
+            "SELECT c.context_name, c.kubernetes_version, n.name, p.name FROM k8s_clusters c "
+            "JOIN k8s_namespaces n ON c.context_name = n.context_name "
+            "JOIN k8s_pods p ON n.name = p.namespace AND c.context_name = p.context_name "
+            "WHERE n.name = %s ORDER BY 1, 4",
+            (ns,),
+        ).fetchall()
+        images = conn.execute("SELECT images, phase FROM k8s_pods WHERE namespace = %s AND name = 'p1' AND context_name = 'dev'", (ns,)).fetchone()
+        secret = conn.execute("SELECT spec, status, name FROM k8s_secrets WHERE namespace = %s AND context_name = 'dev'", (ns,)).fetchone()
+    assert [c[:2] for c in clusters] == [("dev", "v1.37.2"), ("prod", "v1.37.2")]
+    assert [c[2] for c in clusters] == [planes.servers["dev"].client_url, planes.servers["prod"].client_url]
+    assert joined == [(ctx, "v1.37.2", ns, f"p{i}") for ctx in ("dev", "prod") for i in range(3)]
+    assert images == (["img:1"], "Pending")
+    assert secret == (None, None, "s")  # metadata only
+
+
+def test_grpc_daemon_warm_sync_updates_deletes_restart(
+    planes: ControlPlanes, dsn: str, tmp_path: Path, start_daemon: Any
+) -> None:
+    ns = _populate(planes, ["dev", "prod"])
+    cache = tmp_path / "daemon" / "cache.db"
+    daemon = start_daemon(planes.kubeconfig, cache, "dev,prod")
+    eventually(lambda: len(cached_pod_uids(cache, ns)) == 6, what="pods cached")
+    spec: dict[str, Any] = {}  # the daemon supplies kubeconfig, contexts and cache
+    time.sleep(1)  # let start-up requests (e.g. /version) fall before the counting window
+    began = time.time()
+    first = sync(tmp_path, dsn, spec, registry="grpc", path=f"127.0.0.1:{daemon.grpc_port}")
+    assert first.returncode == 0, first.output[-3000:]
+    assert watcher_requests(planes, began, {"list", "get"}) == []  # warm: not one request
+    assert_pg_equals_api(dsn, planes, ["dev", "prod"])
+
+    # Updates and deletes, then a second snapshot sync (default write mode).
+    for ctx in ("dev", "prod"):
+        admin = planes.servers[ctx].admin()
+        admin.delete(f"/api/v1/namespaces/{ns}/pods/p0")
+        admin.delete(f"/api/v1/namespaces/{ns}/configmaps/cm1")
+        admin.patch(f"/api/v1/namespaces/{ns}/configmaps/cm2", {"data": {"k": "new"}})
+        configmap(admin, ns, "cm-new")
+    eventually(lambda: len(cached_pod_uids(cache, ns)) == 4, what="deletes cached")
+    time.sleep(0.5)
+    second = sync(tmp_path, dsn, spec, registry="grpc", path=f"127.0.0.1:{daemon.grpc_port}")
+    assert second.returncode == 0, second.output[-3000:]
+    assert_pg_equals_api(dsn, planes, ["dev", "prod"])
+    with psycopg.connect(dsn) as conn:
+        data = conn.execute(
+            "SELECT resource_version FROM k8s_configmaps WHERE namespace = %s AND name = 'cm2' AND context_name = 'dev'", (ns,)
+        ).fetchone()
+    assert data is not None and data[0] == planes.servers["dev"].admin().get(f"/api/v1/namespaces/{ns}/configmaps/cm2")["metadata"]["resourceVersion"]
+
+    code, health = daemon.http("/healthz")
+    assert code == 200 and "watching=" in health
+    code, metrics = daemon.http("/metrics")
+    assert code == 200
+    assert 'k8s_watcher_informer_state{context="dev",resource="pods",state="watching"} 1.0' in metrics
+    assert re.search(r'k8s_watcher_cache_rows\{table="k8s_pods"\} \d+', metrics)
+    assert "k8s_watcher_sync_duration_seconds_count 2.0" in metrics
+
+    # SIGTERM: clean exit; a restart resumes from the stored RVs without listing.
+    assert daemon.terminate() == 0
+    assert "stopped cleanly" in daemon.log.read_text()
+    restarted_at = time.time()
+    configmap(planes.servers["dev"].admin(), ns, "while-down")
+    again = start_daemon(planes.kubeconfig, cache, "dev,prod")
+    informers = again.status(cache)["informers"]
+    assert informers and all(i["lists"] == 0 and i["state"] == "watching" for i in informers), informers
+    assert [r for r in watcher_requests(planes, restarted_at, {"list", "watch"}) if " list " in r or "sendInitialEvents" in r] == []
+    eventually(lambda: "while-down" in {n for n in cached_names(cache, "configmaps", "dev", ns)}, what="resumed watch")
+
+
+def cached_pod_uids(cache: Path, ns: str) -> list[str]:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{cache}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in con.execute("SELECT uid FROM objects WHERE resource='pods' AND namespace=? AND deleted=0", (ns,))]
+    finally:
+        con.close()
+
+
+def cached_names(cache: Path, resource: str, context: str, ns: str) -> list[str]:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{cache}?mode=ro", uri=True)
+    try:
+        query = "SELECT name FROM objects WHERE resource=? AND context=? AND namespace=? AND deleted=0"
+        return [r[0] for r in con.execute(query, (resource, context, ns))]
+    finally:
+        con.close()
+
+
+def test_incremental_mode_emits_only_changes_and_propagates_deletes(
+    planes: ControlPlanes, dsn: str, tmp_path: Path, start_daemon: Any
+) -> None:
+    ns = _populate(planes, ["dev", "prod"])
+    cache = tmp_path / "inc" / "cache.db"
+    daemon = start_daemon(planes.kubeconfig, cache, "dev,prod")
+    source = {"registry": "grpc", "path": f"127.0.0.1:{daemon.grpc_port}", "with_state_backend": True, "write_mode": "overwrite"}
+    # Leases are renewed by the API servers every few seconds: leave them out so that
+    # "nothing changed" is true and the counts below are exact.
+    spec = {"incremental": True, "tables": ["k8s_clusters", "k8s_namespaces", "k8s_pods", "k8s_configmaps", "k8s_secrets"]}
+    full = sync(tmp_path, dsn, spec, **source)
+    assert full.returncode == 0, full.output[-3000:]
+    assert_pg_equals_api(dsn, planes, ["dev", "prod"])
+    assert synced_resources(full) > 30  # the first incremental sync is a full snapshot
+
+    # No change at all: only the two k8s_clusters rows (always whole) travel.
+    idle = sync(tmp_path, dsn, spec, **source)
+    assert idle.returncode == 0, idle.output[-3000:]
+    assert synced_resources(idle) == 2
+
+    admin = planes.servers["dev"].admin()
+    configmap(admin, ns, "inc-a")
+    configmap(admin, ns, "inc-b")
+    admin.patch(f"/api/v1/namespaces/{ns}/configmaps/cm0", {"data": {"k": "v2"}})
+    admin.delete(f"/api/v1/namespaces/{ns}/configmaps/cm1")
+    admin.delete(f"/api/v1/namespaces/{ns}/pods/p2")
+    planes.servers["prod"].admin().delete(f"/api/v1/namespaces/{ns}/secrets/s")
+    eventually(lambda: "inc-b" in cached_names(cache, "configmaps", "dev", ns) and len(cached_pod_uids(cache, ns)) == 5)
+    time.sleep(0.5)
+    delta = sync(tmp_path, dsn, spec, **source)
+    assert delta.returncode == 0, delta.output[-3000:]
+    assert synced_resources(delta) == 2 + 3  # clusters + inc-a, inc-b, cm0
+    assert_pg_equals_api(dsn, planes, ["dev", "prod"])  # the deletions reached PostgreSQL too
+
+    # A lost cursor (state table dropped) falls back to a full snapshot, still exact.
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DELETE FROM cq_state_k8s")
+    planes.servers["prod"].admin().delete(f"/api/v1/namespaces/{ns}/configmaps/cm0")
+    eventually(lambda: "cm0" not in [n for n in cached_names(cache, "configmaps", "prod", ns)])
+    again = sync(tmp_path, dsn, spec, **source)
+    assert again.returncode == 0
+    assert synced_resources(again) > 30
+    assert_pg_equals_api(dsn, planes, ["dev", "prod"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"colour": "blue"}, "unknown field(s) in spec: colour"),
+        ({"contexts": ["nope"]}, "context(s) nope not found in kubeconfig"),
+        ({"max_staleness": "soon"}, "max_staleness: 'soon' is not a duration"),
+        ({"contexts": []}, "contexts: must not be empty"),
+        ({"tables": ["k8s_nothing"]}, "tables: 'k8s_nothing' matches no table"),
+        ({"kubeconfig": "/nonexistent/kubeconfig"}, "kubeconfig /nonexistent/kubeconfig does not exist"),
+    ],
+)
+def test_bad_spec_fails_with_a_message_naming_it(
+    planes: ControlPlanes, dsn: str, tmp_path: Path, spec: dict[str, Any], expected: str
+) -> None:
+    full = {"kubeconfig": str(planes.kubeconfig), "cache_path": str(tmp_path / "c.db"), **spec}
+    result = sync(tmp_path, dsn, full)
+    assert result.returncode != 0
+    assert expected in result.output, result.output[-2000:]
+    assert not any(t.startswith("k8s_") for t in pg_tables(dsn))  # nothing written
+
+
+def test_test_connection_reports_unreachable_context(planes: ControlPlanes, tmp_path: Path) -> None:
+    spec = {"kubeconfig": str(planes.kubeconfig), "contexts": ["dev", "prod"]}
+    ok = run_cloudquery(["test-connection"], workdir=tmp_path / "ok", configs=[source_config(spec)])
+    assert ok.returncode == 0, ok.output[-2000:]
+    import yaml
+
+    config = yaml.safe_load(planes.kubeconfig.read_text())
+    config["clusters"].append({"name": "gone", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}})
+    config["contexts"].append({"name": "gone", "context": {"cluster": "gone", "user": "dev-admin"}})
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    bad = run_cloudquery(
+        ["test-connection"], workdir=tmp_path / "bad", configs=[source_config({"kubeconfig": str(kubeconfig), "contexts": ["dev", "gone"]})]
+    )
+    assert bad.returncode != 0
+    assert "gone: connection error" in bad.output, bad.output[-2000:]
+
+
+def test_one_unreachable_context_does_not_spoil_the_sync(planes: ControlPlanes, dsn: str, tmp_path: Path) -> None:
+    import yaml
+
+    config = yaml.safe_load(planes.kubeconfig.read_text())
+    config["clusters"].append({"name": "gone", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}})
+    config["contexts"].append({"name": "gone", "context": {"cluster": "gone", "user": "dev-admin"}})
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    spec = {"kubeconfig": str(kubeconfig), "contexts": ["prod", "gone"], "cache_path": str(tmp_path / "c.db")}
+    result = sync(tmp_path, dsn, spec)
+    assert result.returncode == 0, result.output[-3000:]
+    assert "context gone could not be synced" in result.output
+    assert_pg_equals_api(dsn, planes, ["prod"])
+    with psycopg.connect(dsn) as conn:
+        rows = dict(conn.execute("SELECT context_name, last_error FROM k8s_clusters").fetchall())
+    assert rows["prod"] is None and "connection error" in (rows["gone"] or "")
+
