@@ -15,7 +15,7 @@ if [[ -f "$out/.stamp" && "$(cat "$out/.stamp")" == "$stamp" && -x "$out/kube-ap
   exit 0
 fi
 
-export CGO_ENABLED=0 GOFLAGS=-mod=mod
+export CGO_ENABLED=0
 cd "$here/kube"
 echo "building etcd -> $out/etcd"
 go build -pgo=off -trimpath -o "$out/etcd" go.etcd.io/etcd/server/v3

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs and builds everything the demo and the tests need, caching what it can:
+#   - Debian's postgresql server binaries (apt, only when missing)
+#   - a virtualenv in .venv with the package and its test extras (skipped when
+#     pyproject.toml is unchanged since the last install)
+#   - kube-apiserver and etcd from the Go module proxy (testbed/build.sh; cached
+#     under ~/.cache/k8s-watcher, a second run rebuilds nothing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "setup: installing Debian's postgresql"
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq postgresql >/dev/null
+fi
+
+command -v go >/dev/null || { echo "setup: Go >= 1.26 is required to build the test control plane" >&2; exit 1; }
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$python" -m venv .venv
+fi
+stamp=$(sha256sum pyproject.toml | cut -c1-16)
+if [ "$(cat .venv/.k8s-watcher-stamp 2>/dev/null)" != "$stamp" ]; then
+  echo "setup: installing k8s-watcher and its test dependencies into .venv"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e ".[test]"
+  echo "$stamp" > .venv/.k8s-watcher-stamp
+fi
+
+testbed/build.sh
