@@ -15,9 +15,9 @@ import sys
 import time
 import urllib.request
 import uuid
-from datetime import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 

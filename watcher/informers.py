@@ -70,7 +70,8 @@ class Backoff:
         else:
             self._current = min(self._current * self.factor, self.cap)
         self._last_failure = now
-        return self._current * (1 + random.random() * self.jitter) if self._current < self.cap else self.cap
+        # Jitter spreads reconnects of many informers; it never takes a delay past the cap.
+        return min(self._current * (1 + random.random() * self.jitter), self.cap)
 
 
 @dataclass

@@ -128,7 +128,7 @@ def _d(
     )
 
 
-S, I, B, J, T, SL = "string", "int64", "bool", "json", "timestamp", "string_list"
+S, INT, B, J, T, SL = "string", "int64", "bool", "json", "timestamp", "string_list"
 
 CRD = _d(
     "k8s_custom_resources", "apiextensions.k8s.io", "v1", "customresourcedefinitions",
@@ -163,10 +163,10 @@ NODES = _d(
 )  # fmt: skip
 
 _WORKLOAD_REPLICAS = (
-    Column("replicas", I, path("spec", "replicas")),
-    Column("ready_replicas", I, path("status", "readyReplicas")),
-    Column("available_replicas", I, path("status", "availableReplicas")),
-    Column("updated_replicas", I, path("status", "updatedReplicas")),
+    Column("replicas", INT, path("spec", "replicas")),
+    Column("ready_replicas", INT, path("status", "readyReplicas")),
+    Column("available_replicas", INT, path("status", "availableReplicas")),
+    Column("updated_replicas", INT, path("status", "updatedReplicas")),
     Column("selector", J, path("spec", "selector")),
     Column("images", SL, each(lambda o: _containers(path("spec", "template")(o) or {}), path("image"))),
 )
@@ -182,7 +182,7 @@ RESOURCES: tuple[ResourceDescriptor, ...] = (
         Column("service_account_name", S, path("spec", "serviceAccountName")),
         Column("qos_class", S, path("status", "qosClass")),
         Column("images", SL, each(_containers, path("image"))),
-        Column("restart_count", I, _restart_count),
+        Column("restart_count", INT, _restart_count),
         Column("ready", B, _ready_condition),
         Column("start_time", T, path("status", "startTime")),
     )),
@@ -207,17 +207,17 @@ RESOURCES: tuple[ResourceDescriptor, ...] = (
         *_WORKLOAD_REPLICAS, Column("service_name", S, path("spec", "serviceName")),
     )),
     _d("k8s_daemonsets", "apps", "v1", "daemonsets", "DaemonSet", columns=(
-        Column("desired_number_scheduled", I, path("status", "desiredNumberScheduled")),
-        Column("number_ready", I, path("status", "numberReady")),
-        Column("number_available", I, path("status", "numberAvailable")),
+        Column("desired_number_scheduled", INT, path("status", "desiredNumberScheduled")),
+        Column("number_ready", INT, path("status", "numberReady")),
+        Column("number_available", INT, path("status", "numberAvailable")),
         Column("images", SL, each(lambda o: _containers(path("spec", "template")(o) or {}), path("image"))),
     )),
     _d("k8s_jobs", "batch", "v1", "jobs", "Job", columns=(
-        Column("completions", I, path("spec", "completions")),
-        Column("parallelism", I, path("spec", "parallelism")),
-        Column("succeeded", I, path("status", "succeeded")),
-        Column("failed", I, path("status", "failed")),
-        Column("active", I, path("status", "active")),
+        Column("completions", INT, path("spec", "completions")),
+        Column("parallelism", INT, path("spec", "parallelism")),
+        Column("succeeded", INT, path("status", "succeeded")),
+        Column("failed", INT, path("status", "failed")),
+        Column("active", INT, path("status", "active")),
         Column("start_time", T, path("status", "startTime")),
         Column("completion_time", T, path("status", "completionTime")),
     )),
@@ -286,17 +286,17 @@ RESOURCES: tuple[ResourceDescriptor, ...] = (
     )),
     _d("k8s_horizontalpodautoscalers", "autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler",
        columns=(
-           Column("min_replicas", I, path("spec", "minReplicas")),
-           Column("max_replicas", I, path("spec", "maxReplicas")),
-           Column("current_replicas", I, path("status", "currentReplicas")),
-           Column("desired_replicas", I, path("status", "desiredReplicas")),
+           Column("min_replicas", INT, path("spec", "minReplicas")),
+           Column("max_replicas", INT, path("spec", "maxReplicas")),
+           Column("current_replicas", INT, path("status", "currentReplicas")),
+           Column("desired_replicas", INT, path("status", "desiredReplicas")),
            Column("scale_target_ref", J, path("spec", "scaleTargetRef")),
        )),
     _d("k8s_poddisruptionbudgets", "policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", columns=(
         Column("min_available", S, lambda o: _str(path("spec", "minAvailable")(o))),
         Column("max_unavailable", S, lambda o: _str(path("spec", "maxUnavailable")(o))),
-        Column("current_healthy", I, path("status", "currentHealthy")),
-        Column("disruptions_allowed", I, path("status", "disruptionsAllowed")),
+        Column("current_healthy", INT, path("status", "currentHealthy")),
+        Column("disruptions_allowed", INT, path("status", "disruptionsAllowed")),
     )),
     _d("k8s_leases", "coordination.k8s.io", "v1", "leases", "Lease", columns=(
         Column("holder_identity", S, path("spec", "holderIdentity")),

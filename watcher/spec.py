@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -83,8 +84,8 @@ def parse_duration(value: str | float | int, *, field_name: str) -> float:
             raise SpecError(f"{field_name}: {value!r} is not a duration (use e.g. 90s, 10m, 1h)")
         number, unit = float(match.group(1)), match.group(2) or "s"
         seconds = number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
-    if seconds <= 0:
-        raise SpecError(f"{field_name}: must be positive, got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise SpecError(f"{field_name}: must be a positive, finite duration, got {value!r}")
     return seconds
 
 
