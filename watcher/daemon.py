@@ -137,7 +137,7 @@ class Daemon:
         by_state: dict[str, int] = {}
         for s in statuses:
             by_state[s.state] = by_state.get(s.state, 0) + 1
-        detail = ", ".join(f"{k}={v}" for k, v in sorted(by_state.items()))
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(by_state.items())) or "starting"
         # Healthy while the process works: the writer is alive. A forbidden or
         # unreachable cluster is reported, not fatal (the others still sync).
         ok = self.store.writer_alive()
@@ -173,13 +173,14 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
+        # Health first: /healthz answers (with "starting") while contexts connect.
+        self.http = ThreadingHTTPServer(_split(self.config.http_address), _http_handler(self))
+        threading.Thread(target=self.http.serve_forever, name="http", daemon=True).start()
         self.manager.start()
         self.store.heartbeat()
         self._start_jobs()
         host, port = _split(self.config.grpc_address)
         self.grpc = serve_plugin(self.plugin, f"{host}:{port}")
-        self.http = ThreadingHTTPServer(_split(self.config.http_address), _http_handler(self))
-        threading.Thread(target=self.http.serve_forever, name="http", daemon=True).start()
         log.info(
             "k8s-watcher daemon: %d contexts, cache %s, plugin on %s, health/metrics on http://%s",
             len(self.manager.contexts), self.config.cache_path, self.config.grpc_address, self.config.http_address,

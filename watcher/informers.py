@@ -527,7 +527,7 @@ class ContextInformers:
         return out
 
     def statuses(self) -> list[InformerStatus]:
-        return [inf.status for inf in self.informers.values()]
+        return [inf.status for inf in list(self.informers.values())]
 
     def stop(self) -> None:
         for informer in self.informers.values():
@@ -568,8 +568,13 @@ class InformerManager:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        for ctx in self.contexts:
-            ctx.start()
+        # Contexts start in parallel: an unreachable one (connect timeouts) must not
+        # delay the others.
+        starters = [threading.Thread(target=ctx.start, name=f"start {ctx.context}") for ctx in self.contexts]
+        for t in starters:
+            t.start()
+        for t in starters:
+            t.join()
         self._thread = threading.Thread(target=self._reconcile_loop, name="informer-reconcile", daemon=True)
         self._thread.start()
 

@@ -123,6 +123,14 @@ class KubeClient:
         except (ConfigException, OSError, ValueError) as exc:
             raise KubeconfigError(f"context {context} in kubeconfig {kubeconfig}: {exc}") from exc
         self.context = context
+        user = next(
+            (u.get("user") or {} for u in config.get("users") or [] if u.get("name") == ctx.get("user")),
+            {},
+        )
+        # A projected service-account token (in-cluster) is rotated on disk about hourly;
+        # the kubernetes client reads tokenFile once, so we re-read it when it changes.
+        self._token_file = Path(user["tokenFile"]) if user.get("tokenFile") else None
+        self._token_cache: tuple[float, str] = (0.0, "")
         self.info = ClusterInfo(
             context=context,
             cluster_name=ctx.get("cluster"),
@@ -146,10 +154,20 @@ class KubeClient:
 
     def _headers(self, accept: str) -> dict[str, str]:
         headers = {"Accept": accept, "User-Agent": "k8s-watcher/0.1"}
-        token = self.configuration.get_api_key_with_prefix("BearerToken")
+        token = self._file_token() if self._token_file else self.configuration.get_api_key_with_prefix("BearerToken")
         if token:
             headers["Authorization"] = token
         return headers
+
+    def _file_token(self) -> str:
+        assert self._token_file is not None
+        try:
+            mtime = self._token_file.stat().st_mtime
+        except OSError as exc:
+            raise ApiError(0, "token file unreadable", f"{self._token_file}: {exc.strerror}") from exc
+        if mtime != self._token_cache[0]:
+            self._token_cache = (mtime, "Bearer " + self._token_file.read_text().strip())
+        return self._token_cache[1]
 
     def _open(self, path: str, query: Mapping[str, Any], *, accept: str, timeout: urllib3.Timeout) -> Any:
         url = self.configuration.host.rstrip("/") + path

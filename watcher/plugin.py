@@ -25,8 +25,6 @@ from typing import Any
 import grpc
 import pyarrow as pa
 from cloudquery.plugin_v3 import arrow, plugin_pb2, plugin_pb2_grpc
-from cloudquery.sdk.plugin.plugin import BackendOptions
-from cloudquery.sdk.stateclient.stateclient import StateClientBuilder
 
 from watcher import __version__
 from watcher.informers import InformerOptions, ResourceInformer
@@ -322,6 +320,11 @@ class _CursorState:
     with the destination: ``<cache id>:<seq>`` of the last completed sync."""
 
     def __init__(self, backend: Any, *, supports_checkpoints: bool) -> None:
+        # Imported here: the SDK's state client pulls in pandas (~60 MB), which a daemon
+        # serving snapshot syncs never needs.
+        from cloudquery.sdk.plugin.plugin import BackendOptions
+        from cloudquery.sdk.stateclient.stateclient import StateClientBuilder
+
         options = BackendOptions(connection=backend.connection, table_name=backend.table_name)
         self.client = StateClientBuilder.build(backend_options=options)
         self.enabled = bool(backend.table_name)

@@ -1,0 +1,85 @@
+"""A null source for the benchmark: emits pre-built Arrow batches from memory.
+
+``bench/run.py`` writes every table of a warm cache to an Arrow IPC file first; this
+plugin loads that file at Init and sends the very same rows on Sync. Its sync time is
+the pipeline's limit (CLI + destination), against which the real plugin is compared.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pyarrow as pa
+from cloudquery.discovery_v1 import discovery_pb2_grpc
+from cloudquery.plugin_v3 import arrow, plugin_pb2, plugin_pb2_grpc
+from cloudquery.sdk.internal.servers.discovery_v1.discovery import DiscoveryServicer
+from cloudquery.sdk.types import JSONType  # noqa: F401 - registers the extension types
+
+
+class NullSource(plugin_pb2_grpc.PluginServicer):
+    def __init__(self) -> None:
+        self.batches: list[pa.RecordBatch] = []
+        self.schemas: dict[str, pa.Schema] = {}
+
+    def GetName(self, request: Any, context: Any) -> Any:
+        return plugin_pb2.GetName.Response(name="null-source")
+
+    def GetVersion(self, request: Any, context: Any) -> Any:
+        return plugin_pb2.GetVersion.Response(version="v0.0.1")
+
+    def Init(self, request: Any, context: Any) -> Any:
+        spec = json.loads(request.spec or b"{}") or {}
+        if not request.no_connection:
+            # Each row of the file: one serialised record batch and its serialised schema.
+            with pa.memory_map(spec["batches"]) as source:
+                reader = pa.ipc.open_file(source)
+                for i in range(reader.num_record_batches):
+                    row = reader.get_batch(i)
+                    schema = pa.ipc.read_schema(pa.py_buffer(row.column(1)[0].as_py()))
+                    self.batches.append(pa.ipc.read_record_batch(pa.py_buffer(row.column(0)[0].as_py()), schema))
+            for batch in self.batches:
+                self.schemas.setdefault(batch.schema.metadata[b"cq:table_name"].decode(), batch.schema)
+        return plugin_pb2.Init.Response()
+
+    def GetTables(self, request: Any, context: Any) -> Any:
+        return plugin_pb2.GetTables.Response(tables=[arrow.schema_to_bytes(s) for s in self.schemas.values()])
+
+    def Sync(self, request: Any, context: Any) -> Iterator[Any]:
+        for schema in self.schemas.values():
+            yield plugin_pb2.Sync.Response(migrate_table=plugin_pb2.Sync.MessageMigrateTable(table=arrow.schema_to_bytes(schema)))
+        for batch in self.batches:
+            yield plugin_pb2.Sync.Response(insert=plugin_pb2.Sync.MessageInsert(record=arrow.record_to_bytes(batch)))
+
+    def Close(self, request: Any, context: Any) -> Any:
+        return plugin_pb2.Close.Response()
+
+
+def main(argv: list[str]) -> int:
+    address = argv[argv.index("--address") + 1]
+    if "--network" in argv and argv[argv.index("--network") + 1] == "unix":
+        address = f"unix:{address}"
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=[("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)],
+    )
+    discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryServicer([3]), server)
+    plugin_pb2_grpc.add_PluginServicer_to_server(NullSource(), server)
+    server.add_insecure_port(address)
+    server.start()
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop(1).wait(3)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

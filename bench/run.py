@@ -1,0 +1,490 @@
+"""Benchmarks, side by side in one run, against the real parts (see BENCHMARKS.md).
+
+For each size N: a fresh test bed with 3 contexts, N objects in a realistic mix, the
+k8s-watcher daemon, PostgreSQL, and the real CloudQuery CLI. Measures:
+
+1. `cloudquery sync` wall time: (a) daemon, warm cache, registry grpc; (b) forced
+   relist (registry local, no cache); (d) a null source emitting the same rows from
+   memory. (c), the official CloudQuery k8s plugin, cannot be fetched here (see
+   BENCHMARKS.md). Ratios a/b and a/d.
+2. Cache -> Arrow emission rate (rows/s, no destination).
+3. Freshness: API write -> visible in the cache, p50/p99, under sustained writes/s.
+4. Ingest: the watch-event rate the cache keeps up with under a write blast.
+5. Daemon peak RSS (VmHWM).
+6. API requests (LIST, WATCH) each variant issues per sync (audit log).
+
+    .venv/bin/python -m bench.run --sizes 10000,100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import sqlite3
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from testbed.cluster import ApiServer, ControlPlanes, control_planes, free_port
+from testbed.cq import destination_config, run_cloudquery, source_config, standin_destination
+from testbed.postgres import postgres_server
+
+REPO = Path(__file__).resolve().parent.parent
+CONTEXTS = ["c1", "c2", "c3"]
+#: Share of N per kind: mostly pods and configmaps, as in real clusters.
+MIX = {
+    "pods": 0.40, "configmaps": 0.30, "events": 0.10, "secrets": 0.05, "deployments": 0.04,
+    "services": 0.04, "widgets": 0.04, "namespaces": 0.03,
+}  # fmt: skip
+GROUP = "bench.k8s-watcher.io"
+
+
+class Conn:
+    """A keep-alive HTTPS connection to one API server (one per writer thread)."""
+
+    def __init__(self, server: ApiServer) -> None:
+        self.server = server
+        self.ctx = ssl.create_default_context(cafile=str(server.ca_file))
+        self.conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=self.ctx, timeout=60)
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, content_type: str = "application/json") -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.server.admin_token}", "Content-Type": content_type, "Accept": "application/json"}
+        for attempt in range(5):
+            try:
+                self.conn.request(method, path, body=orjson.dumps(body) if body is not None else None, headers=headers)
+                resp = self.conn.getresponse()
+                data = resp.read()
+                if resp.status == 429 or resp.status >= 500:
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                if resp.status >= 400 and resp.status != 409:
+                    raise RuntimeError(f"{method} {path}: {resp.status} {data[:300]!r}")
+                return orjson.loads(data)
+            except (http.client.HTTPException, OSError):
+                self.conn.close()
+                self.conn = http.client.HTTPSConnection("127.0.0.1", self.server.port, context=self.ctx, timeout=60)
+        raise RuntimeError(f"{method} {path}: gave up")
+
+
+_local = threading.local()
+
+
+def _conn(server: ApiServer) -> Conn:
+    conns = getattr(_local, "conns", None)
+    if conns is None:
+        conns = _local.conns = {}
+    if server.name not in conns:
+        conns[server.name] = Conn(server)
+    return conns[server.name]
+
+
+def _crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{GROUP}"},
+        "spec": {
+            "group": GROUP, "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+            "versions": [{"name": "v1", "served": True, "storage": True,
+                          "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+        },
+    }  # fmt: skip
+
+
+def _object(kind: str, i: int, ns: str) -> tuple[str, dict[str, Any]]:
+    labels = {"app": f"app-{i % 50}", "tier": ("web", "db", "cache")[i % 3]}
+    meta = {"name": f"{kind[:-1]}-{i}", "labels": labels, "annotations": {"bench/owner": f"team-{i % 7}"}}
+    container = {"name": "app", "image": f"registry.example/app-{i % 50}:1.{i % 9}", "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}
+    base = f"/api/v1/namespaces/{ns}"
+    if kind == "pods":
+        return f"{base}/pods", {"metadata": meta, "spec": {"containers": [container], "nodeName": f"node-{i % 20}"}}
+    if kind == "configmaps":
+        return f"{base}/configmaps", {"metadata": meta, "data": {"config.yaml": f"key: value-{i}\nreplicas: {i % 5}\n" * 4}}
+    if kind == "secrets":
+        return f"{base}/secrets", {"metadata": meta, "stringData": {"password": f"bench-secret-{i}"}}
+    if kind == "services":
+        return f"{base}/services", {"metadata": meta, "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}}
+    if kind == "deployments":
+        return f"/apis/apps/v1/namespaces/{ns}/deployments", {
+            "metadata": meta,
+            "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}},
+        }
+    if kind == "events":
+        return f"/apis/events.k8s.io/v1/namespaces/{ns}/events", {
+            "metadata": meta, "eventTime": "2026-11-26T00:00:00.000000Z", "reason": "Scheduled", "note": f"event {i}",
+            "type": "Normal", "action": "Binding", "reportingController": "bench", "reportingInstance": "bench-1",
+            "regarding": {"kind": "Pod", "namespace": ns, "name": f"pod-{i}"},
+        }  # fmt: skip
+    if kind == "widgets":
+        return f"/apis/{GROUP}/v1/namespaces/{ns}/widgets", {"apiVersion": f"{GROUP}/v1", "kind": "Widget", "metadata": meta, "spec": {"size": i % 10}}
+    raise ValueError(kind)
+
+
+def populate(planes: ControlPlanes, n: int) -> dict[str, int]:
+    """Create about ``n`` objects across the contexts in the MIX proportions."""
+    per_ctx = n // len(CONTEXTS)
+    counts = {k: max(1, int(per_ctx * share)) for k, share in MIX.items()}
+    n_ns = counts.pop("namespaces")
+    jobs: list[tuple[ApiServer, str, dict[str, Any]]] = []
+    for ctx in CONTEXTS:
+        server = planes.servers[ctx]
+        admin = server.admin()
+        admin.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", _crd())
+        for j in range(n_ns):
+            admin.create("/api/v1/namespaces", {"metadata": {"name": f"ns-{j}", "labels": {"team": f"t{j % 5}"}}})
+        for kind, count in counts.items():
+            for i in range(count):
+                path, body = _object(kind, i, f"ns-{i % n_ns}")
+                jobs.append((server, path, body))
+    for ctx in CONTEXTS:  # wait for the CRD to be served
+        admin = planes.servers[ctx].admin()
+        for _ in range(100):
+            try:
+                if admin.get(f"/apis/{GROUP}/v1/widgets") is not None:
+                    break
+            except RuntimeError:  # 429 "storage is (re)initializing"
+                pass
+            time.sleep(0.2)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        list(pool.map(lambda job: _conn(job[0]).request("POST", job[1], job[2]), jobs, chunksize=64))
+    elapsed = time.monotonic() - started
+    total = len(jobs) + n_ns * len(CONTEXTS)
+    print(f"  populated {total} objects in {elapsed:.0f}s ({len(jobs) / elapsed:.0f}/s)", flush=True)
+    return {"objects_created": total}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Daemon:
+    def __init__(self, kubeconfig: Path, cache: Path, log: Path) -> None:
+        self.grpc_port, self.http_port = free_port(), free_port()
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "k8s-watcher"), "serve", "--kubeconfig", str(kubeconfig),
+                "--contexts", ",".join(CONTEXTS), "--cache", str(cache),
+                "--grpc-address", f"127.0.0.1:{self.grpc_port}", "--http-address", f"127.0.0.1:{self.http_port}",
+            ],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def http(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as resp:
+            return resp.read().decode()
+
+    def wait_synced(self, timeout: float = 1800) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            assert self.proc.poll() is None, "daemon exited"
+            try:
+                body = self.http("/healthz")
+                if "listing" not in body and "starting" not in body and "watching" in body:
+                    return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError("daemon did not sync")
+
+    def metric(self, name: str) -> float:
+        total = 0.0
+        for line in self.http("/metrics").splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def audit_counts(planes: ControlPlanes, since: float, until: float) -> dict[str, int]:
+    """LIST and WATCH requests issued by k8s-watcher (user agent) in [since, until]."""
+    counts = {"list": 0, "watch": 0, "get": 0}
+    for server in planes.servers.values():
+        for e in server.audit_events():
+            if not e.get("userAgent", "").startswith("k8s-watcher/") or (e.get("stage") != "ResponseStarted" and e["verb"] == "watch"):
+                continue
+            t = datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+            if since <= t <= until and e["verb"] in counts:
+                if e["verb"] == "list" and e.get("stage") != "ResponseComplete":
+                    continue
+                counts[e["verb"]] += 1
+    return counts
+
+
+def timed_sync(work: Path, configs: list[dict[str, Any]]) -> tuple[float, int]:
+    started = time.monotonic()
+    result = run_cloudquery(["sync"], workdir=work, configs=configs, timeout=3600)
+    elapsed = time.monotonic() - started
+    if result.returncode != 0:
+        raise RuntimeError(result.output[-3000:])
+    import re
+
+    match = re.search(r'"resources":(\d+)', result.output)
+    return elapsed, int(match.group(1)) if match else -1
+
+
+def emission_rate(cache: Path) -> tuple[float, int, Path]:
+    """Cache -> Arrow for every table and context (no destination); also writes the
+    batches to an IPC file for the null source."""
+    from watcher.snapshot import SnapshotReader
+    from watcher.spec import ALL_TABLES
+
+    ipc_path = cache.with_suffix(".arrow")
+    rows = 0
+    batches: list[pa.RecordBatch] = []
+    started = time.perf_counter()
+    with SnapshotReader.open(cache) as snap:
+        for table in ALL_TABLES:
+            for ctx in CONTEXTS:
+                for batch in snap.batches(table, ctx):
+                    rows += batch.num_rows
+                    batches.append(batch)
+    elapsed = time.perf_counter() - started
+    # Batches of many schemas in one IPC file: each row holds one serialised batch and
+    # its serialised schema (see bench/null_source.py).
+    with pa.OSFile(str(ipc_path), "wb") as sink:
+        writer = None
+        for b in batches:
+            payload = pa.RecordBatch.from_arrays([pa.array([b.serialize().to_pybytes()]), pa.array([b.schema.serialize().to_pybytes()])], names=["batch", "schema"])
+            if writer is None:
+                writer = pa.ipc.new_file(sink, payload.schema)
+            writer.write_batch(payload)
+        if writer:
+            writer.close()
+    return rows / elapsed, rows, ipc_path
+
+
+def freshness(planes: ControlPlanes, cache: Path, *, rate: int, seconds: float) -> dict[str, float]:
+    """Latency from a PATCH's response to the new RV being visible in the cache file."""
+    server = planes.servers["c1"]
+    names = [f"configmap-{i}" for i in range(200)]
+    pending: dict[tuple[str, str], float] = {}
+    lock = threading.Lock()
+    latencies: list[float] = []
+    stop = threading.Event()
+    con = sqlite3.connect(f"file:{cache}?mode=ro", uri=True, check_same_thread=False)
+    last_seq = con.execute("SELECT max(seq) FROM objects").fetchone()[0] or 0
+
+    def poll() -> None:
+        nonlocal last_seq
+        while not stop.is_set() or pending:
+            rows = con.execute(
+                "SELECT name, resource_version, seq FROM objects WHERE seq > ? AND context = 'c1' AND resource = 'configmaps'", (last_seq,)
+            ).fetchall()
+            now = time.monotonic()
+            with lock:
+                for name, rv, seq in rows:
+                    last_seq = max(last_seq, seq)
+                    t = pending.pop((name, rv), None)
+                    if t is not None:
+                        latencies.append(now - t)
+            if stop.is_set() and time.monotonic() - stop_time > 10:
+                break
+            time.sleep(0.002)
+
+    stop_time = 0.0
+    poller = threading.Thread(target=poll)
+    poller.start()
+    workers = 16
+    interval = workers / rate
+
+    def write(worker: int) -> int:
+        n = 0
+        next_at = time.monotonic()
+        deadline = next_at + seconds
+        while time.monotonic() < deadline:
+            name = names[(worker + n * workers) % len(names)]
+            ns = f"ns-{int(name.split('-')[1]) % _ns_count(planes)}"
+            obj = _conn(server).request(
+                "PATCH", f"/api/v1/namespaces/{ns}/configmaps/{name}", {"metadata": {"annotations": {"bench/n": str(n)}}},
+                content_type="application/merge-patch+json",
+            )  # fmt: skip
+            with lock:
+                pending[(name, obj["metadata"]["resourceVersion"])] = time.monotonic()
+            n += 1
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        return n
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        writes = sum(pool.map(write, range(workers)))
+    achieved = writes / (time.monotonic() - started)
+    stop_time = time.monotonic()
+    stop.set()
+    poller.join()
+    con.close()
+    latencies.sort()
+    return {
+        "writes_per_s": achieved,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+        "unseen": len(pending),
+    }
+
+
+_NS_COUNT: dict[int, int] = {}
+
+
+def _ns_count(planes: ControlPlanes) -> int:
+    key = id(planes)
+    if key not in _NS_COUNT:
+        items = planes.servers["c1"].admin().list("/api/v1/namespaces")["items"]
+        _NS_COUNT[key] = sum(1 for i in items if i["metadata"]["name"].startswith("ns-"))
+    return _NS_COUNT[key]
+
+
+def ingest(planes: ControlPlanes, daemon: Daemon, *, seconds: float, workers: int = 24) -> dict[str, float]:
+    """Blast writes from many threads; compare the API write rate with the rate the
+    daemon applies events, and the lag left at the end."""
+    events_before = daemon.metric("k8s_watcher_events_total")
+    stop_at = time.monotonic() + seconds
+    servers = [planes.servers[c] for c in CONTEXTS]
+
+    def blast(worker: int) -> int:
+        n = 0
+        server = servers[worker % len(servers)]
+        while time.monotonic() < stop_at:
+            i = (worker * 997 + n) % 200
+            _conn(server).request(
+                "PATCH", f"/api/v1/namespaces/ns-{i % _ns_count(planes)}/configmaps/configmap-{i}",
+                {"metadata": {"annotations": {"bench/blast": f"{worker}-{n}"}}}, content_type="application/merge-patch+json",
+            )  # fmt: skip
+            n += 1
+        return n
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        writes = sum(pool.map(blast, range(workers)))
+    write_elapsed = time.monotonic() - started
+    # Wait for the cache to catch up: how long after the last write?
+    caught_up = None
+    while time.monotonic() - started < write_elapsed + 60:
+        applied = daemon.metric("k8s_watcher_events_total") - events_before
+        if applied >= writes:
+            caught_up = time.monotonic() - started - write_elapsed
+            break
+        time.sleep(0.05)
+    applied = daemon.metric("k8s_watcher_events_total") - events_before
+    return {
+        "api_writes_per_s": writes / write_elapsed,
+        "events_applied": applied,
+        "writes": writes,
+        "events_per_s": applied / (write_elapsed + (caught_up or 0)),
+        "lag_after_blast_s": caught_up if caught_up is not None else float("inf"),
+    }
+
+
+# --------------------------------------------------------------------------- one size
+
+
+def bench_size(n: int, work: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": n}
+    print(f"== N = {n}", flush=True)
+    with control_planes(CONTEXTS, workdir=work / "kube") as planes, postgres_server() as pg:
+        out.update(populate(planes, n))
+        cache = work / "cache.db"
+        daemon = Daemon(planes.kubeconfig, cache, work / "daemon.log")
+        try:
+            out["daemon_initial_sync_s"] = daemon.wait_synced()
+            time.sleep(2)
+            print(f"  daemon synced in {out['daemon_initial_sync_s']:.1f}s", flush=True)
+            out["daemon_rss_mb"] = daemon.rss_mb()
+            out["daemon_peak_rss_mb"] = daemon.peak_rss_mb()
+            dest = standin_destination(work)
+
+            def pg_db(name: str) -> str:
+                import psycopg
+
+                with psycopg.connect(pg.dsn, autocommit=True) as c:
+                    c.execute(f"CREATE DATABASE {name}")
+                return pg.dsn.replace("/postgres?", f"/{name}?")
+
+            # (a) warm daemon, registry grpc
+            t0 = time.time()
+            out["a_warm_grpc_s"], out["a_rows"] = timed_sync(
+                work / "a", [source_config({}, registry="grpc", path=f"127.0.0.1:{daemon.grpc_port}"), destination_config(pg_db("a"), dest)]
+            )
+            out["a_requests"] = audit_counts(planes, t0, time.time())
+            print(f"  (a) warm grpc: {out['a_warm_grpc_s']:.1f}s for {out['a_rows']} rows {out['a_requests']}", flush=True)
+            out["daemon_peak_rss_mb"] = daemon.peak_rss_mb()
+
+            # (b) forced relist: registry local, no cache file, no daemon involved
+            t0 = time.time()
+            spec = {"kubeconfig": str(planes.kubeconfig), "contexts": CONTEXTS, "cache_path": str(work / "cold" / "cache.db")}
+            out["b_relist_s"], out["b_rows"] = timed_sync(work / "b", [source_config(spec), destination_config(pg_db("b"), dest)])
+            out["b_requests"] = audit_counts(planes, t0, time.time())
+            print(f"  (b) relist: {out['b_relist_s']:.1f}s for {out['b_rows']} rows {out['b_requests']}", flush=True)
+
+            # 2. emission rate, and the batches for (d)
+            out["emission_rows_per_s"], out["emission_rows"], ipc = emission_rate(cache)
+            print(f"  emission: {out['emission_rows_per_s']:.0f} rows/s over {out['emission_rows']} rows", flush=True)
+
+            # (d) null source with the same rows
+            null = work / "null-source"
+            null.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -m bench.null_source "$@"\n')
+            null.chmod(0o755)
+            out["d_null_s"], out["d_rows"] = timed_sync(
+                work / "d", [source_config({"batches": str(ipc)}, path=null, name="null"), destination_config(pg_db("d"), dest)]
+            )
+            print(f"  (d) null source: {out['d_null_s']:.1f}s for {out['d_rows']} rows", flush=True)
+
+            # 3. freshness and 4. ingest
+            out["freshness"] = freshness(planes, cache, rate=500, seconds=20)
+            print(f"  freshness: {out['freshness']}", flush=True)
+            out["ingest"] = ingest(planes, daemon, seconds=20)
+            print(f"  ingest: {out['ingest']}", flush=True)
+            out["daemon_peak_rss_mb"] = daemon.peak_rss_mb()
+        finally:
+            daemon.stop()
+    out["ratio_a_b"] = out["a_warm_grpc_s"] / out["b_relist_s"]
+    out["ratio_a_d"] = out["a_warm_grpc_s"] / out["d_null_s"]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results.json"))
+    args = parser.parse_args()
+    os.environ["CQ_TELEMETRY_LEVEL"] = "none"
+    results = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        with tempfile.TemporaryDirectory(prefix=f"k8s-watcher-bench-{n}-") as tmp:
+            results.append(bench_size(n, Path(tmp)))
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
