@@ -7,17 +7,29 @@ direct) and isolate themselves by namespace names of their own.
 from __future__ import annotations
 
 import itertools
+import json
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
-from testbed.cluster import ControlPlanes, KubeHttp, control_planes
-from watcher.resources import ResourceDescriptor
+from testbed.cluster import ControlPlanes, KubeHttp, control_planes, free_port
+from testbed.cq import CqResult, destination_config, run_cloudquery, source_config, standin_destination
+from testbed.postgres import Postgres, postgres_server
+from watcher.resources import BY_KEY, ResourceDescriptor
+
+PODS, CMS, NSS, SECRETS = (BY_KEY[k] for k in ("pods", "configmaps", "namespaces", "secrets"))
 
 _counter = itertools.count()
 
@@ -73,3 +85,114 @@ def namespace(admin: KubeHttp, name: str) -> str:
 
 def configmap(admin: KubeHttp, ns: str, name: str, **data: str) -> dict[str, Any]:
     return admin.create(f"/api/v1/namespaces/{ns}/configmaps", {"metadata": {"name": name}, "data": data})
+
+
+# --------------------------------------------------------------------------- PostgreSQL and the CLI
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Postgres]:
+    with postgres_server() as pg:
+        yield pg
+
+
+@pytest.fixture
+def dsn(pg_server: Postgres) -> str:
+    """A fresh database per test."""
+    name = "t_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return pg_server.dsn.replace("/postgres?", f"/{name}?")
+
+
+def pg_uids(dsn: str, table: str, context: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(f"SELECT uid::text FROM {table} WHERE context_name = %s", (context,)).fetchall()
+    return {r[0] for r in rows}
+
+
+def pg_tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {r[0] for r in rows}
+
+
+def assert_pg_equals_api(dsn: str, planes: ControlPlanes, contexts: list[str]) -> None:
+    for ctx in contexts:
+        admin = planes.servers[ctx].admin()
+        for desc in (NSS, PODS, CMS, SECRETS):
+            assert pg_uids(dsn, desc.table, ctx) == set(truth(admin, desc)), f"{ctx} {desc.table}"
+
+
+def sync(tmp: Path, dsn: str, spec: dict[str, Any], **source: Any) -> CqResult:
+    write_mode = source.pop("write_mode", "overwrite-delete-stale")
+    configs = [source_config(spec, **source), destination_config(dsn, standin_destination(tmp), write_mode=write_mode)]
+    return run_cloudquery(["sync"], workdir=tmp / "cq", configs=configs)
+
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+@dataclass
+class DaemonProcess:
+    proc: subprocess.Popen[bytes]
+    grpc_port: int
+    http_port: int
+    log: Path
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def status(self, cache: Path) -> dict[str, Any]:
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "k8s-watcher"), "status", "--cache", str(cache), "--json"],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        return json.loads(out.stdout)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Any]:
+    started: list[DaemonProcess] = []
+
+    def start(kubeconfig: Path, cache: Path, contexts: str = "*") -> DaemonProcess:
+        grpc_port, http_port = free_port(), free_port()
+        log = tmp_path / f"daemon-{len(started)}.log"
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "k8s-watcher"), "serve",
+                "--kubeconfig", str(kubeconfig), "--contexts", contexts, "--cache", str(cache),
+                "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}",
+            ],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        daemon = DaemonProcess(proc, grpc_port, http_port, log)
+        started.append(daemon)
+
+        def healthy() -> bool:
+            assert proc.poll() is None, log.read_text()
+            try:
+                code, body = daemon.http("/healthz")
+            except OSError:
+                return False
+            return code == 200 and "listing" not in body and "starting" not in body
+
+        eventually(healthy, timeout=60, what="daemon healthy and synced")
+        return daemon
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+

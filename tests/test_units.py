@@ -40,8 +40,8 @@ from watcher.tables import (
     columns_of,
     custom_objects_schema,
     descriptor_schema,
+    document,
     extract_row,
-    python_rows_to_batch,
     rows_to_batch,
     sanitize,
     table_schema,
@@ -518,24 +518,25 @@ def test_rows_to_batch_custom_objects() -> None:
     }
 
 
-def test_python_rows_to_batch() -> None:
+def test_document_then_rows_to_batch() -> None:
     cols = (
         Column("name", "string", lambda o: None),
         Column("count", "int64", lambda o: None),
         Column("flag", "bool", lambda o: None),
         Column("info", "json", lambda o: None),
         Column("tags", "string_list", lambda o: None),
+        Column("at", "timestamp", lambda o: None),
     )
     schema = table_schema("k8s_test", cols, "test")
     u1, u2 = uuid.uuid4(), uuid.uuid4()
-    rows = [
-        {"context_name": "a", "uid": str(u1), "name": "x", "count": 7, "flag": True,
-         "info": {"k": [1, 2]}, "tags": ["t1"]},
-        {"context_name": "b", "uid": str(u2)},
-    ]  # fmt: skip
-    batch = python_rows_to_batch(schema, rows)
+    when = dt.datetime(2026, 11, 26, 5, 6, 7, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    docs = [
+        document({"uid": str(u1), "name": "x", "count": 7, "flag": True, "info": {"k": [1, 2]}, "tags": ["t1"], "at": when}, cols),
+        document({"uid": str(u2)}, cols),
+    ]
+    batch = rows_to_batch(schema, "ctx", docs)
     assert batch.schema.equals(schema, check_metadata=True)
-    assert batch.column("context_name").to_pylist() == ["a", "b"]
+    assert batch.column("context_name").to_pylist() == ["ctx", "ctx"]
     assert batch.column("uid").storage.to_pylist() == [u1.bytes, u2.bytes]
     assert batch.column("name").to_pylist() == ["x", None]
     assert batch.column("count").to_pylist() == [7, None]
@@ -543,6 +544,7 @@ def test_python_rows_to_batch() -> None:
     assert isinstance(batch.column("info").type, JSONType)
     assert batch.column("info").storage.to_pylist() == [b'{"k":[1,2]}', None]
     assert batch.column("tags").to_pylist() == [["t1"], None]
+    assert batch.column("at").to_pylist()[0] == when  # same instant, stored in UTC
     assert schema.field("uid").nullable is False
     assert schema.field("uid").metadata[b"cq:extension:primary_key"] == b"true"
 

@@ -24,7 +24,7 @@ from watcher.tables import (
     Column,
     custom_objects_schema,
     descriptor_schema,
-    python_rows_to_batch,
+    document,
     rows_to_batch,
     table_schema,
 )
@@ -141,15 +141,21 @@ class SnapshotReader:
         )
         if since_seq is not None:
             query = query.where(objects.c.seq > since_seq)
-        result = self._conn.execute(query.order_by(objects.c.resource, objects.c.uid))
+        # The raw DB-API cursor of the same connection (same read transaction): SQLAlchemy's
+        # row objects cost more than the whole Arrow conversion.
+        compiled = query.order_by(objects.c.resource, objects.c.uid).compile(self._conn)
+        cursor = self._conn.connection.driver_connection.cursor()
+        cursor.execute(str(compiled), tuple(compiled.params[k] for k in compiled.positiontup or ()))
         rows: list[bytes] = []
         size = 0
-        for (row,) in result:
-            rows.append(row)
-            size += len(row)
-            if len(rows) >= self.batch_max_rows or size >= self.batch_max_bytes:
-                yield rows_to_batch(schema, context, rows)
-                rows, size = [], 0
+        while chunk := cursor.fetchmany(4096):
+            for (row,) in chunk:
+                rows.append(row)
+                size += len(row)
+                if len(rows) >= self.batch_max_rows or size >= self.batch_max_bytes:
+                    yield rows_to_batch(schema, context, rows)
+                    rows, size = [], 0
+        cursor.close()
         if rows:
             yield rows_to_batch(schema, context, rows)
 
@@ -185,7 +191,6 @@ class SnapshotReader:
         newest = max([c["updated_at"] for c in cps] + [self.daemon_heartbeat()], default=0)
         server = info.get("server") or ""
         row = {
-            "context_name": context,
             "uid": kube_system or str(uuid.uuid5(_CLUSTER_ID_NS, f"{context}|{server}")),
             "cluster_name": info.get("cluster_name"),
             "server": server or None,
@@ -205,7 +210,7 @@ class SnapshotReader:
             "cache_staleness_seconds": int(now - newest) if newest else None,
             "last_error": info.get("last_error"),
         }
-        return python_rows_to_batch(schema_for(CLUSTERS_TABLE), [row])
+        return rows_to_batch(schema_for(CLUSTERS_TABLE), context, [document(row, CLUSTER_COLUMNS)])
 
     def contexts_with_checkpoints(self) -> set[str]:
         return {str(c) for (c,) in self._conn.execute(select(checkpoints.c.context).distinct())}

@@ -39,7 +39,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    case,
     create_engine,
     event,
     func,
@@ -115,6 +114,35 @@ meta = Table(
     metadata,
     Column("key", String, primary_key=True),
     Column("value", String, nullable=False),
+)
+
+
+# The hot write statements, as plain SQL run with executemany: building SQLAlchemy
+# constructs per batch cost more than SQLite itself.
+_UPSERT_OBJECT = """
+INSERT INTO objects (context, resource, uid, table_name, namespace, name, resource_version, row, seq, deleted, list_gen)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+ON CONFLICT (context, resource, uid) DO UPDATE SET
+    namespace = excluded.namespace,
+    name = excluded.name,
+    row = excluded.row,
+    -- An object re-listed unchanged keeps its seq: a relist alone must not make the
+    -- next incremental sync re-emit every object. (Right-hand sides see the old row.)
+    seq = CASE WHEN objects.resource_version = excluded.resource_version AND objects.deleted = 0
+               THEN objects.seq ELSE excluded.seq END,
+    resource_version = excluded.resource_version,
+    deleted = 0,
+    list_gen = coalesce(excluded.list_gen, objects.list_gen)
+"""
+_TOMBSTONE_OBJECT = """
+UPDATE objects SET deleted = 1, seq = ?, resource_version = ?
+WHERE context = ? AND resource = ? AND uid = ? AND deleted = 0
+"""
+_STATUS_COLUMNS = [c.name for c in checkpoints.columns]
+_UPSERT_STATUS = (
+    f"INSERT INTO checkpoints ({', '.join(_STATUS_COLUMNS)}) VALUES ({', '.join('?' for _ in _STATUS_COLUMNS)}) "
+    "ON CONFLICT (context, resource) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STATUS_COLUMNS if c not in ("context", "resource"))
 )
 
 
@@ -221,7 +249,9 @@ class CacheStore:
             raise CacheUnusable(f"cache file {self.path} cannot be written: {exc}") from exc
         self._batch_max = batch_max
         self._batch_wait = batch_wait
-        self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=100_000)
+        # Bounded: when the disk falls behind, informers wait here instead of piling up
+        # parsed objects in memory (a relist page holds up to 500 of them).
+        self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=16)
         self._gen = 0
         self.applied_ops = 0
         self._writer = threading.Thread(target=self._write_loop, name="cache-writer", daemon=True)
@@ -316,52 +346,19 @@ class CacheStore:
             clean = sanitize(obj, desc)
             m = clean["metadata"]
             rows.append(
-                {
-                    "context": context,
-                    "resource": desc.key,
-                    "uid": m["uid"],
-                    "table_name": desc.table,
-                    "namespace": m.get("namespace"),
-                    "name": m.get("name") or "",
-                    "resource_version": m.get("resourceVersion") or "",
-                    "row": extract_row(clean, desc),
-                    "seq": self._next_seq(),
-                    "deleted": False,
-                    "list_gen": gen,
-                }
-            )
-        stmt = sqlite_insert(objects)
-        ex = stmt.excluded
-        # An object re-listed unchanged keeps its seq: a relist alone must not make the
-        # next incremental sync re-emit every object.
-        unchanged = (objects.c.resource_version == ex.resource_version) & (objects.c.deleted == False)  # noqa: E712
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[objects.c.context, objects.c.resource, objects.c.uid],
-            set_={
-                "namespace": ex.namespace,
-                "name": ex.name,
-                "resource_version": ex.resource_version,
-                "row": ex.row,
-                "seq": case((unchanged, objects.c.seq), else_=ex.seq),
-                "deleted": False,
-                "list_gen": func.coalesce(ex.list_gen, objects.c.list_gen),
-            },
-        )
-        conn.execute(stmt, rows)
+                (
+                    context, desc.key, m["uid"], desc.table, m.get("namespace"), m.get("name") or "",
+                    m.get("resourceVersion") or "", extract_row(clean, desc), self._next_seq(), gen,
+                )
+            )  # fmt: skip
+        conn.exec_driver_sql(_UPSERT_OBJECT, rows)
 
     def _tombstone(self, conn: Any, context: str, desc: ResourceDescriptor, objs: Sequence[dict[str, Any]]) -> None:
+        rows = []
         for obj in objs:
             m = obj.get("metadata") or {}
-            conn.execute(
-                update(objects)
-                .where(
-                    (objects.c.context == context)
-                    & (objects.c.resource == desc.key)
-                    & (objects.c.uid == m.get("uid"))
-                    & (objects.c.deleted == False)  # noqa: E712
-                )
-                .values(deleted=True, seq=self._next_seq(), resource_version=m.get("resourceVersion") or "")
-            )
+            rows.append((self._next_seq(), m.get("resourceVersion") or "", context, desc.key, m.get("uid")))
+        conn.exec_driver_sql(_TOMBSTONE_OBJECT, rows)
 
     def apply_events(
         self,
@@ -437,14 +434,7 @@ class CacheStore:
 
     @staticmethod
     def _write_status(conn: Any, status: InformerStatus) -> None:
-        values = {k: v for k, v in status.__dict__.items()}
-        stmt = sqlite_insert(checkpoints).values(values)
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[checkpoints.c.context, checkpoints.c.resource],
-                set_={k: stmt.excluded[k] for k in values if k not in ("context", "resource")},
-            )
-        )
+        conn.exec_driver_sql(_UPSERT_STATUS, tuple(getattr(status, c) for c in _STATUS_COLUMNS))
 
     def write_status(self, status: InformerStatus) -> None:
         snapshot = InformerStatus(**status.__dict__)

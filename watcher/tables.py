@@ -9,7 +9,9 @@ code runs per row on the read path.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -125,69 +127,88 @@ def custom_objects_schema() -> pa.Schema:
 # --------------------------------------------------------------------------- rows -> Arrow
 
 
+_HEX = np.zeros(256, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+#: Positions of the 32 hex digits in a canonical 36-character UUID.
+_DIGITS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+
+
 def uuid_bytes(uids: pa.Array) -> pa.Array:
-    """Canonical UUID strings to the 16-byte UUID extension array, vectorised."""
-    if len(uids) == 0:
+    """Canonical UUID strings to the 16-byte UUID extension array, vectorised with
+    numpy (pyarrow.compute would import pandas: 60 MB for one string replace)."""
+    n = len(uids)
+    if n == 0:
         return pa.ExtensionArray.from_storage(UUIDType(), pa.array([], pa.binary(16)))
-    hexed = np.frombuffer(
-        pa.compute.replace_substring(uids, "-", "").cast(pa.large_string()).buffers()[2],
-        dtype=np.uint8,
-    )
-    hexed = hexed[: len(uids) * 32].reshape(len(uids), 32)
-    lut = np.zeros(256, dtype=np.uint8)
-    lut[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
-    lut[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
-    nibbles = lut[hexed]
-    raw = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
-    storage = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(16), len(uids), [None, pa.py_buffer(raw.tobytes())]
-    )
+    if uids.type != pa.string():
+        uids = uids.cast(pa.string())
+    offsets = np.frombuffer(uids.buffers()[1], dtype=np.int32)[uids.offset : uids.offset + n + 1]
+    if uids.null_count or not np.all(np.diff(offsets) == 36):
+        raw = b"".join(uuid.UUID(u).bytes for u in uids.to_pylist())
+    else:
+        chars = np.frombuffer(uids.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[0] + 36 * n].reshape(n, 36)
+        nibbles = _HEX[chars[:, _DIGITS]]
+        raw = ((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).tobytes()
+    storage = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(raw)])
     return pa.ExtensionArray.from_storage(UUIDType(), storage)
 
 
+def _as_binary(strings: pa.Array) -> pa.Array:
+    """The same buffers seen as binary (zero copy). ``cast`` would do it too, but any
+    pyarrow.compute call imports pandas, which a daemon does not need."""
+    return pa.Array.from_buffers(pa.binary(), len(strings), strings.buffers(), strings.null_count, strings.offset)
+
+
+def _repeated(value: str, n: int) -> pa.Array:
+    """``value`` n times as a string array, built from buffers (no pandas probe)."""
+    data = value.encode()
+    offsets = (np.arange(n + 1, dtype=np.int32) * len(data)).tobytes()
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data * n)])
+
+
 def rows_to_batch(schema: pa.Schema, context: str, rows: Sequence[bytes]) -> pa.RecordBatch:
-    """Build one RecordBatch of ``schema`` from cached row documents of one context."""
-    storage_fields = [
-        pa.field(f.name, pa.string() if isinstance(f.type, (JSONType, UUIDType)) else f.type)
-        for f in schema
-        if f.name != "context_name"
-    ]
-    storage_schema = pa.schema(storage_fields)
-    if rows:
-        table = pajson.read_json(
-            io.BytesIO(b"\n".join(rows)),
-            read_options=pajson.ReadOptions(block_size=1 << 26),
-            parse_options=pajson.ParseOptions(
-                explicit_schema=storage_schema, unexpected_field_behavior="ignore"
-            ),
-        ).combine_chunks()
-    else:
-        table = storage_schema.empty_table()
-    arrays: list[pa.Array] = [pa.array([context] * len(rows), pa.string())] if rows else [pa.array([], pa.string())]
+    """Build one RecordBatch of ``schema`` from row documents of one context.
+
+    Every array is built by pyarrow's JSON reader or from buffers: converting Python
+    objects (``pa.array``) makes pyarrow import pandas, 45 MB the daemon can spare.
+    """
+    if not rows:
+        return pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
+    storage_schema = pa.schema(
+        [
+            pa.field(f.name, pa.string() if isinstance(f.type, JSONType | UUIDType) else f.type)
+            for f in schema
+            if f.name != "context_name"
+        ]
+    )
+    table = pajson.read_json(
+        io.BytesIO(b"\n".join(rows)),
+        # 1 MB blocks: pyarrow parses blocks on all cores.
+        read_options=pajson.ReadOptions(block_size=1 << 20),
+        parse_options=pajson.ParseOptions(explicit_schema=storage_schema, unexpected_field_behavior="ignore"),
+    ).combine_chunks()
+    arrays: list[pa.Array] = [_repeated(context, len(rows))]
     for f in schema:
         if f.name == "context_name":
             continue
-        col = table.column(f.name)
-        arr = col.chunk(0) if col.num_chunks == 1 else pa.concat_arrays(col.chunks) if col.num_chunks else pa.array([], col.type)
+        arr = table.column(f.name).chunk(0)
         if isinstance(f.type, UUIDType):
             arr = uuid_bytes(arr)
         elif isinstance(f.type, JSONType):
-            arr = pa.ExtensionArray.from_storage(JSONType(), arr.cast(pa.binary()))
+            arr = pa.ExtensionArray.from_storage(JSONType(), _as_binary(arr))
         arrays.append(arr)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def python_rows_to_batch(schema: pa.Schema, rows: Iterable[Mapping[str, Any]]) -> pa.RecordBatch:
-    """A small batch from Python dicts (cluster rows): JSON values are dumped here."""
-    rows = list(rows)
-    arrays = []
-    for f in schema:
-        values = [r.get(f.name) for r in rows]
-        if isinstance(f.type, UUIDType):
-            arrays.append(uuid_bytes(pa.array(values, pa.string())))
-        elif isinstance(f.type, JSONType):
-            dumped = [None if v is None else orjson.dumps(v) for v in values]
-            arrays.append(pa.ExtensionArray.from_storage(JSONType(), pa.array(dumped, pa.binary())))
-        else:
-            arrays.append(pa.array(values, f.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+def document(values: Mapping[str, Any], columns: Sequence[Column]) -> bytes:
+    """A row document (as cached) from Python values: JSON columns become JSON text,
+    datetimes ISO 8601 in UTC."""
+    row: dict[str, Any] = {"uid": values.get("uid")}
+    for col in columns:
+        value = values.get(col.name)
+        if col.type == "json" and value is not None:
+            value = orjson.dumps(value).decode()
+        elif isinstance(value, datetime):
+            value = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        row[col.name] = value
+    return orjson.dumps(row)
