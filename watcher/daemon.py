@@ -9,6 +9,7 @@ periodic relist as a safety net.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import threading
@@ -20,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -111,8 +113,37 @@ def _split(address: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return None
+
+
+def tune_memory() -> None:
+    """Keep a long-running, many-threaded daemon's footprint flat.
+
+    glibc gives every thread that allocates its own malloc arena (up to 8 per core)
+    and each keeps what it freed: with one informer thread per resource and context,
+    that alone doubled RSS at 100k objects. Two arenas are plenty for I/O-bound threads.
+    Arrow buffers go through the same allocator so that ``malloc_trim`` returns them.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    pa.set_memory_pool(pa.system_memory_pool())
+
+
+def trim_memory() -> None:
+    """Return freed heap pages to the OS (a scheduled job, and after big syncs)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
+        tune_memory()
         self.config = config
         contexts = resolve_contexts(config.kubeconfig, config.contexts)
         self.store = CacheStore(config.cache_path)
@@ -124,11 +155,15 @@ class Daemon:
         )
         self.plugin = Plugin(
             defaults={"kubeconfig": str(config.kubeconfig), "cache_path": str(config.cache_path), "contexts": contexts},
-            on_sync_done=lambda seconds, _rows: self.sync_seconds.observe(seconds),
+            on_sync_done=self._sync_done,
         )
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._seq_samples: deque[tuple[float, int]] = deque()
         self._stopped = threading.Event()
+
+    def _sync_done(self, seconds: float, _rows: int) -> None:
+        self.sync_seconds.observe(seconds)
+        trim_memory()
 
     # -- health --------------------------------------------------------------
 
@@ -165,6 +200,7 @@ class Daemon:
         self.scheduler.add_job(self.store.heartbeat, "interval", seconds=self.config.heartbeat_interval, id="heartbeat")
         self.scheduler.add_job(self._purge_tombstones, "interval", minutes=10, id="tombstones", next_run_time=None)
         self.scheduler.add_job(self.store.checkpoint_wal, "interval", minutes=5, id="wal-checkpoint")
+        self.scheduler.add_job(trim_memory, "interval", seconds=30, id="trim-memory")
         if self.config.relist_interval > 0:
             self.scheduler.add_job(self._relist_all, "interval", seconds=self.config.relist_interval, id="relist")
         self.scheduler.start()

@@ -143,7 +143,8 @@ class SnapshotReader:
             query = query.where(objects.c.seq > since_seq)
         # The raw DB-API cursor of the same connection (same read transaction): SQLAlchemy's
         # row objects cost more than the whole Arrow conversion.
-        compiled = query.order_by(objects.c.resource, objects.c.uid).compile(self._conn)
+        # No ORDER BY: any order is a snapshot, and sorting row blobs costs more than reading them.
+        compiled = query.compile(self._conn)
         cursor = self._conn.connection.driver_connection.cursor()
         cursor.execute(str(compiled), tuple(compiled.params[k] for k in compiled.positiontup or ()))
         rows: list[bytes] = []

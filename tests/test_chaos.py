@@ -1,0 +1,15 @@
+"""The short variant of the chaos run (bench/chaos.py), in the test suite."""
+
+from __future__ import annotations
+
+from bench.chaos import run_chaos
+
+
+def test_short_chaos_run_loses_nothing() -> None:
+    result = run_chaos(45, seed=7, fault_every=3.0)
+    assert sum(result["faults"].values()) >= 8, result
+    assert len(result["faults"]) >= 3, result  # several kinds of fault, not one
+    assert sum(result["syncs"].values()) >= 4, result
+    assert result["lost_events"] == 0, result
+    assert result["cache_mismatches"] == 0, result
+    assert result["pg_mismatches"] == 0, result
