@@ -8,19 +8,15 @@ the pipeline's limit (CLI + destination), against which the real plugin is compa
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
-import grpc
 import pyarrow as pa
-from cloudquery.discovery_v1 import discovery_pb2_grpc
 from cloudquery.plugin_v3 import arrow, plugin_pb2, plugin_pb2_grpc
-from cloudquery.sdk.internal.servers.discovery_v1.discovery import DiscoveryServicer
 from cloudquery.sdk.types import JSONType  # noqa: F401 - registers the extension types
+
+from watcher.plugin import serve_servicer, serve_until_signalled
 
 
 class NullSource(plugin_pb2_grpc.PluginServicer):
@@ -63,21 +59,8 @@ class NullSource(plugin_pb2_grpc.PluginServicer):
 
 def main(argv: list[str]) -> int:
     address = argv[argv.index("--address") + 1]
-    if "--network" in argv and argv[argv.index("--network") + 1] == "unix":
-        address = f"unix:{address}"
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4),
-        options=[("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)],
-    )
-    discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryServicer([3]), server)
-    plugin_pb2_grpc.add_PluginServicer_to_server(NullSource(), server)
-    server.add_insecure_port(address)
-    server.start()
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    server.stop(1).wait(3)
+    network = argv[argv.index("--network") + 1] if "--network" in argv else "tcp"
+    serve_until_signalled(serve_servicer(NullSource(), address, network=network, max_workers=4))
     return 0
 
 

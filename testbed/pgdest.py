@@ -23,21 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
 import psycopg
 import pyarrow as pa
-from cloudquery.discovery_v1 import discovery_pb2_grpc
 from cloudquery.plugin_v3 import arrow, plugin_pb2, plugin_pb2_grpc
-from cloudquery.sdk.internal.servers.discovery_v1.discovery import DiscoveryServicer
 from cloudquery.sdk.types import JSONType, UUIDType
 from psycopg import sql
+
+from watcher.plugin import serve_servicer, serve_until_signalled
 
 log = logging.getLogger("pgdest")
 
@@ -219,20 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--license", default="")
     args, _ = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    address = f"unix:{args.address}" if args.network == "unix" and not args.address.startswith("unix:") else args.address
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4),
-        options=[("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)],
-    )
-    discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryServicer([3]), server)
-    plugin_pb2_grpc.add_PluginServicer_to_server(Servicer(), server)
-    server.add_insecure_port(address)
-    server.start()
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    server.stop(2).wait(5)
+    serve_until_signalled(serve_servicer(Servicer(), args.address, network=args.network, max_workers=4))
     return 0
 
 

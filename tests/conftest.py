@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 
 from testbed.cluster import ControlPlanes, KubeHttp, control_planes, free_port
 from testbed.cq import CqResult, destination_config, run_cloudquery, source_config, standin_destination
@@ -76,6 +77,22 @@ def cached(cache: Path, context: str, desc: ResourceDescriptor) -> dict[str, str
 
 def cache_matches(cache: Path, context: str, admin: KubeHttp, desc: ResourceDescriptor) -> bool:
     return cached(cache, context, desc) == truth(admin, desc)
+
+
+def kubeconfig_with(planes: ControlPlanes, path: Path, extra: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> Path:
+    """The test bed's kubeconfig plus one context per ``name: (cluster, user)``."""
+    config = yaml.safe_load(planes.kubeconfig.read_text())
+    for name, (cluster, user) in extra.items():
+        config["clusters"].append({"name": name, "cluster": cluster})
+        config["users"].append({"name": name, "user": user})
+        config["contexts"].append({"name": name, "context": {"cluster": name, "user": name}})
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def unreachable_cluster() -> dict[str, Any]:
+    """A cluster entry for a loopback port nothing listens on."""
+    return {"server": f"https://127.0.0.1:{free_port()}", "insecure-skip-tls-verify": True}
 
 
 def namespace(admin: KubeHttp, name: str) -> str:

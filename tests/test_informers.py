@@ -9,10 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from testbed.cluster import ControlPlanes, free_port
-from tests.conftest import cache_matches, cached, configmap, eventually, namespace, unique
+from testbed.cluster import ControlPlanes
+from tests.conftest import (
+    cache_matches,
+    cached,
+    configmap,
+    eventually,
+    kubeconfig_with,
+    namespace,
+    unique,
+    unreachable_cluster,
+)
 from watcher.informers import InformerManager, InformerOptions
 from watcher.kube import KubeClient
 from watcher.resources import BY_KEY, CUSTOM_OBJECTS_TABLE, RESOURCES
@@ -211,13 +219,7 @@ def _event_time(event: dict[str, Any]) -> float:
 def test_forbidden_resource_and_unreachable_context(
     planes: ControlPlanes, run_informers: Runner, tmp_path: Path
 ) -> None:
-    config = yaml.safe_load(planes.kubeconfig.read_text())
-    dead_port = free_port()  # nothing listens here
-    config["clusters"].append({"name": "dead", "cluster": {"server": f"https://127.0.0.1:{dead_port}", "insecure-skip-tls-verify": True}})
-    config["users"].append({"name": "dead", "user": {"token": "x"}})
-    config["contexts"].append({"name": "dead", "context": {"cluster": "dead", "user": "dead"}})
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(config))
+    kubeconfig = kubeconfig_with(planes, tmp_path / "kubeconfig", {"dead": (unreachable_cluster(), {"token": "x"})})
     manager = run_informers(kubeconfig, ["prod-viewer", "dead"], sync=False)
 
     def by(ctx: str) -> dict[str, Any]:

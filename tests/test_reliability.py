@@ -19,19 +19,18 @@ import yaml
 
 from testbed.cluster import ControlPlanes, Pki
 from testbed.cq import run_cloudquery
-from tests.conftest import assert_pg_equals_api, configmap, eventually, namespace, pg_tables, sync, unique
+from tests.conftest import (
+    assert_pg_equals_api,
+    configmap,
+    eventually,
+    kubeconfig_with,
+    namespace,
+    pg_tables,
+    sync,
+    unique,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _kubeconfig_with(planes: ControlPlanes, tmp_path: Path, name: str, cluster: dict[str, Any], user: dict[str, Any]) -> Path:
-    config = yaml.safe_load(planes.kubeconfig.read_text())
-    config["clusters"].append({"name": name, "cluster": cluster})
-    config["users"].append({"name": name, "user": user})
-    config["contexts"].append({"name": name, "context": {"cluster": name, "user": name}})
-    path = tmp_path / f"kubeconfig-{name}"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def _cluster_error(dsn: str, context: str) -> str:
@@ -84,17 +83,15 @@ def test_wrong_ca_wrong_token_and_hanging_server_spoil_only_their_context(
     hang = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
     threading.Thread(target=lambda: [held.append(hang.accept()[0]) for _ in range(1000)], daemon=True).start()
-    config = yaml.safe_load(planes.kubeconfig.read_text())
-    for name, cluster, user in (
-        ("bad-ca", {"server": server.url, "certificate-authority": str(other_ca)}, {"token": server.admin_token}),
-        ("bad-token", {"server": server.url, "certificate-authority": str(server.ca_file)}, {"token": "not-a-valid-token"}),
-        ("hangs", {"server": f"https://127.0.0.1:{hang.getsockname()[1]}", "insecure-skip-tls-verify": True}, {"token": "x"}),
-    ):
-        config["clusters"].append({"name": name, "cluster": cluster})
-        config["users"].append({"name": name, "user": user})
-        config["contexts"].append({"name": name, "context": {"cluster": name, "user": name}})
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(config))
+    kubeconfig = kubeconfig_with(
+        planes,
+        tmp_path / "kubeconfig",
+        {
+            "bad-ca": ({"server": server.url, "certificate-authority": str(other_ca)}, {"token": server.admin_token}),
+            "bad-token": ({"server": server.url, "certificate-authority": str(server.ca_file)}, {"token": "not-a-valid-token"}),
+            "hangs": ({"server": f"https://127.0.0.1:{hang.getsockname()[1]}", "insecure-skip-tls-verify": True}, {"token": "x"}),
+        },
+    )
     spec = {"kubeconfig": str(kubeconfig), "contexts": ["prod", "bad-ca", "bad-token", "hangs"], "cache_path": str(tmp_path / "c.db")}
     result = sync(tmp_path, dsn, spec)
     hang.close()

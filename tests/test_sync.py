@@ -16,9 +16,19 @@ from typing import Any
 import psycopg
 import pytest
 
-from testbed.cluster import ControlPlanes, free_port
+from testbed.cluster import ControlPlanes
 from testbed.cq import CqResult, run_cloudquery, source_config
-from tests.conftest import assert_pg_equals_api, configmap, eventually, namespace, pg_tables, sync, unique
+from tests.conftest import (
+    assert_pg_equals_api,
+    configmap,
+    eventually,
+    kubeconfig_with,
+    namespace,
+    pg_tables,
+    sync,
+    unique,
+    unreachable_cluster,
+)
 
 
 def synced_resources(result: CqResult) -> int:
@@ -226,13 +236,7 @@ def test_test_connection_reports_unreachable_context(planes: ControlPlanes, tmp_
     spec = {"kubeconfig": str(planes.kubeconfig), "contexts": ["dev", "prod"]}
     ok = run_cloudquery(["test-connection"], workdir=tmp_path / "ok", configs=[source_config(spec)])
     assert ok.returncode == 0, ok.output[-2000:]
-    import yaml
-
-    config = yaml.safe_load(planes.kubeconfig.read_text())
-    config["clusters"].append({"name": "gone", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}})
-    config["contexts"].append({"name": "gone", "context": {"cluster": "gone", "user": "dev-admin"}})
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(config))
+    kubeconfig = kubeconfig_with(planes, tmp_path / "kubeconfig", {"gone": (unreachable_cluster(), {"token": "x"})})
     bad = run_cloudquery(
         ["test-connection"], workdir=tmp_path / "bad", configs=[source_config({"kubeconfig": str(kubeconfig), "contexts": ["dev", "gone"]})]
     )
@@ -241,13 +245,7 @@ def test_test_connection_reports_unreachable_context(planes: ControlPlanes, tmp_
 
 
 def test_one_unreachable_context_does_not_spoil_the_sync(planes: ControlPlanes, dsn: str, tmp_path: Path) -> None:
-    import yaml
-
-    config = yaml.safe_load(planes.kubeconfig.read_text())
-    config["clusters"].append({"name": "gone", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}})
-    config["contexts"].append({"name": "gone", "context": {"cluster": "gone", "user": "dev-admin"}})
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(config))
+    kubeconfig = kubeconfig_with(planes, tmp_path / "kubeconfig", {"gone": (unreachable_cluster(), {"token": "x"})})
     spec = {"kubeconfig": str(kubeconfig), "contexts": ["prod", "gone"], "cache_path": str(tmp_path / "c.db")}
     result = sync(tmp_path, dsn, spec)
     assert result.returncode == 0, result.output[-3000:]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -145,15 +143,9 @@ def plugin_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
 
-    from watcher.plugin import Plugin, serve_plugin
+    from watcher.plugin import Plugin, serve_plugin, serve_until_signalled
 
-    server = serve_plugin(Plugin(), args.address, network=args.network)
-    done = threading.Event()
-    # The CLI stops a local plugin with SIGINT: a clean exit, not a traceback.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    server.stop(grace=2).wait(5)
+    serve_until_signalled(serve_plugin(Plugin(), args.address, network=args.network))
     return 0
 
 

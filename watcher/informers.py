@@ -26,11 +26,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 
 from watcher.kube import JSON, PARTIAL_LIST, PARTIAL_OBJECT, ApiError, KubeClient, WatchStream
 from watcher.resources import CRD, RESOURCES, ResourceDescriptor, custom_object_descriptor
-from watcher.state import CacheStore, InformerStatus, objects
+from watcher.state import CacheStore, InformerStatus, checkpoints, objects
 
 log = logging.getLogger(__name__)
 
@@ -308,33 +309,46 @@ class ResourceInformer:
         gen = self.store.begin_relist() if streaming_list else None
         initial: list[dict[str, Any]] = []
         self._set_state("listing" if streaming_list else "watching")
+        # The initial state of a streaming list takes a listing slot, like a LIST: it
+        # bounds how many informers hold pages of parsed objects at once (memory) and
+        # how hard a (re)starting daemon hits the API servers.
+        slot = self.options.list_semaphore if streaming_list else None
+        if slot is not None:
+            slot.acquire()
         try:
-            events = self.client.stream(
-                desc.collection_path(), query, accept=accept, read_timeout=timeout + self.options.read_timeout_slack
-            )
-        except ApiError as exc:
-            if exc.status == 410:
-                raise WatchExpired(str(exc)) from exc
-            if streaming_list and exc.status in (400, 422, 501):
-                raise StreamingListUnsupported(str(exc)) from exc
-            raise
-        self.status.watches += 1
-        self._stream = events
-        if self.stop_event.is_set():
-            events.close()
-        opened, delivered = time.monotonic(), 0
-        try:
-            for batch in events:
-                delivered += len(batch)
-                gen, initial = self._apply_batch(batch, gen, initial)
-        except ApiError as exc:
-            # A watch that worked and then broke is a network event, not a failing
-            # server: back to watching at once. One that broke at once backs off.
-            if exc.status == 0 and (delivered or time.monotonic() - opened > 1.0):
-                raise WatchBroken(str(exc)) from exc
-            raise
+            try:
+                events = self.client.stream(
+                    desc.collection_path(), query, accept=accept, read_timeout=timeout + self.options.read_timeout_slack
+                )
+            except ApiError as exc:
+                if exc.status == 410:
+                    raise WatchExpired(str(exc)) from exc
+                if streaming_list and exc.status in (400, 422, 501):
+                    raise StreamingListUnsupported(str(exc)) from exc
+                raise
+            self.status.watches += 1
+            self._stream = events
+            if self.stop_event.is_set():
+                events.close()
+            opened, delivered = time.monotonic(), 0
+            try:
+                for batch in events:
+                    delivered += len(batch)
+                    gen, initial = self._apply_batch(batch, gen, initial)
+                    if slot is not None and gen is None:
+                        slot.release()
+                        slot = None
+            except ApiError as exc:
+                # A watch that worked and then broke is a network event, not a failing
+                # server: back to watching at once. One that broke at once backs off.
+                if exc.status == 0 and (delivered or time.monotonic() - opened > 1.0):
+                    raise WatchBroken(str(exc)) from exc
+                raise
+            finally:
+                self._stream = None
         finally:
-            self._stream = None
+            if slot is not None:
+                slot.release()
         if gen is not None and not self.stop_event.is_set():
             raise StreamingListUnsupported("the server ended the watch before the initial-events-end bookmark")
 
@@ -404,6 +418,42 @@ def _server_minor(version: dict[str, Any]) -> int:
     return int(digits) if digits else 0
 
 
+def record_cluster_info(client: KubeClient, store: CacheStore) -> dict[str, Any] | None:
+    """Write what the kubeconfig says about the context, plus the server's /version (or
+    why it could not be read), to the cache. Returns the version document."""
+    info = client.info
+    values: dict[str, Any] = {
+        "cluster_name": info.cluster_name,
+        "server": info.server,
+        "ca_file": info.ca_file,
+        "insecure_skip_verify": info.insecure_skip_verify,
+        "namespace": info.namespace,
+    }
+    version: dict[str, Any] | None = None
+    try:
+        version = client.get("/version", timeout=10)
+        values.update(kubernetes_version=str(version.get("gitVersion")), last_error=None)
+    except ApiError as exc:
+        log.warning("%s: cannot read server version: %s", client.context, exc)
+        values.update(last_error=str(exc))
+    store.write_cluster(client.context, **values)
+    return version
+
+
+def cached_custom_descriptors(store: CacheStore, context: str) -> list[ResourceDescriptor]:
+    """Descriptors for the instances of every CRD cached for ``context``."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(objects.c.row).where(
+                (objects.c.context == context)
+                & (objects.c.resource == CRD.key)
+                & (objects.c.deleted == False)  # noqa: E712
+            )
+        ).scalars()
+        crds = [orjson.loads(r) for r in rows]
+    return [d for d in (custom_object_descriptor(c) for c in crds) if d is not None]
+
+
 class ContextInformers:
     """Every informer of one kubeconfig context, plus custom-resource discovery.
 
@@ -437,8 +487,6 @@ class ContextInformers:
         return self.client.context
 
     def _stored_resource_versions(self) -> dict[str, str]:
-        from watcher.state import checkpoints
-
         with self.store.engine.connect() as conn:
             rows = conn.execute(
                 select(checkpoints.c.resource, checkpoints.c.resource_version).where(
@@ -449,24 +497,11 @@ class ContextInformers:
 
     def refresh_cluster_info(self) -> None:
         """Record the server's version (and whether it can stream lists) in the cache."""
-        info = self.client.info
-        values: dict[str, Any] = {
-            "cluster_name": info.cluster_name,
-            "server": info.server,
-            "ca_file": info.ca_file,
-            "insecure_skip_verify": info.insecure_skip_verify,
-            "namespace": info.namespace,
-        }
-        try:
-            version = self.client.get("/version", timeout=10)
+        version = record_cluster_info(self.client, self.store)
+        if version is not None:
             self.kubernetes_version = str(version.get("gitVersion"))
             # Streaming lists (WatchList) are served by default from 1.34 on.
             self.streaming = _server_minor(version) >= 34
-            values.update(kubernetes_version=self.kubernetes_version, last_error=None)
-        except ApiError as exc:
-            log.warning("%s: cannot read server version: %s", self.context, exc)
-            values.update(last_error=str(exc))
-        self.store.write_cluster(self.context, **values)
 
     def start(self) -> None:
         self.refresh_cluster_info()
@@ -493,7 +528,7 @@ class ContextInformers:
             return
         if self.informers[CRD.key].status.lists == 0 and CRD.key not in self._resume:
             return  # CRDs not listed yet: absence of a CRD means nothing so far
-        wanted = {d.key: d for d in self._cached_custom_descriptors()}
+        wanted = {d.key: d for d in cached_custom_descriptors(self.store, self.context)}
         running = {k for k, inf in self.informers.items() if inf.descriptor.custom}
         for key in running - wanted.keys():
             log.info("%s: CRD for %s is gone; stopping its informer", self.context, key)
@@ -506,25 +541,6 @@ class ContextInformers:
         for key in set(self._resume) - wanted.keys() - {d.key for d in self.descriptors}:
             self.store.drop_resource(self.context, key)
             self._resume.pop(key)
-
-    def _cached_custom_descriptors(self) -> list[ResourceDescriptor]:
-        import orjson
-
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                select(objects.c.row).where(
-                    (objects.c.context == self.context)
-                    & (objects.c.resource == CRD.key)
-                    & (objects.c.deleted == False)  # noqa: E712
-                )
-            ).scalars()
-            crds = [orjson.loads(r) for r in rows]
-        out = []
-        for crd in crds:
-            desc = custom_object_descriptor(crd)
-            if desc is not None:
-                out.append(desc)
-        return out
 
     def statuses(self) -> list[InformerStatus]:
         return [inf.status for inf in list(self.informers.values())]

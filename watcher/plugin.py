@@ -17,17 +17,27 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import pyarrow as pa
+from cloudquery.discovery_v1 import discovery_pb2_grpc
 from cloudquery.plugin_v3 import arrow, plugin_pb2, plugin_pb2_grpc
+from cloudquery.sdk.internal.servers.discovery_v1.discovery import DiscoveryServicer
 
 from watcher import __version__
-from watcher.informers import InformerOptions, ResourceInformer
+from watcher.informers import (
+    InformerOptions,
+    ResourceInformer,
+    cached_custom_descriptors,
+    record_cluster_info,
+)
 from watcher.kube import ApiError, KubeClient, KubeconfigError, resolve_contexts
 from watcher.resources import (
     BY_TABLE,
@@ -35,11 +45,11 @@ from watcher.resources import (
     CUSTOM_OBJECTS_TABLE,
     NODES,
     ResourceDescriptor,
-    custom_object_descriptor,
 )
 from watcher.snapshot import CLUSTERS_TABLE, Freshness, SnapshotReader, schema_for
 from watcher.spec import ALL_TABLES, JSON_SCHEMA, Spec, SpecError
 from watcher.state import CacheStore, CacheUnusable
+from watcher.tables import uuid_bytes
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +101,7 @@ class CacheRefresher:
         """Relist into the cache; returns the contexts that failed, with the reason."""
         failures: dict[str, str] = {}
         store = CacheStore(self.spec.cache_path)
-        options = InformerOptions(list_semaphore=__import__("threading").Semaphore(self.spec.concurrency))
+        options = InformerOptions(list_semaphore=threading.Semaphore(self.spec.concurrency))
         try:
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(todo)))) as pool:
                 futures = {
@@ -115,14 +125,14 @@ class CacheRefresher:
             return str(exc)
         errors: list[str] = []
         try:
-            _record_cluster(client, store)
+            record_cluster_info(client, store)
             with ThreadPoolExecutor(max_workers=self.spec.concurrency) as pool:
                 for desc, error in zip(descs, pool.map(lambda d: _relist_one(client, store, d, options), descs), strict=True):
                     if error:
                         errors.append(f"{desc.key}: {error}")
             if with_custom and CRD in descs:
                 store.flush()
-                for desc in _cached_custom_descriptors(store, ctx):
+                for desc in cached_custom_descriptors(store, ctx):
                     error = _relist_one(client, store, desc, options)
                     if error:
                         errors.append(f"{desc.key}: {error}")
@@ -136,23 +146,6 @@ class CacheRefresher:
         return None
 
 
-def _record_cluster(client: KubeClient, store: CacheStore) -> None:
-    info = client.info
-    values: dict[str, Any] = {
-        "cluster_name": info.cluster_name,
-        "server": info.server,
-        "ca_file": info.ca_file,
-        "insecure_skip_verify": info.insecure_skip_verify,
-        "namespace": info.namespace,
-    }
-    try:
-        values["kubernetes_version"] = str(client.get("/version", timeout=10).get("gitVersion"))
-        values["last_error"] = None
-    except ApiError as exc:
-        values["last_error"] = str(exc)
-    store.write_cluster(client.context, **values)
-
-
 def _relist_one(client: KubeClient, store: CacheStore, desc: ResourceDescriptor, options: InformerOptions) -> str | None:
     informer = ResourceInformer(client=client, descriptor=desc, store=store, options=options, streaming=False)
     try:
@@ -161,21 +154,6 @@ def _relist_one(client: KubeClient, store: CacheStore, desc: ResourceDescriptor,
     except ApiError as exc:
         informer.record_failure(exc)
         return str(exc)
-
-
-def _cached_custom_descriptors(store: CacheStore, ctx: str) -> list[ResourceDescriptor]:
-    import orjson
-    from sqlalchemy import select
-
-    from watcher.state import objects
-
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(objects.c.row).where(
-                (objects.c.context == ctx) & (objects.c.resource == CRD.key) & (objects.c.deleted == False)  # noqa: E712
-            )
-        ).scalars()
-        return [d for d in (custom_object_descriptor(orjson.loads(r)) for r in rows) if d is not None]
 
 
 # --------------------------------------------------------------------------- messages
@@ -191,8 +169,6 @@ def _value_record(name: str, array: pa.Array) -> bytes:
 
 def _delete_where(table: str, context: str, uid: str | None = None) -> plugin_pb2.Sync.Response:
     """A delete-record message: ``DELETE FROM table WHERE context_name = ? [AND uid = ?]``."""
-    from watcher.tables import uuid_bytes
-
     predicates = [
         plugin_pb2.Predicate(
             operator=plugin_pb2.Predicate.Operator.EQ,
@@ -435,26 +411,37 @@ class PluginServicer(plugin_pb2_grpc.PluginServicer):
 
 
 
-def serve_plugin(plugin: Plugin, address: str, *, network: str = "tcp", max_workers: int = 10) -> grpc.Server:
-    """Start the gRPC plugin server (discovery v1 + plugin v3) and return it.
+def serve_servicer(
+    servicer: plugin_pb2_grpc.PluginServicer, address: str, *, network: str = "tcp", max_workers: int = 10
+) -> grpc.Server:
+    """Start a gRPC server for a protocol v3 servicer (plus discovery v1) and return it.
 
     The CLI passes unix socket addresses as bare paths, which grpc cannot bind
     ("Failed to bind"); they need the ``unix:`` scheme.
     """
-    from concurrent import futures
-
-    from cloudquery.discovery_v1 import discovery_pb2_grpc
-    from cloudquery.sdk.internal.servers.discovery_v1.discovery import DiscoveryServicer
-
     if network == "unix" and not address.startswith("unix:"):
         address = f"unix:{address}"
     # The CLI sends and accepts large record batches; lift gRPC's 4 MB default.
     options = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
     discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryServicer([3]), server)
-    plugin_pb2_grpc.add_PluginServicer_to_server(PluginServicer(plugin), server)
+    plugin_pb2_grpc.add_PluginServicer_to_server(servicer, server)
     if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
         raise OSError(f"cannot listen on {address}")
     server.start()
     log.info("plugin server listening on %s", address)
     return server
+
+
+def serve_plugin(plugin: Plugin, address: str, *, network: str = "tcp") -> grpc.Server:
+    return serve_servicer(PluginServicer(plugin), address, network=network)
+
+
+def serve_until_signalled(server: grpc.Server) -> None:
+    """Block until SIGINT or SIGTERM, then stop the server. The CLI stops a
+    ``registry: local`` plugin with SIGINT: that is a clean exit, not a traceback."""
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop(grace=2).wait(5)

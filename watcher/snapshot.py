@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,6 @@ class Freshness:
 
 
 def _ts(value: float | None) -> Any:
-    from datetime import UTC, datetime
-
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
