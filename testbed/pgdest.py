@@ -103,24 +103,27 @@ class Destination:
             )
 
     def insert(self, conn: psycopg.Connection, batch: pa.RecordBatch) -> None:
+        """COPY the batch into a temporary twin of the table, then upsert from it in one
+        statement (what the real destination does with pgx CopyFrom)."""
         name = batch.schema.metadata[b"cq:table_name"].decode()
-        schema = batch.schema
-        names = [f.name for f in schema]
-        pks = [f.name for f in schema if _is_pk(f)]
+        names = [f.name for f in batch.schema]
+        pks = [f.name for f in batch.schema if _is_pk(f)]
         columns = [_column_values(batch.column(i)) for i in range(batch.num_columns)]
-        rows = list(zip(*columns, strict=True))
-        stmt = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-            sql.Identifier(name),
-            sql.SQL(", ").join(map(sql.Identifier, names)),
-            sql.SQL(", ").join(sql.Placeholder() * len(names)),
-        )
-        if pks and self.write_mode != "append":
-            stmt += sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, pks)),
-                sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in pks),
-            )
+        cols = sql.SQL(", ").join(map(sql.Identifier, names))
+        table, staging = sql.Identifier(name), sql.Identifier(f"_cq_staging_{name}")
         with conn.cursor() as cur:
-            cur.executemany(stmt, rows)
+            cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {})").format(staging, table))
+            cur.execute(sql.SQL("TRUNCATE {}").format(staging))
+            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(staging, cols)) as copy:
+                for row in zip(*columns, strict=True):
+                    copy.write_row(row)
+            stmt = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(table, cols, cols, staging)
+            if pks and self.write_mode != "append":
+                stmt += sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
+                    sql.SQL(", ").join(map(sql.Identifier, pks)),
+                    sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in pks),
+                )
+            cur.execute(stmt)
 
     def delete_stale(self, conn: psycopg.Connection, msg: Any) -> None:
         table = msg.table_name or arrow.new_schema_from_bytes(msg.table).metadata[b"cq:table_name"].decode()
