@@ -418,9 +418,9 @@ def _server_minor(version: dict[str, Any]) -> int:
     return int(digits) if digits else 0
 
 
-def record_cluster_info(client: KubeClient, store: CacheStore) -> dict[str, Any] | None:
+def record_cluster_info(client: KubeClient, store: CacheStore) -> tuple[dict[str, Any] | None, str | None]:
     """Write what the kubeconfig says about the context, plus the server's /version (or
-    why it could not be read), to the cache. Returns the version document."""
+    why it could not be read), to the cache. Returns the version document or the error."""
     info = client.info
     values: dict[str, Any] = {
         "cluster_name": info.cluster_name,
@@ -430,14 +430,16 @@ def record_cluster_info(client: KubeClient, store: CacheStore) -> dict[str, Any]
         "namespace": info.namespace,
     }
     version: dict[str, Any] | None = None
+    error: str | None = None
     try:
         version = client.get("/version", timeout=10)
         values.update(kubernetes_version=str(version.get("gitVersion")), last_error=None)
     except ApiError as exc:
         log.warning("%s: cannot read server version: %s", client.context, exc)
-        values.update(last_error=str(exc))
+        error = str(exc)
+        values.update(last_error=error)
     store.write_cluster(client.context, **values)
-    return version
+    return version, error
 
 
 def cached_custom_descriptors(store: CacheStore, context: str) -> list[ResourceDescriptor]:
@@ -497,7 +499,7 @@ class ContextInformers:
 
     def refresh_cluster_info(self) -> None:
         """Record the server's version (and whether it can stream lists) in the cache."""
-        version = record_cluster_info(self.client, self.store)
+        version, _error = record_cluster_info(self.client, self.store)
         if version is not None:
             self.kubernetes_version = str(version.get("gitVersion"))
             # Streaming lists (WatchList) are served by default from 1.34 on.

@@ -104,11 +104,11 @@ class CacheRefresher:
         options = InformerOptions(list_semaphore=threading.Semaphore(self.spec.concurrency))
         try:
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(todo)))) as pool:
-                futures = {
+                pending = {
                     ctx: pool.submit(self._relist_context, store, ctx, descs, options, with_custom_objects)
                     for ctx, descs in todo.items()
                 }
-                for ctx, fut in futures.items():
+                for ctx, fut in pending.items():
                     error = fut.result()
                     if error:
                         failures[ctx] = error
@@ -125,7 +125,11 @@ class CacheRefresher:
             return str(exc)
         errors: list[str] = []
         try:
-            record_cluster_info(client, store)
+            _version, error = record_cluster_info(client, store)
+            if error is not None:
+                # The server does not answer /version (unreachable, hanging, bad TLS or
+                # credentials): listing 30 resources would fail 30 times more slowly.
+                return error
             with ThreadPoolExecutor(max_workers=self.spec.concurrency) as pool:
                 for desc, error in zip(descs, pool.map(lambda d: _relist_one(client, store, d, options), descs), strict=True):
                     if error:
@@ -242,10 +246,11 @@ class Plugin:
                     migrate_table=plugin_pb2.Sync.MessageMigrateTable(table=arrow.schema_to_bytes(schema_for(table)))
                 )
             rows = deletes = 0
+            # A context that could not be refreshed still sends what the cache holds for
+            # it (k8s_clusters says how stale): skipping it would let delete-stale wipe
+            # its rows, and would move the incremental cursor past changes never sent.
             for table in tables:
                 for ctx in self.contexts:
-                    if ctx in failures and table != CLUSTERS_TABLE:
-                        continue
                     if since is not None and table != CLUSTERS_TABLE:
                         for uid in snap.deleted_uids(table, ctx, since_seq=since):
                             deletes += 1
