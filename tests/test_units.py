@@ -969,3 +969,24 @@ def test_reopen_keeps_seq_and_cache_id(tmp_path: Path) -> None:
         assert not list(tmp_path.glob("*.corrupt-*"))
     finally:
         s2.close()
+
+
+def test_a_write_that_keeps_failing_is_counted_not_silently_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import watcher.state as state_module
+
+    monkeypatch.setattr(state_module.time, "sleep", lambda _s: None)  # no retry delays in a unit test
+    store = CacheStore(tmp_path / "cache.db")
+    try:
+        attempts: list[int] = []
+
+        def failing(conn: Any, _store: CacheStore) -> None:
+            attempts.append(1)
+            conn.exec_driver_sql("INSERT INTO no_such_table VALUES (1)")
+
+        store._submit(failing, wait=True)
+        assert len(attempts) == 5
+        assert store.dropped_batches == 1
+        store.flush()  # the writer survived and still works
+        assert store.writer_alive()
+    finally:
+        store.close()

@@ -175,6 +175,8 @@ class Daemon:
         detail = ", ".join(f"{k}={v}" for k, v in sorted(by_state.items())) or "starting"
         # Healthy while the process works: the writer is alive. A forbidden or
         # unreachable cluster is reported, not fatal (the others still sync).
+        if self.store.dropped_batches:
+            detail += f", dropped_write_batches={self.store.dropped_batches}"
         ok = self.store.writer_alive()
         return ok, f"{'ok' if ok else 'cache writer stopped'}: {detail}\n"
 

@@ -597,7 +597,14 @@ class InformerManager:
         self._thread.start()
 
     def _reconcile_loop(self) -> None:
+        relisted_for = 0
         while not self._stop.wait(self.reconcile_interval):
+            if self.store.dropped_batches > relisted_for:
+                relisted_for = self.store.dropped_batches
+                log.error("cache writes were dropped: relisting every informer to resynchronise")
+                for ctx in self.contexts:
+                    for informer in list(ctx.informers.values()):
+                        informer.request_relist()
             for ctx in self.contexts:
                 try:
                     ctx.reconcile()

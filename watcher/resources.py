@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-ColumnType = Literal["string", "int64", "bool", "json", "timestamp", "string_list", "int64_list"]
+ColumnType = Literal["string", "int64", "bool", "json", "timestamp", "string_list"]
 Obj = Mapping[str, Any]
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select
 
 from watcher import state
 from watcher.resources import BY_TABLE, CUSTOM_OBJECTS_TABLE, NODES
-from watcher.state import checkpoints, clusters, objects
+from watcher.state import clusters, objects
 from watcher.tables import (
     Column,
     custom_objects_schema,
@@ -211,6 +211,3 @@ class SnapshotReader:
             "last_error": info.get("last_error"),
         }
         return rows_to_batch(schema_for(CLUSTERS_TABLE), context, [document(row, CLUSTER_COLUMNS)])
-
-    def contexts_with_checkpoints(self) -> set[str]:
-        return {str(c) for (c,) in self._conn.execute(select(checkpoints.c.context).distinct())}

@@ -253,7 +253,7 @@ class CacheStore:
         # parsed objects in memory (a relist page holds up to 500 of them).
         self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=8)
         self._gen = 0
-        self.applied_ops = 0
+        self.dropped_batches = 0
         self._writer = threading.Thread(target=self._write_loop, name="cache-writer", daemon=True)
         self._writer.start()
 
@@ -304,7 +304,11 @@ class CacheStore:
             except Exception:
                 log.exception("cache write of %d operations failed (attempt %d)", len(batch), attempt + 1)
                 time.sleep(0.5 * (attempt + 1))
-        self.applied_ops += len(batch)
+        else:
+            # Events were lost on the way to disk: the cache no longer follows the
+            # watches. The informer manager sees this counter and relists everything.
+            self.dropped_batches += 1
+            log.error("cache write of %d operations dropped after 5 attempts; informers will relist", len(batch))
         for op in batch:
             if op.done is not None:
                 op.done.set()

@@ -57,7 +57,6 @@ _STORAGE_TYPES: dict[ColumnType, pa.DataType] = {
     "json": pa.string(),  # JSON text; wrapped in the JSON extension type after reading
     "timestamp": _UTC_US,
     "string_list": pa.list_(pa.string()),
-    "int64_list": pa.list_(pa.int64()),
 }
 _OUTPUT_TYPES: dict[ColumnType, pa.DataType] = {**_STORAGE_TYPES, "json": JSONType()}
 
