@@ -258,3 +258,40 @@ def test_container_runs_as_non_root_and_rbac_is_read_only() -> None:
     role = yaml.safe_load((REPO / "deploy/kubernetes/clusterrole.yaml").read_text())
     verbs = {v for rule in role["rules"] for v in rule["verbs"]}
     assert verbs == {"get", "list", "watch"}
+
+
+def test_cache_locked_by_another_writer_fails_clearly(planes: ControlPlanes, dsn: str, tmp_path: Path) -> None:
+    import sqlite3
+
+    from watcher.state import CacheStore
+
+    cache = tmp_path / "cache.db"
+    CacheStore(cache).close()  # a valid but cold cache: the sync must write to it
+    holder = sqlite3.connect(cache, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock throughout
+    try:
+        result = sync(tmp_path, dsn, {"kubeconfig": str(planes.kubeconfig), "contexts": ["prod"], "cache_path": str(cache)})
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.returncode != 0
+    assert f"cache file {cache} cannot be written" in result.output and "database is locked" in result.output, result.output[-2000:]
+    assert not any(t.startswith("k8s_") for t in pg_tables(dsn))
+
+
+def test_ten_thousand_namespaces_in_one_context(dsn: str, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from testbed.cluster import control_planes
+
+    with control_planes(["big"], workdir=tmp_path / "kube") as big:
+        admin = big.servers["big"].admin()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda i: admin.create("/api/v1/namespaces", {"metadata": {"name": f"team-{i:05d}"}}), range(10_000)))
+        spec = {"kubeconfig": str(big.kubeconfig), "contexts": ["big"], "cache_path": str(tmp_path / "c.db")}
+        result = sync(tmp_path, dsn, spec, tables=["k8s_clusters", "k8s_namespaces"])
+        assert result.returncode == 0, result.output[-3000:]
+        expected = {i["metadata"]["uid"] for i in admin.list("/api/v1/namespaces")["items"]}
+    with psycopg.connect(dsn) as conn:
+        rows = {r[0] for r in conn.execute("SELECT uid::text FROM k8s_namespaces WHERE context_name = 'big'").fetchall()}
+    assert len(expected) >= 10_004 and rows == expected
