@@ -46,8 +46,8 @@ from watcher.resources import (
     NODES,
     ResourceDescriptor,
 )
-from watcher.snapshot import CLUSTERS_TABLE, Freshness, SnapshotReader, schema_for
-from watcher.spec import ALL_TABLES, JSON_SCHEMA, Spec, SpecError
+from watcher.snapshot import Freshness, SnapshotReader, schema_for
+from watcher.spec import ALL_TABLES, CLUSTERS_TABLE, JSON_SCHEMA, Spec, SpecError
 from watcher.state import CacheStore, CacheUnusable
 from watcher.tables import uuid_bytes
 

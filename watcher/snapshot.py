@@ -20,6 +20,7 @@ from sqlalchemy import Engine, select
 
 from watcher import state
 from watcher.resources import BY_TABLE, CUSTOM_OBJECTS_TABLE, NODES
+from watcher.spec import CLUSTERS_TABLE
 from watcher.state import clusters, objects
 from watcher.tables import (
     Column,
@@ -30,7 +31,6 @@ from watcher.tables import (
     table_schema,
 )
 
-CLUSTERS_TABLE = "k8s_clusters"
 #: The kube-system namespace's uid is the de facto cluster identity (what cluster-api,
 #: Datadog and others use); clusters that lack it get a stable uuid5 of their server.
 _CLUSTER_ID_NS = uuid.UUID("6f1f7a52-58a3-4c1e-9b1c-0f4a2f3c9d11")
@@ -86,14 +86,19 @@ def _ts(value: float | None) -> Any:
 class SnapshotReader:
     """A consistent read of the cache file. Use as a context manager."""
 
-    def __init__(self, engine: Engine, *, batch_max_rows: int = 20_000, batch_max_bytes: int = 8 << 20) -> None:
+    def __init__(
+        self, engine: Engine, *, batch_max_rows: int = 20_000, batch_max_bytes: int = 8 << 20, owns_engine: bool = False
+    ) -> None:
         self.engine = engine
         self.batch_max_rows = batch_max_rows
         self.batch_max_bytes = batch_max_bytes
+        self._owns_engine = owns_engine
 
     @classmethod
     def open(cls, path: Path, **kwargs: Any) -> SnapshotReader:
-        return cls(state.open_reader(path), **kwargs)
+        """A reader with an engine of its own, disposed on exit (a daemon serves many
+        syncs: one pooled connection per sync would leak file descriptors)."""
+        return cls(state.open_reader(path), owns_engine=True, **kwargs)
 
     def __enter__(self) -> SnapshotReader:
         self._conn = self.engine.connect()
@@ -107,6 +112,8 @@ class SnapshotReader:
     def __exit__(self, *exc: object) -> None:
         self._tx.rollback()
         self._conn.close()
+        if self._owns_engine:
+            self.engine.dispose()
 
     # -- freshness -----------------------------------------------------------
 
