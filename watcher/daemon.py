@@ -217,6 +217,9 @@ class Daemon:
         self.manager.start()
         self.store.heartbeat()
         self._start_jobs()
+        # The initial lists parse every object once; hand that memory back as soon as
+        # they are in, not at the next periodic trim.
+        threading.Thread(target=lambda: self.manager.wait_synced(3600) and trim_memory(), name="trim-after-sync", daemon=True).start()
         host, port = _split(self.config.grpc_address)
         self.grpc = serve_plugin(self.plugin, f"{host}:{port}")
         log.info(

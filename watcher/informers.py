@@ -78,6 +78,9 @@ class Backoff:
 @dataclass
 class InformerOptions:
     page_size: int = 500
+    #: Objects of a streaming list's initial state written per transaction: small, so
+    #: that few parsed objects are held in memory at once.
+    initial_flush: int = 100
     #: Server-side watch timeout is drawn from this range (client-go: 5-10 minutes),
     #: so that thousands of watches do not all reconnect at the same moment.
     watch_timeout_range: tuple[int, int] = (300, 600)
@@ -375,7 +378,7 @@ class ResourceInformer:
                 pending.append((kind, obj))
             elif kind == "ADDED":
                 initial.append(obj)
-                if len(initial) >= self.options.page_size:
+                if len(initial) >= self.options.initial_flush:
                     self.store.relist_page(self.client.context, desc, initial, gen)
                     initial = []
             elif kind == "BOOKMARK" and (obj["metadata"].get("annotations") or {}).get(INITIAL_EVENTS_END) == "true":

@@ -87,7 +87,7 @@ class SnapshotReader:
     """A consistent read of the cache file. Use as a context manager."""
 
     def __init__(
-        self, engine: Engine, *, batch_max_rows: int = 20_000, batch_max_bytes: int = 8 << 20, owns_engine: bool = False
+        self, engine: Engine, *, batch_max_rows: int = 20_000, batch_max_bytes: int = 4 << 20, owns_engine: bool = False
     ) -> None:
         self.engine = engine
         self.batch_max_rows = batch_max_rows

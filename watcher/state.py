@@ -251,7 +251,7 @@ class CacheStore:
         self._batch_wait = batch_wait
         # Bounded: when the disk falls behind, informers wait here instead of piling up
         # parsed objects in memory (a relist page holds up to 500 of them).
-        self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=8)
+        self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=4)
         self._gen = 0
         self.dropped_batches = 0
         self._writer = threading.Thread(target=self._write_loop, name="cache-writer", daemon=True)
