@@ -194,13 +194,11 @@ class Daemon:
 
     def _relist_all(self) -> None:
         log.info("periodic safety-net relist of every informer")
-        for ctx in self.manager.contexts:
-            for informer in list(ctx.informers.values()):
-                informer.request_relist()
+        self.manager.request_relist_all()
 
     def _start_jobs(self) -> None:
         self.scheduler.add_job(self.store.heartbeat, "interval", seconds=self.config.heartbeat_interval, id="heartbeat")
-        self.scheduler.add_job(self._purge_tombstones, "interval", minutes=10, id="tombstones", next_run_time=None)
+        self.scheduler.add_job(self._purge_tombstones, "interval", minutes=10, id="tombstones")
         self.scheduler.add_job(self.store.checkpoint_wal, "interval", minutes=5, id="wal-checkpoint")
         self.scheduler.add_job(trim_memory, "interval", seconds=30, id="trim-memory")
         if self.config.relist_interval > 0:

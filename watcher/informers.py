@@ -605,14 +605,17 @@ class InformerManager:
             if self.store.dropped_batches > relisted_for:
                 relisted_for = self.store.dropped_batches
                 log.error("cache writes were dropped: relisting every informer to resynchronise")
-                for ctx in self.contexts:
-                    for informer in list(ctx.informers.values()):
-                        informer.request_relist()
+                self.request_relist_all()
             for ctx in self.contexts:
                 try:
                     ctx.reconcile()
                 except Exception:
                     log.exception("%s: reconcile failed", ctx.context)
+
+    def request_relist_all(self) -> None:
+        for ctx in self.contexts:
+            for informer in list(ctx.informers.values()):
+                informer.request_relist()
 
     def statuses(self) -> list[InformerStatus]:
         return [s for ctx in self.contexts for s in ctx.statuses()]

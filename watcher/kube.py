@@ -24,6 +24,8 @@ from kubernetes.client import Configuration
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.kube_config import load_kube_config
 
+from watcher import __version__
+
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
@@ -99,19 +101,25 @@ class ClusterInfo:
     namespace: str | None
 
 
+def _named(config: dict[str, Any], section: str, name: Any) -> dict[str, Any] | None:
+    """The body of the entry called ``name`` in a kubeconfig list (``contexts``,
+    ``clusters``, ``users``): ``{"name": n, "context": {...}}`` -> ``{...}``."""
+    body_key = section[:-1]
+    for entry in config.get(section) or []:
+        if isinstance(entry, dict) and entry.get("name") == name:
+            return entry.get(body_key) or {}
+    return None
+
+
 class KubeClient:
     """Raw JSON access to one context's API server."""
 
     def __init__(self, kubeconfig: Path, context: str) -> None:
         config = read_kubeconfig(kubeconfig)
-        entry = next((c for c in config.get("contexts") or [] if c.get("name") == context), None)
-        if entry is None:
+        ctx = _named(config, "contexts", context)
+        if ctx is None:
             raise KubeconfigError(f"context {context} not found in kubeconfig {kubeconfig}")
-        ctx = entry.get("context") or {}
-        cluster = next(
-            (c.get("cluster") or {} for c in config.get("clusters") or [] if c.get("name") == ctx.get("cluster")),
-            {},
-        )
+        cluster = _named(config, "clusters", ctx.get("cluster")) or {}
         self.configuration = Configuration()
         try:
             load_kube_config(
@@ -123,10 +131,7 @@ class KubeClient:
         except (ConfigException, OSError, ValueError) as exc:
             raise KubeconfigError(f"context {context} in kubeconfig {kubeconfig}: {exc}") from exc
         self.context = context
-        user = next(
-            (u.get("user") or {} for u in config.get("users") or [] if u.get("name") == ctx.get("user")),
-            {},
-        )
+        user = _named(config, "users", ctx.get("user")) or {}
         # A projected service-account token (in-cluster) is rotated on disk about hourly;
         # the kubernetes client reads tokenFile once, so we re-read it when it changes.
         self._token_file = Path(user["tokenFile"]) if user.get("tokenFile") else None
@@ -153,7 +158,7 @@ class KubeClient:
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
     def _headers(self, accept: str) -> dict[str, str]:
-        headers = {"Accept": accept, "User-Agent": "k8s-watcher/0.1"}
+        headers = {"Accept": accept, "User-Agent": f"k8s-watcher/{__version__}"}
         token = self._file_token() if self._token_file else self.configuration.get_api_key_with_prefix("BearerToken")
         if token:
             headers["Authorization"] = token

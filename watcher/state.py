@@ -188,10 +188,15 @@ def _create_private(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
-def _usable(path: Path) -> bool:
+def _usable(path: Path, *, thorough: bool) -> bool:
+    """Whether the file is a readable cache. ``thorough`` runs SQLite's quick_check,
+    which reads every page: done once when a writer opens the file, not per sync."""
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         try:
+            if not thorough:
+                con.execute("SELECT value FROM meta WHERE key = 'cache_id'").fetchone()
+                return True
             ok = con.execute("PRAGMA quick_check").fetchone()
             return bool(ok and ok[0] == "ok")
         finally:
@@ -244,7 +249,7 @@ class CacheStore:
                 for key, value in (("schema_version", SCHEMA_VERSION), ("cache_id", uuid.uuid4().hex)):
                     # The cache id tells an incremental cursor which file its seq belongs to.
                     conn.execute(sqlite_insert(meta).values(key=key, value=value).on_conflict_do_nothing())
-                self._seq = int(conn.execute(select(func.coalesce(func.max(objects.c.seq), 0))).scalar_one())
+                self._seq = max_seq(conn)
         except Exception as exc:
             raise CacheUnusable(f"cache file {self.path} cannot be written: {exc}") from exc
         self._batch_max = batch_max
@@ -258,7 +263,7 @@ class CacheStore:
         self._writer.start()
 
     def _prepare_file(self) -> None:
-        if self.path.exists() and self.path.stat().st_size > 0 and not _usable(self.path):
+        if self.path.exists() and self.path.stat().st_size > 0 and not _usable(self.path, thorough=True):
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.error("cache file %s is not a usable SQLite database; moved aside to %s, rebuilding", self.path, aside)
             shutil.move(self.path, aside)
@@ -504,7 +509,7 @@ def open_reader(path: Path) -> Engine:
     """A read-only engine on the cache file (a daemon may be writing it meanwhile)."""
     if not Path(path).exists():
         raise CacheUnusable(f"cache file {path} does not exist")
-    if not _usable(Path(path)):
+    if not _usable(Path(path), thorough=False):
         raise CacheUnusable(f"cache file {path} is not a usable SQLite database")
     return _engine(Path(path), readonly=True)
 

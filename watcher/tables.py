@@ -84,19 +84,28 @@ def extract_row(obj: dict[str, Any], descriptor: ResourceDescriptor) -> bytes:
     as JSON text. ``obj`` must already be sanitized."""
     row: dict[str, Any] = {"uid": obj["metadata"]["uid"]}
     for col in columns_of(descriptor):
-        value = col.extract(obj)
-        if col.type == "json":
-            value = None if value is None else orjson.dumps(value).decode()
-        row[col.name] = value
+        row[col.name] = _cell(col, col.extract(obj))
     return orjson.dumps(row)
+
+
+def _cell(col: Column, value: Any) -> Any:
+    """A value as a row document holds it: JSON columns as JSON text, datetimes as
+    ISO 8601 in UTC (what pyarrow's JSON reader parses into timestamps)."""
+    if value is None:
+        return None
+    if col.type == "json":
+        return orjson.dumps(value).decode()
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value
 
 
 # --------------------------------------------------------------------------- schemas
 
 
-def _field(name: str, type_: pa.DataType, *, pk: bool = False, not_null: bool = False) -> pa.Field:
+def _field(name: str, type_: pa.DataType, *, pk: bool = False) -> pa.Field:
     meta = {b"cq:extension:primary_key": b"true", b"cq:extension:unique": b"false"} if pk else {}
-    return pa.field(name, type_, nullable=not (pk or not_null), metadata=meta or None)
+    return pa.field(name, type_, nullable=not pk, metadata=meta or None)
 
 
 def table_schema(table: str, columns: Sequence[Column], description: str = "") -> pa.Schema:
@@ -204,10 +213,5 @@ def document(values: Mapping[str, Any], columns: Sequence[Column]) -> bytes:
     datetimes ISO 8601 in UTC."""
     row: dict[str, Any] = {"uid": values.get("uid")}
     for col in columns:
-        value = values.get(col.name)
-        if col.type == "json" and value is not None:
-            value = orjson.dumps(value).decode()
-        elif isinstance(value, datetime):
-            value = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        row[col.name] = value
+        row[col.name] = _cell(col, values.get(col.name))
     return orjson.dumps(row)
