@@ -126,11 +126,16 @@ def tune_memory() -> None:
     glibc gives every thread that allocates its own malloc arena (up to 8 per core)
     and each keeps what it freed: with one informer thread per resource and context,
     that alone doubled RSS at 100k objects. Two arenas are plenty for I/O-bound threads.
+    A fixed mmap threshold keeps every block of 1 MB or more (a sync's record batches
+    and their serialised copies) in its own mapping, unmapped when freed: glibc's
+    default threshold rises after the first such free and later big blocks then stay
+    in the heap (a sync raised peak RSS by 57 MB at 100k objects; 44 MB with this).
     Arrow buffers go through the same allocator so that ``malloc_trim`` returns them.
     """
     libc = _libc()
     if libc is not None:
         libc.mallopt(-8, 2)  # M_ARENA_MAX
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
     pa.set_memory_pool(pa.system_memory_pool())
 
 
