@@ -122,8 +122,9 @@ def test_corrupt_cache_is_moved_aside_and_rebuilt(planes: ControlPlanes, dsn: st
     cache.write_bytes(b"this is not a database" * 1000)
     result = sync(tmp_path, dsn, {"kubeconfig": str(planes.kubeconfig), "contexts": ["prod"], "cache_path": str(cache)})
     assert result.returncode == 0, result.output[-3000:]
-    assert "not a usable SQLite database; moved aside" in result.output
-    assert list(tmp_path.glob("cache.db.corrupt-*"))
+    assert "cannot be used (not a usable SQLite database" in result.output
+    assert "moved aside to" in result.output
+    assert list(tmp_path.glob("cache.db.unusable-*"))
     assert_pg_equals_api(dsn, planes, ["prod"])
 
 

@@ -33,12 +33,13 @@ from watcher.resources import (
     path,
 )
 from watcher.spec import ALL_TABLES, CLUSTERS_TABLE, Spec, SpecError, parse_duration
-from watcher.state import CacheStore, InformerStatus
+from watcher.state import SCHEMA_VERSION, CacheStore, CacheUnusable, InformerStatus, open_reader
 from watcher.tables import (
     COMMON_COLUMNS,
     LAST_APPLIED,
     columns_of,
     custom_objects_schema,
+    decode_row,
     descriptor_schema,
     document,
     extract_row,
@@ -292,7 +293,8 @@ def test_crd_descriptor_columns_feed_custom_object_descriptor() -> None:
             ],
         },
     }
-    row = orjson.loads(extract_row(crd_obj, BY_KEY["customresourcedefinitions.apiextensions.k8s.io"]))
+    crd = BY_KEY["customresourcedefinitions.apiextensions.k8s.io"]
+    row = decode_row(extract_row(crd_obj, crd), columns_of(crd))
     assert row["versions"] == ["v1", "v2"]
     assert row["served_versions"] == ["v2"]
     assert row["storage_version"] == "v1"
@@ -382,7 +384,8 @@ def _pod(**status: Any) -> dict[str, Any]:
 
 def test_extract_row_pod_columns() -> None:
     pod = _pod()
-    row = orjson.loads(extract_row(sanitize(pod, PODS), PODS))
+    raw = extract_row(sanitize(pod, PODS), PODS)
+    row = decode_row(raw, columns_of(PODS))
     assert row["uid"] == pod["metadata"]["uid"]
     assert row["name"] == "web" and row["namespace"] == "ns"
     assert row["images"] == ["busybox:1", "nginx:1.27", "envoy:1"]
@@ -394,11 +397,12 @@ def test_extract_row_pod_columns() -> None:
     assert row["generation"] == 3
     assert row["finalizers"] == ["x/y"]
     assert row["created_at"] == "2024-05-01T12:34:56Z"
-    # JSON columns are JSON text, not nested objects
-    for name in ("labels", "spec", "status"):
-        assert isinstance(row[name], str), name
-    assert orjson.loads(row["labels"]) == {"app": "web"}
-    assert orjson.loads(row["spec"]) == pod["spec"]
+    # JSON columns follow the scalars as plain JSON text, not escaped inside them
+    head, *json_parts = raw.split(b"\x1e")
+    assert not {"labels", "spec", "status"} & set(orjson.loads(head))
+    assert orjson.dumps(pod["spec"]) in json_parts
+    assert row["labels"] == {"app": "web"}
+    assert row["spec"] == pod["spec"]
     assert row["annotations"] is None and row["owner_references"] is None
     expected = {"uid", *(c.name for c in columns_of(PODS))}
     assert set(row) == expected
@@ -407,7 +411,7 @@ def test_extract_row_pod_columns() -> None:
 def test_extract_row_pod_without_status() -> None:
     pod = _pod()
     del pod["status"]
-    row = orjson.loads(extract_row(pod, PODS))
+    row = decode_row(extract_row(pod, PODS), columns_of(PODS))
     assert row["restart_count"] == 0
     assert row["ready"] is None
     assert row["phase"] is None
@@ -838,7 +842,7 @@ def test_relist_tombstones_missing_and_keeps_unchanged_seq(store: CacheStore) ->
     assert second["b"]["deleted"] == 1 and second["b"]["seq"] > max(r["seq"] for r in first.values())
     assert second["c"]["deleted"] == 0 and second["c"]["seq"] > first["c"]["seq"]
     assert second["c"]["resource_version"] == "20"
-    assert orjson.loads(second["c"]["row"])["data_keys"] == ["k"]
+    assert decode_row(second["c"]["row"], columns_of(CMS))["data_keys"] == ["k"]
     assert second["d"]["deleted"] == 0
     assert store.seq == max(r["seq"] for r in second.values())
     assert _query(store, "SELECT state, resource_version FROM checkpoints WHERE context='ctx' AND resource=?",
@@ -886,7 +890,7 @@ def test_apply_events(store: CacheStore) -> None:
     after = _rows(store)
     assert set(after) == {"x", "y", "z"}  # the ghost never existed: no row
     assert after["x"]["deleted"] == 0 and after["x"]["resource_version"] == "4"
-    assert orjson.loads(after["x"]["row"])["data_keys"] == ["k"]
+    assert decode_row(after["x"]["row"], columns_of(CMS))["data_keys"] == ["k"]
     assert after["x"]["seq"] > before["x"]["seq"]
     assert after["y"]["deleted"] == 1 and after["y"]["resource_version"] == "5"
     assert after["y"]["seq"] > after["x"]["seq"]
@@ -915,7 +919,7 @@ def test_apply_events_sanitizes(store: CacheStore) -> None:
     store.apply_events("ctx", SECRETS, [("ADDED", secret)], _status(SECRETS))
     row = _rows(store)["s"]["row"]
     assert b"hunter2" not in row and b"aHVudGVyMg==" not in row
-    assert orjson.loads(orjson.loads(row)["annotations"]) == {"keep": "me"}
+    assert decode_row(row, columns_of(SECRETS))["annotations"] == {"keep": "me"}
 
 
 def test_purge_tombstones(store: CacheStore) -> None:
@@ -943,15 +947,38 @@ def test_corrupt_cache_is_moved_aside(tmp_path: Path) -> None:
     path.write_bytes(garbage)
     s = CacheStore(path)
     try:
-        aside = list(tmp_path.glob("cache.db.corrupt-*"))
+        aside = list(tmp_path.glob("cache.db.unusable-*"))
         assert len(aside) == 1
         assert aside[0].read_bytes() == garbage
         s.relist_page("ctx", CMS, [_cm("a", str(uuid.uuid4()), "1")], s.begin_relist())
         assert set(_rows(s)) == {"a"}
-        assert _query(s, "SELECT value FROM meta WHERE key='schema_version'") == [("1",)]
+        assert _query(s, "SELECT value FROM meta WHERE key='schema_version'") == [(SCHEMA_VERSION,)]
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         s.close()
+
+
+def test_cache_of_another_format_is_moved_aside_not_misread(tmp_path: Path) -> None:
+    """A cache written by a version with another row format is rebuilt (relist), and
+    a reader refuses it with the reason, instead of decoding its rows wrongly."""
+    path = tmp_path / "cache.db"
+    s = CacheStore(path)
+    s.apply_events("ctx", CMS, [("ADDED", _cm("old", str(uuid.uuid4()), "1"))], _status())
+    s.flush()
+    s.close()
+    con = sqlite3.connect(path)
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(CacheUnusable, match=f"cache format 1, this version reads format {SCHEMA_VERSION}"):
+        open_reader(path)
+    s2 = CacheStore(path)
+    try:
+        assert len(list(tmp_path.glob("cache.db.unusable-*"))) == 1
+        assert set(_rows(s2)) == set()
+        assert _query(s2, "SELECT value FROM meta WHERE key='schema_version'") == [(SCHEMA_VERSION,)]
+    finally:
+        s2.close()
 
 
 def test_reopen_keeps_seq_and_cache_id(tmp_path: Path) -> None:
@@ -966,7 +993,7 @@ def test_reopen_keeps_seq_and_cache_id(tmp_path: Path) -> None:
     try:
         assert s2.seq == seq
         assert _query(s2, "SELECT value FROM meta WHERE key='cache_id'") == [(cache_id,)]
-        assert not list(tmp_path.glob("*.corrupt-*"))
+        assert not list(tmp_path.glob("*.unusable-*"))
     finally:
         s2.close()
 
@@ -990,3 +1017,23 @@ def test_a_write_that_keeps_failing_is_counted_not_silently_lost(tmp_path: Path,
         assert store.writer_alive()
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("desc", RESOURCES, ids=lambda d: d.key)
+def test_row_documents_of_every_table_read_back_into_their_columns(desc: Any) -> None:
+    """The JSON parts of a row document are matched to the schema's JSON columns by
+    position: every table must agree on that order, or values land in wrong columns."""
+    obj = {
+        "apiVersion": "v1", "kind": desc.kind,
+        "metadata": {"name": "n", "namespace": "ns", "uid": str(uuid.uuid4()), "resourceVersion": "7",
+                     "labels": {"a": "1"}, "annotations": {"b": "2"}},
+        "spec": {"s": 1}, "status": {"t": 2},
+    }  # fmt: skip
+    row = extract_row(sanitize(obj, desc), desc)
+    batch = rows_to_batch(descriptor_schema(desc), "ctx", [row])
+    expected = decode_row(row, columns_of(desc))
+    for field in batch.schema:
+        if isinstance(field.type, JSONType):
+            value = batch.column(field.name).storage.to_pylist()[0]
+            assert (None if value is None else orjson.loads(value)) == expected[field.name], field.name
+    assert batch.column("labels").storage.to_pylist() == [b'{"a":"1"}']

@@ -26,12 +26,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from sqlalchemy import select
 
 from watcher.kube import JSON, PARTIAL_LIST, PARTIAL_OBJECT, ApiError, KubeClient, WatchStream
 from watcher.resources import CRD, RESOURCES, ResourceDescriptor, custom_object_descriptor
-from watcher.state import CacheStore, InformerStatus, checkpoints, objects
+from watcher.state import CacheStore, InformerStatus, checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -447,15 +446,7 @@ def record_cluster_info(client: KubeClient, store: CacheStore) -> tuple[dict[str
 
 def cached_custom_descriptors(store: CacheStore, context: str) -> list[ResourceDescriptor]:
     """Descriptors for the instances of every CRD cached for ``context``."""
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(objects.c.row).where(
-                (objects.c.context == context)
-                & (objects.c.resource == CRD.key)
-                & (objects.c.deleted == False)  # noqa: E712
-            )
-        ).scalars()
-        crds = [orjson.loads(r) for r in rows]
+    crds = store.live_rows(context, CRD)
     return [d for d in (custom_object_descriptor(c) for c in crds) if d is not None]
 
 

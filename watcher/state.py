@@ -49,11 +49,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from watcher.resources import ResourceDescriptor
-from watcher.tables import extract_row, sanitize
+from watcher.tables import columns_of, decode_row, extract_row, sanitize
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+#: The row document format (see ``tables.encode_row``). 2: JSON columns stored as is.
+SCHEMA_VERSION = "2"
 
 metadata = MetaData()
 
@@ -188,21 +189,26 @@ def _create_private(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
-def _usable(path: Path, *, thorough: bool) -> bool:
-    """Whether the file is a readable cache. ``thorough`` runs SQLite's quick_check,
-    which reads every page: done once when a writer opens the file, not per sync."""
+def _unusable_reason(path: Path, *, thorough: bool) -> str | None:
+    """Why the file is not a readable cache of this version (None: it is). ``thorough``
+    runs SQLite's quick_check, which reads every page: done once when a writer opens
+    the file, not per sync."""
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         try:
-            if not thorough:
-                con.execute("SELECT value FROM meta WHERE key = 'cache_id'").fetchone()
-                return True
-            ok = con.execute("PRAGMA quick_check").fetchone()
-            return bool(ok and ok[0] == "ok")
+            found = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if not found or found[0] != SCHEMA_VERSION:
+                # Rows of another format would be misread, not merely slow: start over.
+                return f"cache format {found[0] if found else 'unknown'}, this version reads format {SCHEMA_VERSION}"
+            if thorough:
+                ok = con.execute("PRAGMA quick_check").fetchone()
+                if not (ok and ok[0] == "ok"):
+                    return f"integrity check failed: {ok[0] if ok else 'no answer'}"
+            return None
         finally:
             con.close()
-    except sqlite3.DatabaseError:
-        return False
+    except sqlite3.DatabaseError as exc:
+        return f"not a usable SQLite database: {exc}"
 
 
 # --------------------------------------------------------------------------- writes
@@ -263,9 +269,10 @@ class CacheStore:
         self._writer.start()
 
     def _prepare_file(self) -> None:
-        if self.path.exists() and self.path.stat().st_size > 0 and not _usable(self.path, thorough=True):
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error("cache file %s is not a usable SQLite database; moved aside to %s, rebuilding", self.path, aside)
+        reason = _unusable_reason(self.path, thorough=True) if self.path.exists() and self.path.stat().st_size > 0 else None
+        if reason:
+            aside = self.path.with_name(f"{self.path.name}.unusable-{int(time.time())}")
+            log.error("cache file %s cannot be used (%s); moved aside to %s, rebuilding", self.path, reason, aside)
             shutil.move(self.path, aside)
             for suffix in ("-wal", "-shm"):
                 side = Path(str(self.path) + suffix)
@@ -329,6 +336,18 @@ class CacheStore:
         self._queue.put(_Op(fn, done))
         if done is not None:
             done.wait()
+
+    def live_rows(self, context: str, descriptor: ResourceDescriptor) -> list[dict[str, Any]]:
+        """The cached column values of one resource's live objects in one context."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(objects.c.row).where(
+                    (objects.c.context == context)
+                    & (objects.c.resource == descriptor.key)
+                    & (objects.c.deleted == False)  # noqa: E712
+                )
+            ).scalars()
+            return [decode_row(r, columns_of(descriptor)) for r in rows]
 
     def writer_alive(self) -> bool:
         return self._writer.is_alive()
@@ -509,8 +528,9 @@ def open_reader(path: Path) -> Engine:
     """A read-only engine on the cache file (a daemon may be writing it meanwhile)."""
     if not Path(path).exists():
         raise CacheUnusable(f"cache file {path} does not exist")
-    if not _usable(Path(path), thorough=False):
-        raise CacheUnusable(f"cache file {path} is not a usable SQLite database")
+    reason = _unusable_reason(Path(path), thorough=False)
+    if reason:
+        raise CacheUnusable(f"cache file {path}: {reason}")
     return _engine(Path(path), readonly=True)
 
 
