@@ -87,7 +87,7 @@ class SnapshotReader:
     """A consistent read of the cache file. Use as a context manager."""
 
     def __init__(
-        self, engine: Engine, *, batch_max_rows: int = 20_000, batch_max_bytes: int = 4 << 20, owns_engine: bool = False
+        self, engine: Engine, *, batch_max_rows: int = 20_000, batch_max_bytes: int = 2 << 20, owns_engine: bool = False
     ) -> None:
         self.engine = engine
         self.batch_max_rows = batch_max_rows
@@ -160,8 +160,11 @@ class SnapshotReader:
                 rows.append(row)
                 size += len(row)
                 if len(rows) >= self.batch_max_rows or size >= self.batch_max_bytes:
-                    yield rows_to_batch(schema, context, rows)
+                    # Drop the row documents before the batch goes out: the consumer
+                    # serialises it (more copies), and peak memory is what a sync costs.
+                    batch = rows_to_batch(schema, context, rows)
                     rows, size = [], 0
+                    yield batch
         cursor.close()
         if rows:
             yield rows_to_batch(schema, context, rows)
