@@ -21,15 +21,22 @@ own behaviour cannot pass through it, and the README says which those are.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import queue
 import sys
+import threading
+import uuid
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import numpy as np
 import psycopg
 import pyarrow as pa
+import pyarrow.csv as pacsv
 from cloudquery.plugin_v3 import arrow, plugin_pb2, plugin_pb2_grpc
 from cloudquery.sdk.types import JSONType, UUIDType
 from psycopg import sql
@@ -65,12 +72,56 @@ def _is_pk(f: pa.Field) -> bool:
 
 def _column_values(col: pa.Array) -> list[Any]:
     if isinstance(col.type, UUIDType):
-        import uuid
-
         return [None if v is None else uuid.UUID(bytes=v) for v in col.storage.to_pylist()]
     if isinstance(col.type, JSONType):
         return [None if v is None else v.decode() for v in col.storage.to_pylist()]
     return col.to_pylist()
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
+def _uuid_text(col: pa.Array) -> pa.Array:
+    """16-byte UUIDs to their canonical text, vectorised (a Python loop over 100k rows
+    costs more than the whole COPY)."""
+    if col.null_count:
+        return pa.array([None if v is None else str(uuid.UUID(bytes=v)) for v in col.storage.to_pylist()], pa.string())
+    n = len(col)
+    raw = np.frombuffer(col.storage.buffers()[1], np.uint8)[col.offset * 16 : (col.offset + n) * 16].reshape(n, 16)
+    hexed = np.empty((n, 32), np.uint8)
+    hexed[:, 0::2], hexed[:, 1::2] = _HEX_DIGITS[raw >> 4], _HEX_DIGITS[raw & 15]
+    text = np.full((n, 36), ord("-"), np.uint8)
+    text[:, [i for i in range(36) if i not in (8, 13, 18, 23)]] = hexed
+    offsets = np.arange(n + 1, dtype=np.int32) * 36
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text.tobytes())])
+
+
+def _pg_array_literal(items: list[str | None] | None) -> str | None:
+    if items is None:
+        return None
+    quoted = ("NULL" if e is None else '"' + e.replace("\\", "\\\\").replace('"', '\\"') + '"' for e in items)
+    return "{" + ",".join(quoted) + "}"
+
+
+def _csv_column(col: pa.Array) -> pa.Array:
+    """One column in a form pyarrow's CSV writer emits as PostgreSQL input text."""
+    if isinstance(col.type, UUIDType):
+        return _uuid_text(col)
+    if isinstance(col.type, JSONType):
+        storage = col.storage
+        return pa.Array.from_buffers(pa.string(), len(storage), storage.buffers(), storage.null_count, storage.offset)
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        return pa.array([_pg_array_literal(v) for v in col.to_pylist()], pa.string())
+    return col
+
+
+def batch_as_csv(batch: pa.RecordBatch) -> bytes:
+    """The batch as CSV for ``COPY ... (FORMAT csv)``: strings always quoted (so an
+    empty string stays empty), NULL as an unquoted empty field."""
+    columns = [_csv_column(batch.column(i)) for i in range(batch.num_columns)]
+    out = io.BytesIO()
+    pacsv.write_csv(pa.Table.from_arrays(columns, names=batch.schema.names), out, pacsv.WriteOptions(include_header=False))
+    return out.getvalue()
 
 
 class Destination:
@@ -105,25 +156,34 @@ class Destination:
     def insert(self, conn: psycopg.Connection, batch: pa.RecordBatch) -> None:
         """COPY the batch into a temporary twin of the table, then upsert from it in one
         statement (what the real destination does with pgx CopyFrom)."""
+        self.run_insert(conn, *self.prepare_insert(batch))
+
+    def prepare_insert(self, batch: pa.RecordBatch) -> tuple[str, sql.Composable, sql.Composable, bytes]:
+        """The CPU half of an insert (no database): the table, the COPY and upsert
+        statements, and the rows as CSV."""
         name = batch.schema.metadata[b"cq:table_name"].decode()
         names = [f.name for f in batch.schema]
         pks = [f.name for f in batch.schema if _is_pk(f)]
-        columns = [_column_values(batch.column(i)) for i in range(batch.num_columns)]
         cols = sql.SQL(", ").join(map(sql.Identifier, names))
+        table, staging = sql.Identifier(name), sql.Identifier(f"_cq_staging_{name}")
+        copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(staging, cols)
+        upsert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(table, cols, cols, staging)
+        if pks and self.write_mode != "append":
+            upsert += sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, pks)),
+                sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in pks),
+            )
+        return name, copy, upsert, batch_as_csv(batch)
+
+    @staticmethod
+    def run_insert(conn: psycopg.Connection, name: str, copy_stmt: sql.Composable, upsert: sql.Composable, data: bytes) -> None:
         table, staging = sql.Identifier(name), sql.Identifier(f"_cq_staging_{name}")
         with conn.cursor() as cur:
             cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {})").format(staging, table))
             cur.execute(sql.SQL("TRUNCATE {}").format(staging))
-            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(staging, cols)) as copy:
-                for row in zip(*columns, strict=True):
-                    copy.write_row(row)
-            stmt = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(table, cols, cols, staging)
-            if pks and self.write_mode != "append":
-                stmt += sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
-                    sql.SQL(", ").join(map(sql.Identifier, pks)),
-                    sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in pks),
-                )
-            cur.execute(stmt)
+            with cur.copy(copy_stmt) as copy:
+                copy.write(data)
+            cur.execute(upsert)
 
     def delete_stale(self, conn: psycopg.Connection, msg: Any) -> None:
         table = msg.table_name or arrow.new_schema_from_bytes(msg.table).metadata[b"cq:table_name"].decode()
@@ -158,6 +218,60 @@ class Destination:
             yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+class InsertWorkers:
+    """Inserts on a few connections at once, a table always on the same one (its
+    batches stay in order). Like the real destination's per-table batch writers, this
+    lets PostgreSQL use more than one core while the next batch is converted."""
+
+    def __init__(self, dsn: str, *, connections: int = 2) -> None:
+        self._conns = [psycopg.connect(dsn) for _ in range(connections)]
+        self._queues: list[queue.Queue[tuple[Any, ...] | None]] = [queue.Queue(maxsize=2) for _ in self._conns]
+        self._errors: list[BaseException] = []
+        self._threads = [
+            threading.Thread(target=self._work, args=(c, q), name=f"pgdest-insert-{i}", daemon=True)
+            for i, (c, q) in enumerate(zip(self._conns, self._queues, strict=True))
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _work(self, conn: psycopg.Connection, jobs: queue.Queue[tuple[Any, ...] | None]) -> None:
+        while True:
+            job = jobs.get()
+            try:
+                if job is None:
+                    return
+                if not self._errors:
+                    Destination.run_insert(conn, *job)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by barrier()
+                self._errors.append(exc)
+            finally:
+                jobs.task_done()
+
+    def submit(self, job: tuple[str, sql.Composable, sql.Composable, bytes]) -> None:
+        self._raise()
+        self._queues[zlib.crc32(job[0].encode()) % len(self._queues)].put(job)
+
+    def barrier(self) -> None:
+        """Wait for every queued insert and commit them (before a delete, a flush, the end)."""
+        for q in self._queues:
+            q.join()
+        self._raise()
+        for c in self._conns:
+            c.commit()
+
+    def _raise(self) -> None:
+        if self._errors:
+            raise self._errors[0]
+
+    def close(self) -> None:
+        for q in self._queues:
+            q.put(None)
+        for t in self._threads:
+            t.join()
+        for c in self._conns:
+            c.close()
+
+
 class Servicer(plugin_pb2_grpc.PluginServicer):
     def __init__(self) -> None:
         self.dest = Destination()
@@ -183,20 +297,27 @@ class Servicer(plugin_pb2_grpc.PluginServicer):
 
     def Write(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         d = self.dest
-        with psycopg.connect(d.dsn) as conn:
-            for msg in request_iterator:
-                kind = msg.WhichOneof("message")
-                if kind == "migrate_table":
-                    d.migrate(conn, arrow.new_schema_from_bytes(msg.migrate_table.table))
-                elif kind == "insert":
-                    d.insert(conn, arrow.new_record_from_bytes(msg.insert.record))
-                elif kind == "delete":
-                    d.delete_stale(conn, msg.delete)
-                elif kind == "delete_record":
-                    d.delete_record(conn, msg.delete_record)
-                elif kind == "flush":
+        inserts = InsertWorkers(d.dsn)
+        try:
+            with psycopg.connect(d.dsn) as conn:
+                for msg in request_iterator:
+                    kind = msg.WhichOneof("message")
+                    if kind == "insert":
+                        inserts.submit(d.prepare_insert(arrow.new_record_from_bytes(msg.insert.record)))
+                        continue
+                    # Everything else acts on what was inserted before it.
+                    inserts.barrier()
+                    if kind == "migrate_table":
+                        d.migrate(conn, arrow.new_schema_from_bytes(msg.migrate_table.table))
+                    elif kind == "delete":
+                        d.delete_stale(conn, msg.delete)
+                    elif kind == "delete_record":
+                        d.delete_record(conn, msg.delete_record)
                     conn.commit()
-            conn.commit()
+                inserts.barrier()
+                conn.commit()
+        finally:
+            inserts.close()
         return plugin_pb2.Write.Response()
 
     def Read(self, request: Any, context: Any) -> Iterator[Any]:
