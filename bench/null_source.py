@@ -16,7 +16,7 @@ import pyarrow as pa
 from cloudquery.plugin_v3 import arrow, plugin_pb2, plugin_pb2_grpc
 from cloudquery.sdk.types import JSONType  # noqa: F401 - registers the extension types
 
-from watcher.plugin import serve_servicer, serve_until_signalled
+from watcher.server import serve_servicer, serve_until_signalled
 
 
 class NullSource(plugin_pb2_grpc.PluginServicer):

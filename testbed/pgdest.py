@@ -41,7 +41,7 @@ from cloudquery.plugin_v3 import arrow, plugin_pb2, plugin_pb2_grpc
 from cloudquery.sdk.types import JSONType, UUIDType
 from psycopg import sql
 
-from watcher.plugin import serve_servicer, serve_until_signalled
+from watcher.server import serve_servicer, serve_until_signalled
 
 log = logging.getLogger("pgdest")
 
@@ -146,7 +146,8 @@ class Destination:
         if pks:
             cols.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(pks)))
         conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(sql.Identifier(name), sql.SQL(", ").join(cols)))
-        for f in schema:
+        existing = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s", (name,))}
+        for f in (f for f in schema if f.name not in existing):
             conn.execute(
                 sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
                     sql.Identifier(name), sql.Identifier(f.name), sql.SQL(_pg_type(f.type))

@@ -143,7 +143,8 @@ def plugin_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
 
-    from watcher.plugin import Plugin, serve_plugin, serve_until_signalled
+    from watcher.plugin import Plugin, serve_plugin
+    from watcher.server import serve_until_signalled
 
     serve_until_signalled(serve_plugin(Plugin(), args.address, network=args.network))
     return 0
