@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from bench.etcd_load import etcd_blast
 from testbed.cluster import ApiServer, ControlPlanes, control_planes, free_port
 from testbed.cq import destination_config, run_cloudquery, source_config, standin_destination
 from testbed.postgres import postgres_server
@@ -286,10 +287,16 @@ def emission_rate(cache: Path, *, passes: int = 4) -> tuple[float, float, int, P
     return rates[0], statistics.median(rates[1:]), rows, ipc_path
 
 
+def _hot_configmaps(planes: ControlPlanes) -> int:
+    """How many of the populated ConfigMaps (configmap-0 ...) the write loads cycle through."""
+    items = planes.servers["c1"].admin().list("/api/v1/configmaps")["items"]
+    return min(200, sum(1 for i in items if i["metadata"]["name"].startswith("configmap-")))
+
+
 def freshness(planes: ControlPlanes, cache: Path, *, rate: int, seconds: float) -> dict[str, float]:
     """Latency from a PATCH's response to the new RV being visible in the cache file."""
     server = planes.servers["c1"]
-    names = [f"configmap-{i}" for i in range(200)]
+    names = [f"configmap-{i}" for i in range(_hot_configmaps(planes))]
     # name -> [(rv, time the PATCH returned)]: a later write of the same object can
     # overtake an earlier one in the cache (one row per object), which then counts as
     # seen when any RV at least as new is visible.
@@ -379,12 +386,13 @@ def ingest(planes: ControlPlanes, daemon: Daemon, *, seconds: float, workers: in
     events_before = daemon.metric("k8s_watcher_events_total")
     stop_at = time.monotonic() + seconds
     servers = [planes.servers[c] for c in CONTEXTS]
+    hot = _hot_configmaps(planes)
 
     def blast(worker: int) -> int:
         n = 0
         server = servers[worker % len(servers)]
         while time.monotonic() < stop_at:
-            i = (worker * 997 + n) % 200
+            i = (worker * 997 + n) % hot
             _conn(server).request(
                 "PATCH", f"/api/v1/namespaces/ns-{i % _ns_count(planes)}/configmaps/configmap-{i}",
                 {"metadata": {"annotations": {"bench/blast": f"{worker}-{n}"}}}, content_type="application/merge-patch+json",
@@ -414,10 +422,61 @@ def ingest(planes: ControlPlanes, daemon: Daemon, *, seconds: float, workers: in
     }
 
 
+def ingest_etcd(
+    planes: ControlPlanes, daemon: Daemon, cache: Path, *, rates: list[int], seconds: float, batch: int = 10
+) -> dict[str, Any]:
+    """Step the watch-event rate up with writes straight into etcd (bench/etcd_load.py:
+    the API server's write path tops out near 1k/s here; its watch path does not).
+
+    Per step: ConfigMap updates at ``rate`` puts/s in total over the 3 contexts; the
+    events the daemon received (metric) and the lag from the end of the blast until the
+    cache file holds every context's last revision. A step is kept up with when every
+    event arrived and the lag is under a second."""
+    con = sqlite3.connect(f"file:{cache}?mode=ro", uri=True, check_same_thread=False)
+
+    def newest(ctx: str) -> int:
+        row = con.execute(
+            "SELECT max(CAST(resource_version AS INTEGER)) FROM objects WHERE context = ? AND namespace = 'ingest'", (ctx,)
+        ).fetchone()
+        return int(row[0] or 0)
+
+    steps = []
+    for rate in rates:
+        before = daemon.metric("k8s_watcher_events_total")
+        with ThreadPoolExecutor(max_workers=len(CONTEXTS)) as pool:
+            futures = {
+                ctx: pool.submit(etcd_blast, planes, ctx, namespace="ingest", objects=2000, rate=rate // len(CONTEXTS), seconds=seconds, batch=batch)
+                for ctx in CONTEXTS
+            }  # fmt: skip
+            results = {ctx: f.result() for ctx, f in futures.items()}
+        ended = time.monotonic()
+        lag = None
+        while time.monotonic() - ended < 60:
+            if all(newest(ctx) >= int(r["last_revision"]) for ctx, r in results.items()):
+                lag = time.monotonic() - ended
+                break
+            time.sleep(0.02)
+        expected = sum(r["puts"] + r["created"] for r in results.values())
+        received = daemon.metric("k8s_watcher_events_total") - before
+        offered = sum(r["puts_per_s"] for r in results.values())
+        step = {
+            "target_per_s": rate, "offered_per_s": offered, "events_expected": expected, "events_received": received,
+            "lag_s": lag if lag is not None else float("inf"),
+            "kept_up": lag is not None and lag < 1.0 and received >= expected,
+        }  # fmt: skip
+        print(f"    etcd-driven step: {step}", flush=True)
+        steps.append(step)
+    con.close()
+    kept = [s["offered_per_s"] for s in steps if s["kept_up"]]
+    return {"batch": batch, "steps": steps, "max_kept_up_per_s": max(kept, default=0.0)}
+
+
 # --------------------------------------------------------------------------- one size
 
 
-def bench_size(n: int, work: Path) -> dict[str, Any]:
+def bench_size(n: int, work: Path, *, phase_seconds: float = 20, etcd_rates: tuple[int, ...] = (2000, 5000, 8000, 12000)) -> dict[str, Any]:
+    """Every figure for one N. ``phase_seconds`` and ``etcd_rates`` shrink for the
+    test suite's smoke run (tests/test_bench_smoke.py)."""
     out: dict[str, Any] = {"n": n}
     print(f"== N = {n}", flush=True)
     with control_planes(CONTEXTS, workdir=work / "kube") as planes, postgres_server() as pg:
@@ -472,10 +531,12 @@ def bench_size(n: int, work: Path) -> dict[str, Any]:
             print(f"  (d) null source: {out['d_null_s']:.1f}s for {out['d_rows']} rows", flush=True)
 
             # 3. freshness and 4. ingest
-            out["freshness"] = freshness(planes, cache, rate=500, seconds=20)
+            out["freshness"] = freshness(planes, cache, rate=500, seconds=phase_seconds)
             print(f"  freshness: {out['freshness']}", flush=True)
-            out["ingest"] = ingest(planes, daemon, seconds=20)
+            out["ingest"] = ingest(planes, daemon, seconds=phase_seconds)
             print(f"  ingest (end to end, API-bound): {out['ingest']}", flush=True)
+            out["ingest_etcd"] = ingest_etcd(planes, daemon, cache, rates=list(etcd_rates), seconds=phase_seconds / 2)
+            print(f"  ingest (etcd-driven watch events): kept up with {out['ingest_etcd']['max_kept_up_per_s']:.0f}/s", flush=True)
             out["daemon_peak_rss_mb"] = daemon.peak_rss_mb()
         finally:
             daemon.stop()
