@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -17,6 +18,19 @@ from cloudquery.plugin_v3 import arrow, plugin_pb2, plugin_pb2_grpc
 from cloudquery.sdk.types import JSONType  # noqa: F401 - registers the extension types
 
 from watcher.server import serve_servicer, serve_until_signalled
+
+
+def read_batches(path: str | Path) -> list[pa.RecordBatch]:
+    """The record batches bench/run.py saved: each row of the file holds one serialised
+    batch and its serialised schema (batches of many tables in one file)."""
+    batches = []
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        for i in range(reader.num_record_batches):
+            row = reader.get_batch(i)
+            schema = pa.ipc.read_schema(pa.py_buffer(row.column(1)[0].as_py()))
+            batches.append(pa.ipc.read_record_batch(pa.py_buffer(row.column(0)[0].as_py()), schema))
+    return batches
 
 
 class NullSource(plugin_pb2_grpc.PluginServicer):
@@ -33,13 +47,7 @@ class NullSource(plugin_pb2_grpc.PluginServicer):
     def Init(self, request: Any, context: Any) -> Any:
         spec = json.loads(request.spec or b"{}") or {}
         if not request.no_connection:
-            # Each row of the file: one serialised record batch and its serialised schema.
-            with pa.memory_map(spec["batches"]) as source:
-                reader = pa.ipc.open_file(source)
-                for i in range(reader.num_record_batches):
-                    row = reader.get_batch(i)
-                    schema = pa.ipc.read_schema(pa.py_buffer(row.column(1)[0].as_py()))
-                    self.batches.append(pa.ipc.read_record_batch(pa.py_buffer(row.column(0)[0].as_py()), schema))
+            self.batches = read_batches(spec["batches"])
             for batch in self.batches:
                 self.schemas.setdefault(batch.schema.metadata[b"cq:table_name"].decode(), batch.schema)
         return plugin_pb2.Init.Response()

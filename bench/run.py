@@ -38,11 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import pyarrow as pa
 
 from bench.etcd_load import etcd_blast
+from bench.null_source import read_batches
 from testbed.cluster import ApiServer, ControlPlanes, control_planes, free_port
 from testbed.cq import destination_config, run_cloudquery, source_config, standin_destination
+from testbed.pgdest import Destination, InsertWorkers
 from testbed.postgres import postgres_server
 from watcher.snapshot import SnapshotReader
 from watcher.spec import ALL_TABLES
@@ -293,6 +296,29 @@ def _hot_configmaps(planes: ControlPlanes) -> int:
     return min(200, sum(1 for i in items if i["metadata"]["name"].startswith("configmap-")))
 
 
+def pg_alone(ipc: Path, dsn: str) -> float:
+    """(e) The same rows straight into PostgreSQL from this process, through the stand-in
+    destination's own insert path (CSV, COPY, upsert, two connections): no CLI, no
+    plugin, no gRPC, no process start. What any destination pays PostgreSQL at least
+    (less, in fact: the CLI adds two columns to every row)."""
+    batches = read_batches(ipc)
+    dest = Destination()
+    dest.init(json.dumps({"connection_string": dsn}).encode())
+    started = time.monotonic()
+    with psycopg.connect(dsn) as conn:
+        for schema in {b.schema.metadata[b"cq:table_name"]: b.schema for b in batches}.values():
+            dest.migrate(conn, schema)
+        conn.commit()
+    inserts = InsertWorkers(dsn)
+    try:
+        for batch in batches:
+            inserts.submit(dest.prepare_insert(batch))
+        inserts.barrier()
+    finally:
+        inserts.close()
+    return time.monotonic() - started
+
+
 def freshness(planes: ControlPlanes, cache: Path, *, rate: int, seconds: float) -> dict[str, float]:
     """Latency from a PATCH's response to the new RV being visible in the cache file."""
     server = planes.servers["c1"]
@@ -301,6 +327,10 @@ def freshness(planes: ControlPlanes, cache: Path, *, rate: int, seconds: float) 
     # overtake an earlier one in the cache (one row per object), which then counts as
     # seen when any RV at least as new is visible.
     pending: dict[str, list[tuple[int, float]]] = {}
+    # Newest RV the poller has seen per name: the cache can hold a write before its
+    # PATCH response is back in this process (it is then visible at latency <= 0).
+    seen: dict[str, int] = {}
+    early = 0
     lock = threading.Lock()
     latencies: list[float] = []
     stop = threading.Event()
@@ -317,6 +347,7 @@ def freshness(planes: ControlPlanes, cache: Path, *, rate: int, seconds: float) 
             with lock:
                 for name, rv, seq in rows:
                     last_seq = max(last_seq, seq)
+                    seen[name] = max(seen.get(name, 0), int(rv))
                     waiting = pending.get(name, [])
                     latencies.extend(now - t for r, t in waiting if r <= int(rv))
                     rest = [(r, t) for r, t in waiting if r > int(rv)]
@@ -335,6 +366,7 @@ def freshness(planes: ControlPlanes, cache: Path, *, rate: int, seconds: float) 
     interval = workers / rate
 
     def write(worker: int) -> int:
+        nonlocal early
         n = 0
         next_at = time.monotonic()
         deadline = next_at + seconds
@@ -345,8 +377,13 @@ def freshness(planes: ControlPlanes, cache: Path, *, rate: int, seconds: float) 
                 "PATCH", f"/api/v1/namespaces/{ns}/configmaps/{name}", {"metadata": {"annotations": {"bench/n": str(n)}}},
                 content_type="application/merge-patch+json",
             )  # fmt: skip
+            rv = int(obj["metadata"]["resourceVersion"])
             with lock:
-                pending.setdefault(name, []).append((int(obj["metadata"]["resourceVersion"]), time.monotonic()))
+                if seen.get(name, 0) >= rv:
+                    early += 1
+                    latencies.append(0.0)
+                else:
+                    pending.setdefault(name, []).append((rv, time.monotonic()))
             n += 1
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
@@ -366,6 +403,7 @@ def freshness(planes: ControlPlanes, cache: Path, *, rate: int, seconds: float) 
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
         "unseen": sum(len(v) for v in pending.values()),
+        "visible_before_response": early,
     }
 
 
@@ -492,8 +530,6 @@ def bench_size(n: int, work: Path, *, phase_seconds: float = 20, etcd_rates: tup
             dest = standin_destination(work)
 
             def pg_db(name: str) -> str:
-                import psycopg
-
                 with psycopg.connect(pg.dsn, autocommit=True) as c:
                     c.execute(f"CREATE DATABASE {name}")
                 return pg.dsn.replace("/postgres?", f"/{name}?")
@@ -529,6 +565,8 @@ def bench_size(n: int, work: Path, *, phase_seconds: float = 20, etcd_rates: tup
                 work / "d", [source_config({"batches": str(ipc)}, path=null, name="null"), destination_config(pg_db("d"), dest)]
             )
             print(f"  (d) null source: {out['d_null_s']:.1f}s for {out['d_rows']} rows", flush=True)
+            out["e_pg_alone_s"] = pg_alone(ipc, pg_db("e"))
+            print(f"  (e) PostgreSQL alone: {out['e_pg_alone_s']:.1f}s", flush=True)
 
             # 3. freshness and 4. ingest
             out["freshness"] = freshness(planes, cache, rate=500, seconds=phase_seconds)

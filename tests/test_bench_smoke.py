@@ -19,4 +19,4 @@ def test_benchmark_harness_runs_every_phase_at_tiny_n(tmp_path: Path) -> None:
     assert out["ingest"]["events_applied"] >= out["ingest"]["writes"] > 0
     (step,) = out["ingest_etcd"]["steps"]
     assert step["kept_up"] and step["events_received"] >= step["events_expected"] > 0
-    assert out["daemon_peak_rss_mb"] > 0 and out["cache_ingest_events_per_s"] > 0
+    assert out["daemon_peak_rss_mb"] > 0 and out["cache_ingest_events_per_s"] > 0 and out["e_pg_alone_s"] > 0
