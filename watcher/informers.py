@@ -330,7 +330,9 @@ class ResourceInformer:
                 raise
             self.status.watches += 1
             self._stream = events
-            if self.stop_event.is_set():
+            # A stop or relist asked for while no stream was open (during a LIST, a
+            # backoff, or while waiting for a slot) must not wait for this watch's timeout.
+            if self.stop_event.is_set() or self._relist_requested:
                 events.close()
             opened, delivered = time.monotonic(), 0
             try:
@@ -351,7 +353,10 @@ class ResourceInformer:
         finally:
             if slot is not None:
                 slot.release()
-        if gen is not None and not self.stop_event.is_set():
+        # Ended before the initial-events-end bookmark: only a server that does not
+        # stream lists does that. We closed it ourselves on stop or on a relist request
+        # (the loop then starts a new streaming list): that says nothing about the server.
+        if gen is not None and not self.stop_event.is_set() and not self._relist_requested:
             raise StreamingListUnsupported("the server ended the watch before the initial-events-end bookmark")
 
     def _apply_batch(
