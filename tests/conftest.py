@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,7 +181,7 @@ class DaemonProcess:
 def start_daemon(tmp_path: Path) -> Iterator[Any]:
     started: list[DaemonProcess] = []
 
-    def start(kubeconfig: Path, cache: Path, contexts: str = "*") -> DaemonProcess:
+    def start(kubeconfig: Path, cache: Path, contexts: str = "*", *, extra_args: Sequence[str] = ()) -> DaemonProcess:
         grpc_port, http_port = free_port(), free_port()
         log = tmp_path / f"daemon-{len(started)}.log"
         proc = subprocess.Popen(
@@ -189,6 +189,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Any]:
                 str(Path(sys.executable).parent / "k8s-watcher"), "serve",
                 "--kubeconfig", str(kubeconfig), "--contexts", contexts, "--cache", str(cache),
                 "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}",
+                *extra_args,
             ],
             stdout=log.open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip

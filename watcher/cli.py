@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,25 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
 # --------------------------------------------------------------------------- daemon
 
 
+def _seconds(*, minimum: float, inclusive: bool) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number of seconds above (or at) ``minimum``."""
+    bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number of seconds")
+        if value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a number of seconds {bound}")
+        return value
+
+    parse.__name__ = "seconds"  # argparse names the type in some messages
+    return parse
+
+
 def _serve(args: argparse.Namespace) -> int:
     from watcher.daemon import Daemon, DaemonConfig
     from watcher.kube import KubeconfigError, default_kubeconfig
@@ -63,6 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_address=args.grpc_address,
         http_address=args.http_address,
         relist_interval=args.relist_interval,
+        tombstone_retention=args.tombstone_retention,
     )
     try:
         daemon = Daemon(config)
@@ -112,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--cache", help="cache file (default: ~/.local/state/k8s-watcher/cache.db)")
     serve.add_argument("--grpc-address", default="127.0.0.1:7777", help="plugin server for registry: grpc")
     serve.add_argument("--http-address", default="127.0.0.1:9464", help="/healthz and /metrics")
-    serve.add_argument("--relist-interval", type=float, default=0, help="seconds between safety-net relists (0: off)")
+    serve.add_argument(
+        "--relist-interval", type=_seconds(minimum=0, inclusive=True), default=0, metavar="SECONDS",
+        help="seconds between safety-net relists of every informer (default 0: off)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--tombstone-retention", type=_seconds(minimum=0, inclusive=False), default=24 * 3600, metavar="SECONDS",
+        help="keep deletions this long for incremental syncs; an older cursor gets a full snapshot (default 86400)",
+    )  # fmt: skip
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--log-format", default="text", choices=["text", "json"])
     serve.set_defaults(func=_serve)

@@ -50,6 +50,23 @@ class DaemonConfig:
     heartbeat_interval: float = 5
 
 
+#: The retention job never runs less often than this (seconds).
+MAX_PURGE_INTERVAL = 600.0
+
+
+def purge_interval(retention: float) -> float:
+    """Seconds between runs of the tombstone retention job for ``retention`` seconds.
+
+    Each run samples (time, seq) and purges up to the newest sample older than the
+    retention, so a tombstone lives at least ``retention`` and at most ``retention`` +
+    two intervals. A quarter of the retention bounds that to 1.5x the retention;
+    10 minutes caps it for long retentions (a run is one cheap DELETE, but there is
+    no point waking more often than that when the retention is a day); 1 second keeps
+    a tiny retention (tests) from spinning the scheduler.
+    """
+    return min(MAX_PURGE_INTERVAL, max(1.0, retention / 4))
+
+
 class _MetricsCollector:
     """Prometheus metrics computed from the informers' statuses and the cache."""
 
@@ -203,13 +220,17 @@ class Daemon:
 
     def _start_jobs(self) -> None:
         self.scheduler.add_job(self.store.heartbeat, "interval", seconds=self.config.heartbeat_interval, id="heartbeat")
-        self.scheduler.add_job(self._purge_tombstones, "interval", minutes=10, id="tombstones")
+        self.scheduler.add_job(
+            self._purge_tombstones, "interval", seconds=purge_interval(self.config.tombstone_retention), id="tombstones"
+        )
         self.scheduler.add_job(self.store.checkpoint_wal, "interval", minutes=5, id="wal-checkpoint")
         self.scheduler.add_job(trim_memory, "interval", seconds=30, id="trim-memory")
         if self.config.relist_interval > 0:
             self.scheduler.add_job(self._relist_all, "interval", seconds=self.config.relist_interval, id="relist")
+        # The first (time, seq) sample, taken before the scheduler's thread can run the
+        # same job: the samples are not shared between threads.
+        self._purge_tombstones()
         self.scheduler.start()
-        self._purge_tombstones()  # first sample
 
     # -- lifecycle -----------------------------------------------------------
 
