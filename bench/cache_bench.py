@@ -70,9 +70,13 @@ def emission(path: Path) -> tuple[float, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--objects", type=int, default=100_000)
-    parser.add_argument("--chunk", type=int, default=50, help="events per watch read (a busy watch delivers tens)")
+    parser.add_argument(
+        "--chunk", type=int, default=50, help="events per watch read (a busy watch delivers tens)"
+    )
     parser.add_argument("--profile", choices=["ingest", "emission"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -153,8 +153,17 @@ class Chaos:
     def sync(self, mode: str) -> bool:
         daemon = self.daemon
         spec: dict[str, Any] = {"incremental": mode == "incremental"}
-        source = source_config(spec, registry="grpc", path=f"127.0.0.1:{daemon.grpc_port}", with_state_backend=mode == "incremental")
-        dest = destination_config(self.dsn[mode], self.dest, write_mode="overwrite" if mode == "incremental" else "overwrite-delete-stale")
+        source = source_config(
+            spec,
+            registry="grpc",
+            path=f"127.0.0.1:{daemon.grpc_port}",
+            with_state_backend=mode == "incremental",
+        )
+        dest = destination_config(
+            self.dsn[mode],
+            self.dest,
+            write_mode="overwrite" if mode == "incremental" else "overwrite-delete-stale",
+        )
         workdir = self.work / f"cq-{mode}-{threading.get_ident()}"
         result = run_cloudquery(["sync"], workdir=workdir, configs=[source, dest], timeout=600)
         self.report.syncs[mode] += 1
@@ -257,7 +266,11 @@ class Chaos:
                         "SELECT uid, resource_version FROM objects WHERE context=? AND resource=? AND deleted=0", (ctx, resource)
                     ).fetchall())  # fmt: skip
                     truth = self._truth(ctx, resource)
-                    out += [f"cache {ctx}/{resource}/{u}: {cached.get(u)} != {truth.get(u)}" for u in cached.keys() | truth.keys() if cached.get(u) != truth.get(u)]
+                    out += [
+                        f"cache {ctx}/{resource}/{u}: {cached.get(u)} != {truth.get(u)}"
+                        for u in cached.keys() | truth.keys()
+                        if cached.get(u) != truth.get(u)
+                    ]
         finally:
             con.close()
         return out
@@ -272,20 +285,29 @@ class Chaos:
                             f"SELECT uid::text, resource_version FROM {table} WHERE context_name = %s", (ctx,)
                         ).fetchall())  # fmt: skip
                         truth = self._truth(ctx, resource)
-                        out += [f"{mode} {ctx}/{resource}/{u}: {rows.get(u)} != {truth.get(u)}" for u in rows.keys() | truth.keys() if rows.get(u) != truth.get(u)]
+                        out += [
+                            f"{mode} {ctx}/{resource}/{u}: {rows.get(u)} != {truth.get(u)}"
+                            for u in rows.keys() | truth.keys()
+                            if rows.get(u) != truth.get(u)
+                        ]
         return out
 
 
 def run_chaos(seconds: float, *, seed: int = 1, fault_every: float = 4.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="k8s-watcher-chaos-") as tmp:
         work = Path(tmp)
-        with control_planes(CONTEXTS, workdir=work / "kube", with_proxy=True) as planes, postgres_server() as pg:
+        with (
+            control_planes(CONTEXTS, workdir=work / "kube", with_proxy=True) as planes,
+            postgres_server() as pg,
+        ):
             report = Chaos(planes, pg.dsn, work, random.Random(seed)).run(seconds, fault_every)
     return report.as_dict()
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=180)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fault-every", type=float, default=4.0, help="mean seconds between faults")
@@ -294,7 +316,11 @@ def main() -> int:
     result = run_chaos(args.seconds, seed=args.seed, fault_every=args.fault_every)
     result["wall_seconds"] = round(time.monotonic() - started)
     print(json.dumps(result, indent=2))
-    return 0 if result["lost_events"] == 0 and result["cache_mismatches"] == 0 and result["pg_mismatches"] == 0 else 1
+    return (
+        0
+        if result["lost_events"] == 0 and result["cache_mismatches"] == 0 and result["pg_mismatches"] == 0
+        else 1
+    )
 
 
 if __name__ == "__main__":

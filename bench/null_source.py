@@ -57,9 +57,13 @@ class NullSource(plugin_pb2_grpc.PluginServicer):
 
     def Sync(self, request: Any, context: Any) -> Iterator[Any]:
         for schema in self.schemas.values():
-            yield plugin_pb2.Sync.Response(migrate_table=plugin_pb2.Sync.MessageMigrateTable(table=arrow.schema_to_bytes(schema)))
+            yield plugin_pb2.Sync.Response(
+                migrate_table=plugin_pb2.Sync.MessageMigrateTable(table=arrow.schema_to_bytes(schema))
+            )
         for batch in self.batches:
-            yield plugin_pb2.Sync.Response(insert=plugin_pb2.Sync.MessageInsert(record=arrow.record_to_bytes(batch)))
+            yield plugin_pb2.Sync.Response(
+                insert=plugin_pb2.Sync.MessageInsert(record=arrow.record_to_bytes(batch))
+            )
 
     def Close(self, request: Any, context: Any) -> Any:
         return plugin_pb2.Close.Response()

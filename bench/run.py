@@ -68,11 +68,23 @@ class Conn:
         self.ctx = ssl.create_default_context(cafile=str(server.ca_file))
         self.conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=self.ctx, timeout=60)
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None, content_type: str = "application/json") -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.server.admin_token}", "Content-Type": content_type, "Accept": "application/json"}
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        headers = {
+            "Authorization": f"Bearer {self.server.admin_token}",
+            "Content-Type": content_type,
+            "Accept": "application/json",
+        }
         for attempt in range(5):
             try:
-                self.conn.request(method, path, body=orjson.dumps(body) if body is not None else None, headers=headers)
+                self.conn.request(
+                    method, path, body=orjson.dumps(body) if body is not None else None, headers=headers
+                )
                 resp = self.conn.getresponse()
                 data = resp.read()
                 if resp.status == 429 or resp.status >= 500:
@@ -83,7 +95,9 @@ class Conn:
                 return orjson.loads(data)
             except (http.client.HTTPException, OSError):
                 self.conn.close()
-                self.conn = http.client.HTTPSConnection("127.0.0.1", self.server.port, context=self.ctx, timeout=60)
+                self.conn = http.client.HTTPSConnection(
+                    "127.0.0.1", self.server.port, context=self.ctx, timeout=60
+                )
         raise RuntimeError(f"{method} {path}: gave up")
 
 
@@ -115,20 +129,37 @@ def _crd() -> dict[str, Any]:
 def _object(kind: str, i: int, ns: str) -> tuple[str, dict[str, Any]]:
     labels = {"app": f"app-{i % 50}", "tier": ("web", "db", "cache")[i % 3]}
     meta = {"name": f"{kind[:-1]}-{i}", "labels": labels, "annotations": {"bench/owner": f"team-{i % 7}"}}
-    container = {"name": "app", "image": f"registry.example/app-{i % 50}:1.{i % 9}", "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}
+    container = {
+        "name": "app",
+        "image": f"registry.example/app-{i % 50}:1.{i % 9}",
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+    }
     base = f"/api/v1/namespaces/{ns}"
     if kind == "pods":
-        return f"{base}/pods", {"metadata": meta, "spec": {"containers": [container], "nodeName": f"node-{i % 20}"}}
+        return f"{base}/pods", {
+            "metadata": meta,
+            "spec": {"containers": [container], "nodeName": f"node-{i % 20}"},
+        }
     if kind == "configmaps":
-        return f"{base}/configmaps", {"metadata": meta, "data": {"config.yaml": f"key: value-{i}\nreplicas: {i % 5}\n" * 4}}
+        return f"{base}/configmaps", {
+            "metadata": meta,
+            "data": {"config.yaml": f"key: value-{i}\nreplicas: {i % 5}\n" * 4},
+        }
     if kind == "secrets":
         return f"{base}/secrets", {"metadata": meta, "stringData": {"password": f"bench-secret-{i}"}}
     if kind == "services":
-        return f"{base}/services", {"metadata": meta, "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}}
+        return f"{base}/services", {
+            "metadata": meta,
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        }
     if kind == "deployments":
         return f"/apis/apps/v1/namespaces/{ns}/deployments", {
             "metadata": meta,
-            "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+            },
         }
     if kind == "events":
         return f"/apis/events.k8s.io/v1/namespaces/{ns}/events", {
@@ -137,7 +168,12 @@ def _object(kind: str, i: int, ns: str) -> tuple[str, dict[str, Any]]:
             "regarding": {"kind": "Pod", "namespace": ns, "name": f"pod-{i}"},
         }  # fmt: skip
     if kind == "widgets":
-        return f"/apis/{GROUP}/v1/namespaces/{ns}/widgets", {"apiVersion": f"{GROUP}/v1", "kind": "Widget", "metadata": meta, "spec": {"size": i % 10}}
+        return f"/apis/{GROUP}/v1/namespaces/{ns}/widgets", {
+            "apiVersion": f"{GROUP}/v1",
+            "kind": "Widget",
+            "metadata": meta,
+            "spec": {"size": i % 10},
+        }
     raise ValueError(kind)
 
 
@@ -152,7 +188,9 @@ def populate(planes: ControlPlanes, n: int) -> dict[str, int]:
         admin = server.admin()
         admin.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", _crd())
         for j in range(n_ns):
-            admin.create("/api/v1/namespaces", {"metadata": {"name": f"ns-{j}", "labels": {"team": f"t{j % 5}"}}})
+            admin.create(
+                "/api/v1/namespaces", {"metadata": {"name": f"ns-{j}", "labels": {"team": f"t{j % 5}"}}}
+            )
         for kind, count in counts.items():
             for i in range(count):
                 path, body = _object(kind, i, f"ns-{i % n_ns}")
@@ -236,7 +274,9 @@ def audit_counts(planes: ControlPlanes, since: float, until: float) -> dict[str,
     counts = {"list": 0, "watch": 0, "get": 0}
     for server in planes.servers.values():
         for e in server.audit_events():
-            if not e.get("userAgent", "").startswith("k8s-watcher/") or (e.get("stage") != "ResponseStarted" and e["verb"] == "watch"):
+            if not e.get("userAgent", "").startswith("k8s-watcher/") or (
+                e.get("stage") != "ResponseStarted" and e["verb"] == "watch"
+            ):
                 continue
             t = datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
             if since <= t <= until and e["verb"] in counts:
@@ -281,7 +321,10 @@ def emission_rate(cache: Path, *, passes: int = 4) -> tuple[float, float, int, P
     with pa.OSFile(str(ipc_path), "wb") as sink:
         writer = None
         for b in batches:
-            payload = pa.RecordBatch.from_arrays([pa.array([b.serialize().to_pybytes()]), pa.array([b.schema.serialize().to_pybytes()])], names=["batch", "schema"])
+            payload = pa.RecordBatch.from_arrays(
+                [pa.array([b.serialize().to_pybytes()]), pa.array([b.schema.serialize().to_pybytes()])],
+                names=["batch", "schema"],
+            )
             if writer is None:
                 writer = pa.ipc.new_file(sink, payload.schema)
             writer.write_batch(payload)
@@ -341,7 +384,8 @@ def freshness(planes: ControlPlanes, cache: Path, *, rate: int, seconds: float) 
         nonlocal last_seq
         while not stop.is_set() or pending:
             rows = con.execute(
-                "SELECT name, resource_version, seq FROM objects WHERE seq > ? AND context = 'c1' AND resource = 'configmaps'", (last_seq,)
+                "SELECT name, resource_version, seq FROM objects WHERE seq > ? AND context = 'c1' AND resource = 'configmaps'",
+                (last_seq,),
             ).fetchall()
             now = time.monotonic()
             with lock:
@@ -474,7 +518,8 @@ def ingest_etcd(
 
     def newest(ctx: str) -> int:
         row = con.execute(
-            "SELECT max(CAST(resource_version AS INTEGER)) FROM objects WHERE context = ? AND namespace = 'ingest'", (ctx,)
+            "SELECT max(CAST(resource_version AS INTEGER)) FROM objects WHERE context = ? AND namespace = 'ingest'",
+            (ctx,),
         ).fetchone()
         return int(row[0] or 0)
 
@@ -512,7 +557,9 @@ def ingest_etcd(
 # --------------------------------------------------------------------------- one size
 
 
-def bench_size(n: int, work: Path, *, phase_seconds: float = 20, etcd_rates: tuple[int, ...] = (2000, 5000, 8000, 12000)) -> dict[str, Any]:
+def bench_size(
+    n: int, work: Path, *, phase_seconds: float = 20, etcd_rates: tuple[int, ...] = (2000, 5000, 8000, 12000)
+) -> dict[str, Any]:
     """Every figure for one N. ``phase_seconds`` and ``etcd_rates`` shrink for the
     test suite's smoke run (tests/test_bench_smoke.py)."""
     out: dict[str, Any] = {"n": n}
@@ -537,21 +584,39 @@ def bench_size(n: int, work: Path, *, phase_seconds: float = 20, etcd_rates: tup
             # (a) warm daemon, registry grpc
             t0 = time.time()
             out["a_warm_grpc_s"], out["a_rows"] = timed_sync(
-                work / "a", [source_config({}, registry="grpc", path=f"127.0.0.1:{daemon.grpc_port}"), destination_config(pg_db("a"), dest)]
+                work / "a",
+                [
+                    source_config({}, registry="grpc", path=f"127.0.0.1:{daemon.grpc_port}"),
+                    destination_config(pg_db("a"), dest),
+                ],
             )
             out["a_requests"] = audit_counts(planes, t0, time.time())
-            print(f"  (a) warm grpc: {out['a_warm_grpc_s']:.1f}s for {out['a_rows']} rows {out['a_requests']}", flush=True)
+            print(
+                f"  (a) warm grpc: {out['a_warm_grpc_s']:.1f}s for {out['a_rows']} rows {out['a_requests']}",
+                flush=True,
+            )
             out["daemon_peak_rss_mb"] = daemon.peak_rss_mb()
 
             # (b) forced relist: registry local, no cache file, no daemon involved
             t0 = time.time()
-            spec = {"kubeconfig": str(planes.kubeconfig), "contexts": CONTEXTS, "cache_path": str(work / "cold" / "cache.db")}
-            out["b_relist_s"], out["b_rows"] = timed_sync(work / "b", [source_config(spec), destination_config(pg_db("b"), dest)])
+            spec = {
+                "kubeconfig": str(planes.kubeconfig),
+                "contexts": CONTEXTS,
+                "cache_path": str(work / "cold" / "cache.db"),
+            }
+            out["b_relist_s"], out["b_rows"] = timed_sync(
+                work / "b", [source_config(spec), destination_config(pg_db("b"), dest)]
+            )
             out["b_requests"] = audit_counts(planes, t0, time.time())
-            print(f"  (b) relist: {out['b_relist_s']:.1f}s for {out['b_rows']} rows {out['b_requests']}", flush=True)
+            print(
+                f"  (b) relist: {out['b_relist_s']:.1f}s for {out['b_rows']} rows {out['b_requests']}",
+                flush=True,
+            )
 
             # 2. emission rate, and the batches for (d)
-            out["emission_first_pass_rows_per_s"], out["emission_rows_per_s"], out["emission_rows"], ipc = emission_rate(cache)
+            out["emission_first_pass_rows_per_s"], out["emission_rows_per_s"], out["emission_rows"], ipc = (
+                emission_rate(cache)
+            )
             print(
                 f"  emission: {out['emission_rows_per_s']:.0f} rows/s over {out['emission_rows']} rows"
                 f" (first pass in a fresh process: {out['emission_first_pass_rows_per_s']:.0f})", flush=True,
@@ -559,10 +624,16 @@ def bench_size(n: int, work: Path, *, phase_seconds: float = 20, etcd_rates: tup
 
             # (d) null source with the same rows
             null = work / "null-source"
-            null.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -m bench.null_source "$@"\n')
+            null.write_text(
+                f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -m bench.null_source "$@"\n'
+            )
             null.chmod(0o755)
             out["d_null_s"], out["d_rows"] = timed_sync(
-                work / "d", [source_config({"batches": str(ipc)}, path=null, name="null"), destination_config(pg_db("d"), dest)]
+                work / "d",
+                [
+                    source_config({"batches": str(ipc)}, path=null, name="null"),
+                    destination_config(pg_db("d"), dest),
+                ],
             )
             print(f"  (d) null source: {out['d_null_s']:.1f}s for {out['d_rows']} rows", flush=True)
             out["e_pg_alone_s"] = pg_alone(ipc, pg_db("e"))
@@ -573,8 +644,13 @@ def bench_size(n: int, work: Path, *, phase_seconds: float = 20, etcd_rates: tup
             print(f"  freshness: {out['freshness']}", flush=True)
             out["ingest"] = ingest(planes, daemon, seconds=phase_seconds)
             print(f"  ingest (end to end, API-bound): {out['ingest']}", flush=True)
-            out["ingest_etcd"] = ingest_etcd(planes, daemon, cache, rates=list(etcd_rates), seconds=phase_seconds / 2)
-            print(f"  ingest (etcd-driven watch events): kept up with {out['ingest_etcd']['max_kept_up_per_s']:.0f}/s", flush=True)
+            out["ingest_etcd"] = ingest_etcd(
+                planes, daemon, cache, rates=list(etcd_rates), seconds=phase_seconds / 2
+            )
+            print(
+                f"  ingest (etcd-driven watch events): kept up with {out['ingest_etcd']['max_kept_up_per_s']:.0f}/s",
+                flush=True,
+            )
             out["daemon_peak_rss_mb"] = daemon.peak_rss_mb()
         finally:
             daemon.stop()
@@ -593,7 +669,9 @@ def bench_size(n: int, work: Path, *, phase_seconds: float = 20, etcd_rates: tup
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--out", default=str(REPO / "bench" / "results.json"))
     args = parser.parse_args()

@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export CQ_TELEMETRY_LEVEL=none
 .venv/bin/ruff check watcher testbed tests bench
+.venv/bin/ruff format --check watcher testbed tests bench
 .venv/bin/python -m pytest "$@"

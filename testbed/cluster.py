@@ -165,9 +165,7 @@ class _Process:
 
     def start(self) -> None:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
 
     def stop(self, timeout: float = 15) -> None:
@@ -221,9 +219,7 @@ class Etcd:
         _wait_for(lambda: self._post("/v3/maintenance/status", {}), timeout=30, what="etcd")
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        req = urllib.request.Request(
-            self.url + path, data=json.dumps(body).encode(), method="POST"
-        )
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST")
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read())
 
@@ -344,7 +340,10 @@ class KubeHttp:
         current = self.get(f"{path}/{name}")
         if current is None:
             return self.create(path, obj)
-        obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}}
+        obj = {
+            **obj,
+            "metadata": {**obj["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
+        }
         result = self.request("PUT", f"{path}/{name}", obj)
         assert result is not None
         return result
@@ -391,16 +390,34 @@ _VIEWER_ROLE = {
             # Everything in the core group except secrets.
             "apiGroups": [""],
             "resources": [
-                "namespaces", "pods", "services", "configmaps", "nodes", "serviceaccounts",
-                "persistentvolumes", "persistentvolumeclaims", "events", "endpoints",
+                "namespaces",
+                "pods",
+                "services",
+                "configmaps",
+                "nodes",
+                "serviceaccounts",
+                "persistentvolumes",
+                "persistentvolumeclaims",
+                "events",
+                "endpoints",
             ],
             "verbs": ["get", "list", "watch"],
         },
         {
             "apiGroups": [
-                "apps", "batch", "rbac.authorization.k8s.io", "storage.k8s.io", "networking.k8s.io",
-                "discovery.k8s.io", "events.k8s.io", "autoscaling", "policy", "coordination.k8s.io",
-                "apiextensions.k8s.io", "example.com", "testbed.k8s-watcher.io",
+                "apps",
+                "batch",
+                "rbac.authorization.k8s.io",
+                "storage.k8s.io",
+                "networking.k8s.io",
+                "discovery.k8s.io",
+                "events.k8s.io",
+                "autoscaling",
+                "policy",
+                "coordination.k8s.io",
+                "apiextensions.k8s.io",
+                "example.com",
+                "testbed.k8s-watcher.io",
             ],
             "resources": ["*"],
             "verbs": ["get", "list", "watch"],
@@ -442,7 +459,11 @@ class ControlPlanes:
                     "apiVersion": "rbac.authorization.k8s.io/v1",
                     "kind": "ClusterRoleBinding",
                     "metadata": {"name": "testbed-viewer"},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "testbed-viewer"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": "testbed-viewer",
+                    },
                     "subjects": [{"kind": "User", "name": "viewer", "apiGroup": "rbac.authorization.k8s.io"}],
                 },
             )
@@ -507,7 +528,10 @@ class ControlPlanes:
         clusters, users, contexts = [], [], []
         for name, server in self.servers.items():
             clusters.append(
-                {"name": name, "cluster": {"server": server.client_url, "certificate-authority": str(server.ca_file)}}
+                {
+                    "name": name,
+                    "cluster": {"server": server.client_url, "certificate-authority": str(server.ca_file)},
+                }
             )
             users.append({"name": f"{name}-admin", "user": {"token": server.admin_token}})
             users.append({"name": f"{name}-viewer", "user": {"token": server.viewer_token}})

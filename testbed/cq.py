@@ -57,7 +57,10 @@ def source_config(
     if registry == "local":
         source["version"] = "v0.1.0"
     if with_state_backend:
-        source["backend_options"] = {"table_name": f"cq_state_{name}", "connection": "@@plugins.postgresql.connection"}
+        source["backend_options"] = {
+            "table_name": f"cq_state_{name}",
+            "connection": "@@plugins.postgresql.connection",
+        }
     return {"kind": "source", "spec": source}
 
 
@@ -81,7 +84,9 @@ class CqResult:
     output: str
 
 
-def run_cloudquery(args: list[str], *, workdir: Path, configs: list[dict[str, Any]] | None = None, timeout: float = 600) -> CqResult:
+def run_cloudquery(
+    args: list[str], *, workdir: Path, configs: list[dict[str, Any]] | None = None, timeout: float = 600
+) -> CqResult:
     """Run the CLI with telemetry off; ``output`` holds its console output and log file."""
     workdir.mkdir(parents=True, exist_ok=True)
     files: list[str] = []

@@ -35,7 +35,12 @@ def _populate(admin: object, context: str) -> None:
         for i in range(3):
             admin.create(  # type: ignore[attr-defined]
                 f"/api/v1/namespaces/{team}/pods",
-                {"metadata": {"name": f"{team}-{i}", "labels": {"app": team}}, "spec": {"containers": [{"name": "app", "image": f"registry.example/{team}:{context}-{i}"}]}},
+                {
+                    "metadata": {"name": f"{team}-{i}", "labels": {"app": team}},
+                    "spec": {
+                        "containers": [{"name": "app", "image": f"registry.example/{team}:{context}-{i}"}]
+                    },
+                },
             )
 
 
@@ -92,7 +97,9 @@ def main() -> int:
                 ).fetchall()
                 print("demo: rows per table:", dict(counts))
             if args.keep:
-                print(f"demo: kubeconfig {planes.kubeconfig}; PostgreSQL {pg.dsn}; metrics http://127.0.0.1:{http_port}/metrics")
+                print(
+                    f"demo: kubeconfig {planes.kubeconfig}; PostgreSQL {pg.dsn}; metrics http://127.0.0.1:{http_port}/metrics"
+                )
                 print("demo: Ctrl-C to stop")
                 done = threading.Event()
                 signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -85,9 +85,13 @@ def _uuid_text(col: pa.Array) -> pa.Array:
     """16-byte UUIDs to their canonical text, vectorised (a Python loop over 100k rows
     costs more than the whole COPY)."""
     if col.null_count:
-        return pa.array([None if v is None else str(uuid.UUID(bytes=v)) for v in col.storage.to_pylist()], pa.string())
+        return pa.array(
+            [None if v is None else str(uuid.UUID(bytes=v)) for v in col.storage.to_pylist()], pa.string()
+        )
     n = len(col)
-    raw = np.frombuffer(col.storage.buffers()[1], np.uint8)[col.offset * 16 : (col.offset + n) * 16].reshape(n, 16)
+    raw = np.frombuffer(col.storage.buffers()[1], np.uint8)[col.offset * 16 : (col.offset + n) * 16].reshape(
+        n, 16
+    )
     hexed = np.empty((n, 32), np.uint8)
     hexed[:, 0::2], hexed[:, 1::2] = _HEX_DIGITS[raw >> 4], _HEX_DIGITS[raw & 15]
     text = np.full((n, 36), ord("-"), np.uint8)
@@ -109,7 +113,9 @@ def _csv_column(col: pa.Array) -> pa.Array:
         return _uuid_text(col)
     if isinstance(col.type, JSONType):
         storage = col.storage
-        return pa.Array.from_buffers(pa.string(), len(storage), storage.buffers(), storage.null_count, storage.offset)
+        return pa.Array.from_buffers(
+            pa.string(), len(storage), storage.buffers(), storage.null_count, storage.offset
+        )
     if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
         return pa.array([_pg_array_literal(v) for v in col.to_pylist()], pa.string())
     return col
@@ -120,7 +126,9 @@ def batch_as_csv(batch: pa.RecordBatch) -> bytes:
     empty string stays empty), NULL as an unquoted empty field."""
     columns = [_csv_column(batch.column(i)) for i in range(batch.num_columns)]
     out = io.BytesIO()
-    pacsv.write_csv(pa.Table.from_arrays(columns, names=batch.schema.names), out, pacsv.WriteOptions(include_header=False))
+    pacsv.write_csv(
+        pa.Table.from_arrays(columns, names=batch.schema.names), out, pacsv.WriteOptions(include_header=False)
+    )
     return out.getvalue()
 
 
@@ -145,8 +153,17 @@ class Destination:
         pks = [sql.Identifier(f.name) for f in schema if _is_pk(f)]
         if pks:
             cols.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(pks)))
-        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(sql.Identifier(name), sql.SQL(", ").join(cols)))
-        existing = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s", (name,))}
+        conn.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+                sql.Identifier(name), sql.SQL(", ").join(cols)
+            )
+        )
+        existing = {
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (name,)
+            )
+        }
         for f in (f for f in schema if f.name not in existing):
             conn.execute(
                 sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
@@ -172,12 +189,16 @@ class Destination:
         if pks and self.write_mode != "append":
             upsert += sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
                 sql.SQL(", ").join(map(sql.Identifier, pks)),
-                sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in pks),
+                sql.SQL(", ").join(
+                    sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in pks
+                ),
             )
         return name, copy, upsert, batch_as_csv(batch)
 
     @staticmethod
-    def run_insert(conn: psycopg.Connection, name: str, copy_stmt: sql.Composable, upsert: sql.Composable, data: bytes) -> None:
+    def run_insert(
+        conn: psycopg.Connection, name: str, copy_stmt: sql.Composable, upsert: sql.Composable, data: bytes
+    ) -> None:
         table, staging = sql.Identifier(name), sql.Identifier(f"_cq_staging_{name}")
         with conn.cursor() as cur:
             cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {})").format(staging, table))
@@ -189,7 +210,9 @@ class Destination:
     def delete_stale(self, conn: psycopg.Connection, msg: Any) -> None:
         table = msg.table_name or arrow.new_schema_from_bytes(msg.table).metadata[b"cq:table_name"].decode()
         conn.execute(
-            sql.SQL("DELETE FROM {} WHERE _cq_source_name = %s AND _cq_sync_time < %s").format(sql.Identifier(table)),
+            sql.SQL("DELETE FROM {} WHERE _cq_source_name = %s AND _cq_sync_time < %s").format(
+                sql.Identifier(table)
+            ),
             (msg.source_name, msg.sync_time.ToDatetime()),
         )
 
@@ -226,7 +249,9 @@ class InsertWorkers:
 
     def __init__(self, dsn: str, *, connections: int = 2) -> None:
         self._conns = [psycopg.connect(dsn) for _ in range(connections)]
-        self._queues: list[queue.Queue[tuple[Any, ...] | None]] = [queue.Queue(maxsize=2) for _ in self._conns]
+        self._queues: list[queue.Queue[tuple[Any, ...] | None]] = [
+            queue.Queue(maxsize=2) for _ in self._conns
+        ]
         self._errors: list[BaseException] = []
         self._threads = [
             threading.Thread(target=self._work, args=(c, q), name=f"pgdest-insert-{i}", daemon=True)

@@ -22,7 +22,9 @@ from testbed.cluster import free_port
 
 def pg_bin() -> Path:
     root = Path("/usr/lib/postgresql")
-    versions = sorted((p for p in root.glob("*/bin") if (p / "initdb").exists()), key=lambda p: int(p.parent.name))
+    versions = sorted(
+        (p for p in root.glob("*/bin") if (p / "initdb").exists()), key=lambda p: int(p.parent.name)
+    )
     if not versions:
         raise FileNotFoundError("PostgreSQL server binaries not found; install Debian's postgresql package")
     return versions[-1]

@@ -45,7 +45,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
 
 
-def eventually(predicate: Callable[[], Any], *, timeout: float = 30, interval: float = 0.1, what: str = "") -> Any:
+def eventually(
+    predicate: Callable[[], Any], *, timeout: float = 30, interval: float = 0.1, what: str = ""
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -79,7 +81,9 @@ def cache_matches(cache: Path, context: str, admin: KubeHttp, desc: ResourceDesc
     return cached(cache, context, desc) == truth(admin, desc)
 
 
-def kubeconfig_with(planes: ControlPlanes, path: Path, extra: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> Path:
+def kubeconfig_with(
+    planes: ControlPlanes, path: Path, extra: dict[str, tuple[dict[str, Any], dict[str, Any]]]
+) -> Path:
     """The test bed's kubeconfig plus one context per ``name: (cluster, user)``."""
     config = yaml.safe_load(planes.kubeconfig.read_text())
     for name, (cluster, user) in extra.items():
@@ -143,9 +147,11 @@ def assert_pg_equals_api(dsn: str, planes: ControlPlanes, contexts: list[str]) -
 
 def sync(tmp: Path, dsn: str, spec: dict[str, Any], **source: Any) -> CqResult:
     write_mode = source.pop("write_mode", "overwrite-delete-stale")
-    configs = [source_config(spec, **source), destination_config(dsn, standin_destination(tmp), write_mode=write_mode)]
+    configs = [
+        source_config(spec, **source),
+        destination_config(dsn, standin_destination(tmp), write_mode=write_mode),
+    ]
     return run_cloudquery(["sync"], workdir=tmp / "cq", configs=configs)
-
 
 
 # --------------------------------------------------------------------------- daemon
@@ -181,7 +187,9 @@ class DaemonProcess:
 def start_daemon(tmp_path: Path) -> Iterator[Any]:
     started: list[DaemonProcess] = []
 
-    def start(kubeconfig: Path, cache: Path, contexts: str = "*", *, extra_args: Sequence[str] = ()) -> DaemonProcess:
+    def start(
+        kubeconfig: Path, cache: Path, contexts: str = "*", *, extra_args: Sequence[str] = ()
+    ) -> DaemonProcess:
         grpc_port, http_port = free_port(), free_port()
         log = tmp_path / f"daemon-{len(started)}.log"
         proc = subprocess.Popen(
@@ -212,5 +220,3 @@ def start_daemon(tmp_path: Path) -> Iterator[Any]:
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
-
-

@@ -52,7 +52,9 @@ from watcher.plugin import CURSOR_KEY
         (0.01, 1),
     ],
 )
-def test_purge_interval_is_a_quarter_of_the_retention_within_bounds(retention: float, interval: float) -> None:
+def test_purge_interval_is_a_quarter_of_the_retention_within_bounds(
+    retention: float, interval: float
+) -> None:
     """The retention job wakes often enough that a tombstone outlives the retention by at
     most half of it, and never more often than once a second or less often than 10 min."""
     assert purge_interval(retention) == interval
@@ -68,7 +70,9 @@ class _FakeStore:
         return 0
 
 
-def test_purge_job_purges_up_to_the_newest_seq_older_than_the_retention(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_purge_job_purges_up_to_the_newest_seq_older_than_the_retention(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Each run samples (time, seq); a run purges up to the seq of the newest sample
     that is older than the retention, and nothing while no sample is that old."""
     now = [1000.0]
@@ -94,14 +98,25 @@ def test_purge_job_purges_up_to_the_newest_seq_older_than_the_retention(monkeypa
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--tombstone-retention", "0"], "argument --tombstone-retention: '0': must be a number of seconds > 0"),
-        (["--tombstone-retention", "-5"], "argument --tombstone-retention: '-5': must be a number of seconds > 0"),
+        (
+            ["--tombstone-retention", "0"],
+            "argument --tombstone-retention: '0': must be a number of seconds > 0",
+        ),
+        (
+            ["--tombstone-retention", "-5"],
+            "argument --tombstone-retention: '-5': must be a number of seconds > 0",
+        ),
         (["--tombstone-retention", "1d"], "argument --tombstone-retention: '1d' is not a number of seconds"),
-        (["--tombstone-retention", "inf"], "argument --tombstone-retention: 'inf': must be a finite number of seconds"),
+        (
+            ["--tombstone-retention", "inf"],
+            "argument --tombstone-retention: 'inf': must be a finite number of seconds",
+        ),
         (["--relist-interval", "-1"], "argument --relist-interval: '-1': must be a number of seconds >= 0"),
     ],
 )
-def test_serve_rejects_bad_durations_with_a_clear_error(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_rejects_bad_durations_with_a_clear_error(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Bad values stop ``serve`` before it touches a kubeconfig, with argparse's exit
     code 2 and a message that names the option and the rule."""
     with pytest.raises(SystemExit) as exc:
@@ -124,7 +139,22 @@ def test_serve_passes_the_durations_to_the_daemon(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(daemon, "Daemon", Recorder)
     monkeypatch.setattr(cli, "setup_logging", lambda *_: None)  # leave pytest's log capture alone
     assert cli.main(["serve", "--kubeconfig", "/k", "--cache", "/c.db"]) == 0
-    assert cli.main(["serve", "--kubeconfig", "/k", "--cache", "/c.db", "--tombstone-retention", "2.5", "--relist-interval", "30"]) == 0
+    assert (
+        cli.main(
+            [
+                "serve",
+                "--kubeconfig",
+                "/k",
+                "--cache",
+                "/c.db",
+                "--tombstone-retention",
+                "2.5",
+                "--relist-interval",
+                "30",
+            ]
+        )
+        == 0
+    )
     assert [(c.tombstone_retention, c.relist_interval) for c in configs] == [(86400, 0), (2.5, 30)]
 
 
@@ -164,7 +194,9 @@ def _purged_seq(cache: Path) -> int:
 
 
 def _informer_counters(status: dict[str, Any]) -> dict[str, dict[str, int]]:
-    return {i["resource"]: {k: int(i[k]) for k in ("lists", "relists", "errors")} for i in status["informers"]}
+    return {
+        i["resource"]: {k: int(i[k]) for k in ("lists", "relists", "errors")} for i in status["informers"]
+    }
 
 
 def _configmap_lists(planes: ControlPlanes, server: str, since: float) -> list[str]:
@@ -195,7 +227,12 @@ def _corrupt(cache: Path, context: str, ns: str) -> dict[str, str]:
             (str(uuid.uuid4()), context, ns, "cm1"),
         )
         assert con.execute(f"DELETE FROM objects WHERE {where}", (context, ns, "cm0")).rowcount == 1
-        assert con.execute(f"UPDATE objects SET resource_version = '1' WHERE {where}", (context, ns, "cm1")).rowcount == 1
+        assert (
+            con.execute(
+                f"UPDATE objects SET resource_version = '1' WHERE {where}", (context, ns, "cm1")
+            ).rowcount
+            == 1
+        )
         con.execute("COMMIT")
         rows = con.execute(
             "SELECT uid, resource_version FROM objects WHERE context = ? AND resource = 'configmaps' AND namespace = ? AND deleted = 0",
@@ -222,7 +259,12 @@ def test_cursor_older_than_purged_tombstones_gets_a_full_snapshot(
         configmap(admin, ns, f"cm{i}", k=str(i))
     cache = tmp_path / "retain" / "cache.db"
     d = start_daemon(planes.kubeconfig, cache, "prod", extra_args=["--tombstone-retention", "2"])
-    source = {"registry": "grpc", "path": f"127.0.0.1:{d.grpc_port}", "with_state_backend": True, "write_mode": "overwrite"}
+    source = {
+        "registry": "grpc",
+        "path": f"127.0.0.1:{d.grpc_port}",
+        "with_state_backend": True,
+        "write_mode": "overwrite",
+    }
     spec = {"incremental": True, "tables": INCREMENTAL_TABLES}
 
     first = sync(tmp_path, dsn, spec, **source)
@@ -278,7 +320,10 @@ def test_relist_interval_relists_and_repairs_missed_events_and_is_off_by_default
     cache_on, cache_off = tmp_path / "on" / "cache.db", tmp_path / "off" / "cache.db"
     on = start_daemon(planes.kubeconfig, cache_on, "prod", extra_args=["--relist-interval", "2"])
     off = start_daemon(planes.kubeconfig, cache_off, "dev")
-    eventually(lambda: cache_matches(cache_on, "prod", prod, CMS) and cache_matches(cache_off, "dev", dev, CMS), what="caches warm")
+    eventually(
+        lambda: cache_matches(cache_on, "prod", prod, CMS) and cache_matches(cache_off, "dev", dev, CMS),
+        what="caches warm",
+    )
     before_on, before_off = _informer_counters(on.status(cache_on)), _informer_counters(off.status(cache_off))
     began = time.time()
 
@@ -296,12 +341,18 @@ def test_relist_interval_relists_and_repairs_missed_events_and_is_off_by_default
         return all(now[r]["lists"] >= c["lists"] + 2 for r, c in before_on.items())
 
     eventually(relisted_twice, timeout=20, what="every informer of the relisting daemon listed twice more")
-    eventually(lambda: cache_matches(cache_on, "prod", prod, CMS), timeout=10, what="relist repaired the cache")
+    eventually(
+        lambda: cache_matches(cache_on, "prod", prod, CMS), timeout=10, what="relist repaired the cache"
+    )
     assert _ns_cached(cache_on, "prod", ns) == _ns_truth(prod, ns)  # cm0 back, cm1 current, no phantom
     assert uids["prod"]["fresh"] in _ns_truth(prod, ns) and uids["prod"]["cm3"] not in _ns_truth(prod, ns)
     # The counters may include a list that began just before ``began``; relists go on
     # every 2 s, so the audit log soon shows two begun after it.
-    eventually(lambda: len(_configmap_lists(planes, "prod", began)) >= 2, timeout=15, what="two full reads in the audit log")
+    eventually(
+        lambda: len(_configmap_lists(planes, "prod", began)) >= 2,
+        timeout=15,
+        what="two full reads in the audit log",
+    )
     assert "periodic safety-net relist" in on.log.read_text()
     after_on = _informer_counters(on.status(cache_on))
     assert all(after_on[r]["relists"] == c["relists"] for r, c in before_on.items())  # no 410 involved
@@ -311,7 +362,11 @@ def test_relist_interval_relists_and_repairs_missed_events_and_is_off_by_default
     api_off = _ns_truth(dev, ns)
     expected_off = {uid: rv for uid, rv in corrupted_off.items() if uid != uids["dev"]["cm3"]}
     expected_off |= {uids["dev"][name]: api_off[uids["dev"][name]] for name in ("cm2", "fresh")}
-    eventually(lambda: _ns_cached(cache_off, "dev", ns) == expected_off, timeout=10, what="watched changes, corruption kept")
+    eventually(
+        lambda: _ns_cached(cache_off, "dev", ns) == expected_off,
+        timeout=10,
+        what="watched changes, corruption kept",
+    )
     assert _informer_counters(off.status(cache_off)) == before_off
     assert _configmap_lists(planes, "dev", began) == []
     assert "periodic safety-net relist" not in off.log.read_text()

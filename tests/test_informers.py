@@ -51,7 +51,9 @@ def run_informers(tmp_path: Path) -> Iterator[Runner]:
         manager.start()
         started.append((manager, store))
         if sync:
-            assert manager.wait_synced(60), [(s.context, s.resource, s.state, s.last_error) for s in manager.statuses()]
+            assert manager.wait_synced(60), [
+                (s.context, s.resource, s.state, s.last_error) for s in manager.statuses()
+            ]
         return manager
 
     yield run
@@ -76,12 +78,17 @@ def _deployment(name: str, replicas: int) -> dict[str, Any]:
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "c", "image": "app:1"}]}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "c", "image": "app:1"}]},
+            },
         },
     }
 
 
-def test_crud_in_two_contexts_is_reflected(planes: ControlPlanes, run_informers: Runner, tmp_path: Path) -> None:
+def test_crud_in_two_contexts_is_reflected(
+    planes: ControlPlanes, run_informers: Runner, tmp_path: Path
+) -> None:
     manager = run_informers(planes.kubeconfig, ["dev", "prod"])
     cache = manager.store.path
     for ctx, server in planes.servers.items():
@@ -151,7 +158,9 @@ def test_watch_cuts_do_not_relist(planes: ControlPlanes, run_informers: Runner) 
     assert all(s.lists == 1 for s in statuses.values()), {k: s.lists for k, s in statuses.items()}
 
 
-def test_compaction_gives_410_and_relist_removes_deleted(planes: ControlPlanes, run_informers: Runner) -> None:
+def test_compaction_gives_410_and_relist_removes_deleted(
+    planes: ControlPlanes, run_informers: Runner
+) -> None:
     server = planes.servers["dev"]
     proxy, admin = server.proxy, server.admin()
     assert proxy is not None and planes.etcd is not None
@@ -204,7 +213,9 @@ def test_restart_resumes_from_stored_rv_without_list(
         and _event_time(e) >= restart_time
         and e.get("objectRef", {}).get("resource") in {d.plural for d in RESOURCES}
     ]
-    lists = [e["requestURI"] for e in since if e["verb"] == "list" or "sendInitialEvents=true" in e["requestURI"]]
+    lists = [
+        e["requestURI"] for e in since if e["verb"] == "list" or "sendInitialEvents=true" in e["requestURI"]
+    ]
     watches = [e for e in since if e["verb"] == "watch"]
     assert watches, "the restarted informers issued no watch at all"
     assert lists == []
@@ -219,7 +230,9 @@ def _event_time(event: dict[str, Any]) -> float:
 def test_forbidden_resource_and_unreachable_context(
     planes: ControlPlanes, run_informers: Runner, tmp_path: Path
 ) -> None:
-    kubeconfig = kubeconfig_with(planes, tmp_path / "kubeconfig", {"dead": (unreachable_cluster(), {"token": "x"})})
+    kubeconfig = kubeconfig_with(
+        planes, tmp_path / "kubeconfig", {"dead": (unreachable_cluster(), {"token": "x"})}
+    )
     manager = run_informers(kubeconfig, ["prod-viewer", "dead"], sync=False)
 
     def by(ctx: str) -> dict[str, Any]:
@@ -230,7 +243,9 @@ def test_forbidden_resource_and_unreachable_context(
         lambda: all(s.state == "watching" for k, s in by("prod-viewer").items() if k != "secrets"),
         what="the viewer's other informers watching",
     )
-    eventually(lambda: all(s.state == "backoff" for s in by("dead").values()), what="dead context backing off")
+    eventually(
+        lambda: all(s.state == "backoff" for s in by("dead").values()), what="dead context backing off"
+    )
     # The healthy context keeps syncing while the dead one backs off.
     admin = planes.servers["prod"].admin()
     namespace(admin, unique("alive"))
@@ -251,13 +266,20 @@ def test_crd_created_and_deleted_at_run_time(planes: ControlPlanes, run_informer
         "spec": {
             "group": group,
             "scope": "Namespaced",
-            "names": {"plural": plural, "singular": plural[:-1], "kind": plural.capitalize(), "listKind": plural.capitalize() + "List"},
+            "names": {
+                "plural": plural,
+                "singular": plural[:-1],
+                "kind": plural.capitalize(),
+                "listKind": plural.capitalize() + "List",
+            },
             "versions": [
                 {
                     "name": "v1",
                     "served": True,
                     "storage": True,
-                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                    "schema": {
+                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                    },
                 }
             ],
         },
@@ -268,7 +290,15 @@ def test_crd_created_and_deleted_at_run_time(planes: ControlPlanes, run_informer
 
     def create_instance(name: str) -> bool:
         try:
-            admin.create(path, {"apiVersion": f"{group}/v1", "kind": plural.capitalize(), "metadata": {"name": name}, "spec": {"size": 3}})
+            admin.create(
+                path,
+                {
+                    "apiVersion": f"{group}/v1",
+                    "kind": plural.capitalize(),
+                    "metadata": {"name": name},
+                    "spec": {"size": 3},
+                },
+            )
             return True
         except RuntimeError:
             return False  # the CRD is not established yet
@@ -277,7 +307,9 @@ def test_crd_created_and_deleted_at_run_time(planes: ControlPlanes, run_informer
     create_instance("w1")
     key = f"{plural}.{group}"
     ctx = manager.contexts[0]
-    eventually(lambda: key in ctx.informers and ctx.informers[key].status.state == "watching", what="CR informer")
+    eventually(
+        lambda: key in ctx.informers and ctx.informers[key].status.state == "watching", what="CR informer"
+    )
     desc = ctx.informers[key].descriptor
     assert desc.table == CUSTOM_OBJECTS_TABLE
     eventually(lambda: len(cached(manager.store.path, "dev", desc)) == 2, what="2 CR instances cached")
@@ -288,17 +320,27 @@ def test_crd_created_and_deleted_at_run_time(planes: ControlPlanes, run_informer
     eventually(lambda: cached(manager.store.path, "dev", desc) == {}, what="CR instances tombstoned")
 
 
-def test_secret_canary_never_reaches_the_cache(planes: ControlPlanes, run_informers: Runner, tmp_path: Path) -> None:
+def test_secret_canary_never_reaches_the_cache(
+    planes: ControlPlanes, run_informers: Runner, tmp_path: Path
+) -> None:
     admin = planes.servers["prod"].admin()
     canary = "CANARY-" + unique("secret")
     ns = namespace(admin, unique("sec"))
-    applied = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "app"}, "stringData": {"password": canary}}
+    applied = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "app"},
+        "stringData": {"password": canary},
+    }
     admin.create(
         f"/api/v1/namespaces/{ns}/secrets",
         {
             "metadata": {
                 "name": "app",
-                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": str(applied), "owner": "team-a"},
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": str(applied),
+                    "owner": "team-a",
+                },
             },
             "stringData": {"password": canary},
             "data": {"token": __import__("base64").b64encode(canary.encode()).decode()},

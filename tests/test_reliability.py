@@ -35,7 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _cluster_error(dsn: str, context: str) -> str:
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT last_error FROM k8s_clusters WHERE context_name = %s", (context,)).fetchone()
+        row = conn.execute(
+            "SELECT last_error FROM k8s_clusters WHERE context_name = %s", (context,)
+        ).fetchone()
     assert row is not None, f"no k8s_clusters row for {context}"
     return str(row[0])
 
@@ -60,7 +62,9 @@ def test_malformed_yaml_config_names_the_file(tmp_path: Path) -> None:
         ("not-a-mapping", "is malformed: expected a mapping"),
     ],
 )
-def test_unusable_kubeconfig_is_named(planes: ControlPlanes, dsn: str, tmp_path: Path, kind: str, expected: str) -> None:
+def test_unusable_kubeconfig_is_named(
+    planes: ControlPlanes, dsn: str, tmp_path: Path, kind: str, expected: str
+) -> None:
     path = tmp_path / "kubeconfig"
     if kind == "directory":
         path.mkdir()
@@ -87,31 +91,60 @@ def test_wrong_ca_wrong_token_and_hanging_server_spoil_only_their_context(
         planes,
         tmp_path / "kubeconfig",
         {
-            "bad-ca": ({"server": server.url, "certificate-authority": str(other_ca)}, {"token": server.admin_token}),
-            "bad-token": ({"server": server.url, "certificate-authority": str(server.ca_file)}, {"token": "not-a-valid-token"}),
-            "hangs": ({"server": f"https://127.0.0.1:{hang.getsockname()[1]}", "insecure-skip-tls-verify": True}, {"token": "x"}),
+            "bad-ca": (
+                {"server": server.url, "certificate-authority": str(other_ca)},
+                {"token": server.admin_token},
+            ),
+            "bad-token": (
+                {"server": server.url, "certificate-authority": str(server.ca_file)},
+                {"token": "not-a-valid-token"},
+            ),
+            "hangs": (
+                {"server": f"https://127.0.0.1:{hang.getsockname()[1]}", "insecure-skip-tls-verify": True},
+                {"token": "x"},
+            ),
         },
     )
-    spec = {"kubeconfig": str(kubeconfig), "contexts": ["prod", "bad-ca", "bad-token", "hangs"], "cache_path": str(tmp_path / "c.db")}
+    spec = {
+        "kubeconfig": str(kubeconfig),
+        "contexts": ["prod", "bad-ca", "bad-token", "hangs"],
+        "cache_path": str(tmp_path / "c.db"),
+    }
     result = sync(tmp_path, dsn, spec)
     hang.close()
     assert result.returncode == 0, result.output[-3000:]
     assert_pg_equals_api(dsn, planes, ["prod"])
-    assert "TLS error" in _cluster_error(dsn, "bad-ca") and "CERTIFICATE_VERIFY_FAILED" in _cluster_error(dsn, "bad-ca")
+    assert "TLS error" in _cluster_error(dsn, "bad-ca") and "CERTIFICATE_VERIFY_FAILED" in _cluster_error(
+        dsn, "bad-ca"
+    )
     assert "HTTP 401" in result.output and "context bad-token could not be synced" in result.output
     assert "context hangs could not be synced" in result.output
     assert "timed out" in result.output.lower()
 
 
-def test_forbidden_resource_is_reported_and_the_rest_synced(planes: ControlPlanes, dsn: str, tmp_path: Path) -> None:
-    spec = {"kubeconfig": str(planes.kubeconfig), "contexts": ["prod-viewer"], "cache_path": str(tmp_path / "c.db")}
-    result = sync(tmp_path, dsn, spec, tables=["k8s_clusters", "k8s_namespaces", "k8s_secrets", "k8s_configmaps"])
+def test_forbidden_resource_is_reported_and_the_rest_synced(
+    planes: ControlPlanes, dsn: str, tmp_path: Path
+) -> None:
+    spec = {
+        "kubeconfig": str(planes.kubeconfig),
+        "contexts": ["prod-viewer"],
+        "cache_path": str(tmp_path / "c.db"),
+    }
+    result = sync(
+        tmp_path, dsn, spec, tables=["k8s_clusters", "k8s_namespaces", "k8s_secrets", "k8s_configmaps"]
+    )
     assert result.returncode == 0, result.output[-3000:]
     assert re.search(r"relist failed for secrets: HTTP 403", result.output), result.output[-3000:]
     with psycopg.connect(dsn) as conn:
-        secrets = conn.execute("SELECT count(*) FROM k8s_secrets WHERE context_name = 'prod-viewer'").fetchone()
-        namespaces = conn.execute("SELECT count(*) FROM k8s_namespaces WHERE context_name = 'prod-viewer'").fetchone()
-        states = conn.execute("SELECT informer_states FROM k8s_clusters WHERE context_name = 'prod-viewer'").fetchone()
+        secrets = conn.execute(
+            "SELECT count(*) FROM k8s_secrets WHERE context_name = 'prod-viewer'"
+        ).fetchone()
+        namespaces = conn.execute(
+            "SELECT count(*) FROM k8s_namespaces WHERE context_name = 'prod-viewer'"
+        ).fetchone()
+        states = conn.execute(
+            "SELECT informer_states FROM k8s_clusters WHERE context_name = 'prod-viewer'"
+        ).fetchone()
     assert secrets == (0,)
     assert namespaces is not None and namespaces[0] >= 4
     assert states is not None and states[0]["secrets"] == "forbidden"
@@ -120,7 +153,9 @@ def test_forbidden_resource_is_reported_and_the_rest_synced(planes: ControlPlane
 def test_corrupt_cache_is_moved_aside_and_rebuilt(planes: ControlPlanes, dsn: str, tmp_path: Path) -> None:
     cache = tmp_path / "cache.db"
     cache.write_bytes(b"this is not a database" * 1000)
-    result = sync(tmp_path, dsn, {"kubeconfig": str(planes.kubeconfig), "contexts": ["prod"], "cache_path": str(cache)})
+    result = sync(
+        tmp_path, dsn, {"kubeconfig": str(planes.kubeconfig), "contexts": ["prod"], "cache_path": str(cache)}
+    )
     assert result.returncode == 0, result.output[-3000:]
     assert "cannot be used (not a usable SQLite database" in result.output
     assert "moved aside to" in result.output
@@ -129,7 +164,15 @@ def test_corrupt_cache_is_moved_aside_and_rebuilt(planes: ControlPlanes, dsn: st
 
 
 def test_cache_on_read_only_path_fails_clearly(planes: ControlPlanes, dsn: str, tmp_path: Path) -> None:
-    result = sync(tmp_path, dsn, {"kubeconfig": str(planes.kubeconfig), "contexts": ["prod"], "cache_path": "/proc/k8s-watcher/cache.db"})
+    result = sync(
+        tmp_path,
+        dsn,
+        {
+            "kubeconfig": str(planes.kubeconfig),
+            "contexts": ["prod"],
+            "cache_path": "/proc/k8s-watcher/cache.db",
+        },
+    )
     assert result.returncode != 0
     assert "cache file /proc/k8s-watcher/cache.db cannot be created" in result.output, result.output[-2000:]
 
@@ -143,13 +186,24 @@ def test_large_configmap_and_non_ascii_round_trip(planes: ControlPlanes, dsn: st
     configmap(admin, ns, "big", payload=big)
     admin.create(
         f"/api/v1/namespaces/{ns}/configmaps",
-        {"metadata": {"name": "intl", "annotations": {"team": "チーム・データ", "owner": "Zoë Ñúñez 🚀"}}, "data": {"greeting": "grüße, héllo wörld ✓"}},
+        {
+            "metadata": {"name": "intl", "annotations": {"team": "チーム・データ", "owner": "Zoë Ñúñez 🚀"}},
+            "data": {"greeting": "grüße, héllo wörld ✓"},
+        },
     )
-    result = sync(tmp_path, dsn, {"kubeconfig": str(planes.kubeconfig), "contexts": ["prod"], "cache_path": str(tmp_path / "c.db")})
+    result = sync(
+        tmp_path,
+        dsn,
+        {"kubeconfig": str(planes.kubeconfig), "contexts": ["prod"], "cache_path": str(tmp_path / "c.db")},
+    )
     assert result.returncode == 0, result.output[-3000:]
     with psycopg.connect(dsn) as conn:
-        size = conn.execute("SELECT data_keys FROM k8s_configmaps WHERE namespace = %s AND name = 'big'", (ns,)).fetchone()
-        intl = conn.execute("SELECT annotations, data_keys FROM k8s_configmaps WHERE namespace = %s AND name = 'intl'", (ns,)).fetchone()
+        size = conn.execute(
+            "SELECT data_keys FROM k8s_configmaps WHERE namespace = %s AND name = 'big'", (ns,)
+        ).fetchone()
+        intl = conn.execute(
+            "SELECT annotations, data_keys FROM k8s_configmaps WHERE namespace = %s AND name = 'intl'", (ns,)
+        ).fetchone()
     assert size == (["payload"],)
     assert intl == ({"team": "チーム・データ", "owner": "Zoë Ñúñez 🚀"}, ["greeting"])
     assert_pg_equals_api(dsn, planes, ["prod"])
@@ -168,7 +222,12 @@ def test_canaries_never_leak_to_cache_postgres_logs_or_metrics(
     admin.create(
         f"/api/v1/namespaces/{ns}/secrets",
         {
-            "metadata": {"name": "db", "annotations": {"kubectl.kubernetes.io/last-applied-configuration": f'{{"stringData":{{"pw":"{secret_canary}"}}}}'}},
+            "metadata": {
+                "name": "db",
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": f'{{"stringData":{{"pw":"{secret_canary}"}}}}'
+                },
+            },
             "stringData": {"pw": secret_canary},
         },
     )
@@ -176,12 +235,17 @@ def test_canaries_never_leak_to_cache_postgres_logs_or_metrics(
     token_canary = server.admin_token
     cache = tmp_path / "audit" / "cache.db"
     daemon = start_daemon(planes.kubeconfig, cache, "dev")
-    eventually(lambda: cache.exists() and b"db" in cache.read_bytes() + Path(str(cache) + "-wal").read_bytes(), what="secret cached")
+    eventually(
+        lambda: cache.exists() and b"db" in cache.read_bytes() + Path(str(cache) + "-wal").read_bytes(),
+        what="secret cached",
+    )
     result = sync(tmp_path, dsn, {}, registry="grpc", path=f"127.0.0.1:{daemon.grpc_port}")
     assert result.returncode == 0, result.output[-3000:]
     _, metrics = daemon.http("/metrics")
     with psycopg.connect(dsn) as conn:
-        dump = "\n".join(str(r) for t in pg_tables(dsn) for r in conn.execute(f"SELECT * FROM {t}").fetchall())
+        dump = "\n".join(
+            str(r) for t in pg_tables(dsn) for r in conn.execute(f"SELECT * FROM {t}").fetchall()
+        )
     assert "db" in dump  # the secret's metadata arrived
     daemon.terminate()
     haystacks = {
@@ -194,7 +258,9 @@ def test_canaries_never_leak_to_cache_postgres_logs_or_metrics(
     for canary in (secret_canary, token_canary):
         for where, blob in haystacks.items():
             assert canary.encode() not in blob, f"{canary[:12]}... leaked into {where}"
-            assert base64.b64encode(canary.encode()) not in blob, f"{canary[:12]}... (base64) leaked into {where}"
+            assert base64.b64encode(canary.encode()) not in blob, (
+                f"{canary[:12]}... (base64) leaked into {where}"
+            )
 
 
 def test_listeners_bind_loopback_by_default(planes: ControlPlanes, tmp_path: Path) -> None:
@@ -244,7 +310,9 @@ def _listening_addresses(pid: int) -> dict[int, str]:
             if len(raw) == 4:
                 addr = socket.inet_ntop(socket.AF_INET, raw[::-1])
             else:  # four little-endian 32-bit words
-                addr = socket.inet_ntop(socket.AF_INET6, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
+                addr = socket.inet_ntop(
+                    socket.AF_INET6, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                )
             found[port] = addr
     return found
 
@@ -261,7 +329,9 @@ def test_container_runs_as_non_root_and_rbac_is_read_only() -> None:
     assert verbs == {"get", "list", "watch"}
 
 
-def test_cache_locked_by_another_writer_fails_clearly(planes: ControlPlanes, dsn: str, tmp_path: Path) -> None:
+def test_cache_locked_by_another_writer_fails_clearly(
+    planes: ControlPlanes, dsn: str, tmp_path: Path
+) -> None:
     import sqlite3
 
     from watcher.state import CacheStore
@@ -271,12 +341,18 @@ def test_cache_locked_by_another_writer_fails_clearly(planes: ControlPlanes, dsn
     holder = sqlite3.connect(cache, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock throughout
     try:
-        result = sync(tmp_path, dsn, {"kubeconfig": str(planes.kubeconfig), "contexts": ["prod"], "cache_path": str(cache)})
+        result = sync(
+            tmp_path,
+            dsn,
+            {"kubeconfig": str(planes.kubeconfig), "contexts": ["prod"], "cache_path": str(cache)},
+        )
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert result.returncode != 0
-    assert f"cache file {cache} cannot be written" in result.output and "database is locked" in result.output, result.output[-2000:]
+    assert (
+        f"cache file {cache} cannot be written" in result.output and "database is locked" in result.output
+    ), result.output[-2000:]
     assert not any(t.startswith("k8s_") for t in pg_tables(dsn))
 
 
@@ -288,11 +364,21 @@ def test_ten_thousand_namespaces_in_one_context(dsn: str, tmp_path: Path) -> Non
     with control_planes(["big"], workdir=tmp_path / "kube") as big:
         admin = big.servers["big"].admin()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda i: admin.create("/api/v1/namespaces", {"metadata": {"name": f"team-{i:05d}"}}), range(10_000)))
+            list(
+                pool.map(
+                    lambda i: admin.create("/api/v1/namespaces", {"metadata": {"name": f"team-{i:05d}"}}),
+                    range(10_000),
+                )
+            )
         spec = {"kubeconfig": str(big.kubeconfig), "contexts": ["big"], "cache_path": str(tmp_path / "c.db")}
         result = sync(tmp_path, dsn, spec, tables=["k8s_clusters", "k8s_namespaces"])
         assert result.returncode == 0, result.output[-3000:]
         expected = {i["metadata"]["uid"] for i in admin.list("/api/v1/namespaces")["items"]}
     with psycopg.connect(dsn) as conn:
-        rows = {r[0] for r in conn.execute("SELECT uid::text FROM k8s_namespaces WHERE context_name = 'big'").fetchall()}
+        rows = {
+            r[0]
+            for r in conn.execute(
+                "SELECT uid::text FROM k8s_namespaces WHERE context_name = 'big'"
+            ).fetchall()
+        }
     assert len(expected) >= 10_004 and rows == expected

@@ -44,7 +44,9 @@ def watcher_requests(planes: ControlPlanes, since: float, verbs: set[str]) -> li
         for e in server.audit_events():
             if not e.get("userAgent", "").startswith("k8s-watcher/"):
                 continue
-            received = datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+            received = datetime.fromisoformat(
+                e["requestReceivedTimestamp"].replace("Z", "+00:00")
+            ).timestamp()
             if received >= since and e["verb"] in verbs:
                 out.append(f"{server.name} {e['verb']} {e['requestURI']}")
     return out
@@ -56,16 +58,24 @@ def _populate(planes: ControlPlanes, contexts: list[str]) -> str:
         admin = planes.servers[ctx].admin()
         namespace(admin, ns)
         for i in range(3):
-            admin.create(f"/api/v1/namespaces/{ns}/pods", {"metadata": {"name": f"p{i}"}, "spec": {"containers": [{"name": "c", "image": f"img:{i}"}]}})
+            admin.create(
+                f"/api/v1/namespaces/{ns}/pods",
+                {"metadata": {"name": f"p{i}"}, "spec": {"containers": [{"name": "c", "image": f"img:{i}"}]}},
+            )
             configmap(admin, ns, f"cm{i}", k=str(i))
-        admin.create(f"/api/v1/namespaces/{ns}/secrets", {"metadata": {"name": "s"}, "stringData": {"password": "hunter2-canary"}})
+        admin.create(
+            f"/api/v1/namespaces/{ns}/secrets",
+            {"metadata": {"name": "s"}, "stringData": {"password": "hunter2-canary"}},
+        )
     return ns
 
 
 # --------------------------------------------------------------------------- tests
 
 
-def test_local_registry_relists_without_cache_and_delivers_everything(planes: ControlPlanes, dsn: str, tmp_path: Path) -> None:
+def test_local_registry_relists_without_cache_and_delivers_everything(
+    planes: ControlPlanes, dsn: str, tmp_path: Path
+) -> None:
     ns = _populate(planes, ["dev", "prod"])
     cache = tmp_path / "no-daemon" / "cache.db"
     assert not cache.exists()
@@ -75,7 +85,9 @@ def test_local_registry_relists_without_cache_and_delivers_everything(planes: Co
     assert "relisting" in result.output  # the fallback said what it did
     assert_pg_equals_api(dsn, planes, ["dev", "prod"])
     with psycopg.connect(dsn) as conn:
-        clusters = conn.execute("SELECT context_name, kubernetes_version, server FROM k8s_clusters ORDER BY 1").fetchall()
+        clusters = conn.execute(
+            "SELECT context_name, kubernetes_version, server FROM k8s_clusters ORDER BY 1"
+        ).fetchall()
         joined = conn.execute(
             "SELECT c.context_name, c.kubernetes_version, n.name, p.name FROM k8s_clusters c "
             "JOIN k8s_namespaces n ON c.context_name = n.context_name "
@@ -83,8 +95,13 @@ def test_local_registry_relists_without_cache_and_delivers_everything(planes: Co
             "WHERE n.name = %s ORDER BY 1, 4",
             (ns,),
         ).fetchall()
-        images = conn.execute("SELECT images, phase FROM k8s_pods WHERE namespace = %s AND name = 'p1' AND context_name = 'dev'", (ns,)).fetchone()
-        secret = conn.execute("SELECT spec, status, name FROM k8s_secrets WHERE namespace = %s AND context_name = 'dev'", (ns,)).fetchone()
+        images = conn.execute(
+            "SELECT images, phase FROM k8s_pods WHERE namespace = %s AND name = 'p1' AND context_name = 'dev'",
+            (ns,),
+        ).fetchone()
+        secret = conn.execute(
+            "SELECT spec, status, name FROM k8s_secrets WHERE namespace = %s AND context_name = 'dev'", (ns,)
+        ).fetchone()
     assert [c[:2] for c in clusters] == [("dev", "v1.37.2"), ("prod", "v1.37.2")]
     assert [c[2] for c in clusters] == [planes.servers["dev"].client_url, planes.servers["prod"].client_url]
     assert joined == [(ctx, "v1.37.2", ns, f"p{i}") for ctx in ("dev", "prod") for i in range(3)]
@@ -121,9 +138,16 @@ def test_grpc_daemon_warm_sync_updates_deletes_restart(
     assert_pg_equals_api(dsn, planes, ["dev", "prod"])
     with psycopg.connect(dsn) as conn:
         data = conn.execute(
-            "SELECT resource_version FROM k8s_configmaps WHERE namespace = %s AND name = 'cm2' AND context_name = 'dev'", (ns,)
+            "SELECT resource_version FROM k8s_configmaps WHERE namespace = %s AND name = 'cm2' AND context_name = 'dev'",
+            (ns,),
         ).fetchone()
-    assert data is not None and data[0] == planes.servers["dev"].admin().get(f"/api/v1/namespaces/{ns}/configmaps/cm2")["metadata"]["resourceVersion"]
+    assert (
+        data is not None
+        and data[0]
+        == planes.servers["dev"]
+        .admin()
+        .get(f"/api/v1/namespaces/{ns}/configmaps/cm2")["metadata"]["resourceVersion"]
+    )
 
     code, health = daemon.http("/healthz")
     assert code == 200 and "watching=" in health
@@ -141,8 +165,15 @@ def test_grpc_daemon_warm_sync_updates_deletes_restart(
     again = start_daemon(planes.kubeconfig, cache, "dev,prod")
     informers = again.status(cache)["informers"]
     assert informers and all(i["lists"] == 0 and i["state"] == "watching" for i in informers), informers
-    assert [r for r in watcher_requests(planes, restarted_at, {"list", "watch"}) if " list " in r or "sendInitialEvents" in r] == []
-    eventually(lambda: "while-down" in {n for n in cached_names(cache, "configmaps", "dev", ns)}, what="resumed watch")
+    assert [
+        r
+        for r in watcher_requests(planes, restarted_at, {"list", "watch"})
+        if " list " in r or "sendInitialEvents" in r
+    ] == []
+    eventually(
+        lambda: "while-down" in {n for n in cached_names(cache, "configmaps", "dev", ns)},
+        what="resumed watch",
+    )
 
 
 def cached_pod_uids(cache: Path, ns: str) -> list[str]:
@@ -150,7 +181,12 @@ def cached_pod_uids(cache: Path, ns: str) -> list[str]:
 
     con = sqlite3.connect(f"file:{cache}?mode=ro", uri=True)
     try:
-        return [r[0] for r in con.execute("SELECT uid FROM objects WHERE resource='pods' AND namespace=? AND deleted=0", (ns,))]
+        return [
+            r[0]
+            for r in con.execute(
+                "SELECT uid FROM objects WHERE resource='pods' AND namespace=? AND deleted=0", (ns,)
+            )
+        ]
     finally:
         con.close()
 
@@ -172,10 +208,18 @@ def test_incremental_mode_emits_only_changes_and_propagates_deletes(
     ns = _populate(planes, ["dev", "prod"])
     cache = tmp_path / "inc" / "cache.db"
     daemon = start_daemon(planes.kubeconfig, cache, "dev,prod")
-    source = {"registry": "grpc", "path": f"127.0.0.1:{daemon.grpc_port}", "with_state_backend": True, "write_mode": "overwrite"}
+    source = {
+        "registry": "grpc",
+        "path": f"127.0.0.1:{daemon.grpc_port}",
+        "with_state_backend": True,
+        "write_mode": "overwrite",
+    }
     # Leases are renewed by the API servers every few seconds: leave them out so that
     # "nothing changed" is true and the counts below are exact.
-    spec = {"incremental": True, "tables": ["k8s_clusters", "k8s_namespaces", "k8s_pods", "k8s_configmaps", "k8s_secrets"]}
+    spec = {
+        "incremental": True,
+        "tables": ["k8s_clusters", "k8s_namespaces", "k8s_pods", "k8s_configmaps", "k8s_secrets"],
+    }
     full = sync(tmp_path, dsn, spec, **source)
     assert full.returncode == 0, full.output[-3000:]
     assert_pg_equals_api(dsn, planes, ["dev", "prod"])
@@ -193,7 +237,11 @@ def test_incremental_mode_emits_only_changes_and_propagates_deletes(
     admin.delete(f"/api/v1/namespaces/{ns}/configmaps/cm1")
     admin.delete(f"/api/v1/namespaces/{ns}/pods/p2")
     planes.servers["prod"].admin().delete(f"/api/v1/namespaces/{ns}/secrets/s")
-    eventually(lambda: "inc-b" in cached_names(cache, "configmaps", "dev", ns) and len(cached_pod_uids(cache, ns)) == 5)
+    eventually(
+        lambda: (
+            "inc-b" in cached_names(cache, "configmaps", "dev", ns) and len(cached_pod_uids(cache, ns)) == 5
+        )
+    )
     time.sleep(0.5)
     delta = sync(tmp_path, dsn, spec, **source)
     assert delta.returncode == 0, delta.output[-3000:]
@@ -236,16 +284,24 @@ def test_test_connection_reports_unreachable_context(planes: ControlPlanes, tmp_
     spec = {"kubeconfig": str(planes.kubeconfig), "contexts": ["dev", "prod"]}
     ok = run_cloudquery(["test-connection"], workdir=tmp_path / "ok", configs=[source_config(spec)])
     assert ok.returncode == 0, ok.output[-2000:]
-    kubeconfig = kubeconfig_with(planes, tmp_path / "kubeconfig", {"gone": (unreachable_cluster(), {"token": "x"})})
+    kubeconfig = kubeconfig_with(
+        planes, tmp_path / "kubeconfig", {"gone": (unreachable_cluster(), {"token": "x"})}
+    )
     bad = run_cloudquery(
-        ["test-connection"], workdir=tmp_path / "bad", configs=[source_config({"kubeconfig": str(kubeconfig), "contexts": ["dev", "gone"]})]
+        ["test-connection"],
+        workdir=tmp_path / "bad",
+        configs=[source_config({"kubeconfig": str(kubeconfig), "contexts": ["dev", "gone"]})],
     )
     assert bad.returncode != 0
     assert "gone: connection error" in bad.output, bad.output[-2000:]
 
 
-def test_one_unreachable_context_does_not_spoil_the_sync(planes: ControlPlanes, dsn: str, tmp_path: Path) -> None:
-    kubeconfig = kubeconfig_with(planes, tmp_path / "kubeconfig", {"gone": (unreachable_cluster(), {"token": "x"})})
+def test_one_unreachable_context_does_not_spoil_the_sync(
+    planes: ControlPlanes, dsn: str, tmp_path: Path
+) -> None:
+    kubeconfig = kubeconfig_with(
+        planes, tmp_path / "kubeconfig", {"gone": (unreachable_cluster(), {"token": "x"})}
+    )
     spec = {"kubeconfig": str(kubeconfig), "contexts": ["prod", "gone"], "cache_path": str(tmp_path / "c.db")}
     result = sync(tmp_path, dsn, spec)
     assert result.returncode == 0, result.output[-3000:]
@@ -254,4 +310,3 @@ def test_one_unreachable_context_does_not_spoil_the_sync(planes: ControlPlanes, 
     with psycopg.connect(dsn) as conn:
         rows = dict(conn.execute("SELECT context_name, last_error FROM k8s_clusters").fetchall())
     assert rows["prod"] is None and "connection error" in (rows["gone"] or "")
-

@@ -535,7 +535,18 @@ def test_document_then_rows_to_batch() -> None:
     u1, u2 = uuid.uuid4(), uuid.uuid4()
     when = dt.datetime(2026, 11, 26, 5, 6, 7, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     docs = [
-        document({"uid": str(u1), "name": "x", "count": 7, "flag": True, "info": {"k": [1, 2]}, "tags": ["t1"], "at": when}, cols),
+        document(
+            {
+                "uid": str(u1),
+                "name": "x",
+                "count": 7,
+                "flag": True,
+                "info": {"k": [1, 2]},
+                "tags": ["t1"],
+                "at": when,
+            },
+            cols,
+        ),
         document({"uid": str(u2)}, cols),
     ]
     batch = rows_to_batch(schema, "ctx", docs)
@@ -998,7 +1009,9 @@ def test_reopen_keeps_seq_and_cache_id(tmp_path: Path) -> None:
         s2.close()
 
 
-def test_a_write_that_keeps_failing_is_counted_not_silently_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_that_keeps_failing_is_counted_not_silently_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import watcher.state as state_module
 
     monkeypatch.setattr(state_module.time, "sleep", lambda _s: None)  # no retry delays in a unit test
@@ -1069,7 +1082,9 @@ class ScriptedClient:
         return self._stream
 
 
-def _scripted_informer(store: CacheStore, stream: ScriptedStream, *, resume_from: str | None = None) -> ResourceInformer:
+def _scripted_informer(
+    store: CacheStore, stream: ScriptedStream, *, resume_from: str | None = None
+) -> ResourceInformer:
     return ResourceInformer(
         client=ScriptedClient(stream),  # type: ignore[arg-type]
         descriptor=CMS, store=store, options=informers.InformerOptions(), resume_from=resume_from,

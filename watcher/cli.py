@@ -111,11 +111,22 @@ def _status(args: argparse.Namespace) -> int:
         counts = state.count_rows(conn)
     now = time.time()
     if args.json:
-        print(json.dumps({"daemon_heartbeat_age": now - heartbeat if heartbeat else None, "informers": rows, "rows": counts}, default=str))
+        print(
+            json.dumps(
+                {
+                    "daemon_heartbeat_age": now - heartbeat if heartbeat else None,
+                    "informers": rows,
+                    "rows": counts,
+                },
+                default=str,
+            )
+        )
         return 0
     alive = f"{now - heartbeat:.0f}s ago" if heartbeat else "never"
     print(f"cache {path}: {sum(counts.values())} objects; daemon heartbeat {alive}")
-    print(f"{'CONTEXT':<20} {'RESOURCE':<45} {'STATE':<10} {'RV':<12} {'EVENTS':>8} {'LISTS':>6} {'RELISTS':>8} {'ERRORS':>7}  LAST ERROR")
+    print(
+        f"{'CONTEXT':<20} {'RESOURCE':<45} {'STATE':<10} {'RV':<12} {'EVENTS':>8} {'LISTS':>6} {'RELISTS':>8} {'ERRORS':>7}  LAST ERROR"
+    )
     for r in rows:
         print(
             f"{r['context']:<20} {r['resource']:<45} {r['state']:<10} {r['resource_version'] or '-'!s:<12} "

@@ -76,7 +76,9 @@ class _MetricsCollector:
     def collect(self) -> Iterator[Any]:
         statuses = self.daemon.manager.statuses()
         labels = ["context", "resource"]
-        state_g = GaugeMetricFamily("k8s_watcher_informer_state", "1 for the informer's current state", labels=[*labels, "state"])
+        state_g = GaugeMetricFamily(
+            "k8s_watcher_informer_state", "1 for the informer's current state", labels=[*labels, "state"]
+        )
         families = {
             name: CounterMetricFamily(f"k8s_watcher_{name}", help_, labels=labels)
             for name, help_ in (
@@ -98,7 +100,9 @@ class _MetricsCollector:
             for table, n in state.count_rows(conn).items():
                 rows.add_metric([table], n)
         yield rows
-        yield GaugeMetricFamily("k8s_watcher_cache_seq", "Newest change sequence number", value=self.daemon.store.seq)
+        yield GaugeMetricFamily(
+            "k8s_watcher_cache_seq", "Newest change sequence number", value=self.daemon.store.seq
+        )
 
 
 def _http_handler(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
@@ -169,14 +173,20 @@ class Daemon:
         self.config = config
         contexts = resolve_contexts(config.kubeconfig, config.contexts)
         self.store = CacheStore(config.cache_path)
-        self.manager = InformerManager(clients=[KubeClient(config.kubeconfig, c) for c in contexts], store=self.store)
+        self.manager = InformerManager(
+            clients=[KubeClient(config.kubeconfig, c) for c in contexts], store=self.store
+        )
         self.registry = CollectorRegistry()
         self.registry.register(_MetricsCollector(self))
         self.sync_seconds = Histogram(
             "k8s_watcher_sync_duration_seconds", "Duration of plugin syncs served", registry=self.registry
         )
         self.plugin = Plugin(
-            defaults={"kubeconfig": str(config.kubeconfig), "cache_path": str(config.cache_path), "contexts": contexts},
+            defaults={
+                "kubeconfig": str(config.kubeconfig),
+                "cache_path": str(config.cache_path),
+                "contexts": contexts,
+            },
             on_sync_done=self._sync_done,
         )
         self.scheduler = BackgroundScheduler(timezone="UTC")
@@ -219,14 +229,21 @@ class Daemon:
         self.manager.request_relist_all()
 
     def _start_jobs(self) -> None:
-        self.scheduler.add_job(self.store.heartbeat, "interval", seconds=self.config.heartbeat_interval, id="heartbeat")
         self.scheduler.add_job(
-            self._purge_tombstones, "interval", seconds=purge_interval(self.config.tombstone_retention), id="tombstones"
+            self.store.heartbeat, "interval", seconds=self.config.heartbeat_interval, id="heartbeat"
+        )
+        self.scheduler.add_job(
+            self._purge_tombstones,
+            "interval",
+            seconds=purge_interval(self.config.tombstone_retention),
+            id="tombstones",
         )
         self.scheduler.add_job(self.store.checkpoint_wal, "interval", minutes=5, id="wal-checkpoint")
         self.scheduler.add_job(trim_memory, "interval", seconds=30, id="trim-memory")
         if self.config.relist_interval > 0:
-            self.scheduler.add_job(self._relist_all, "interval", seconds=self.config.relist_interval, id="relist")
+            self.scheduler.add_job(
+                self._relist_all, "interval", seconds=self.config.relist_interval, id="relist"
+            )
         # The first (time, seq) sample, taken before the scheduler's thread can run the
         # same job: the samples are not shared between threads.
         self._purge_tombstones()
@@ -243,7 +260,11 @@ class Daemon:
         self._start_jobs()
         # The initial lists parse every object once; hand that memory back as soon as
         # they are in, not at the next periodic trim.
-        threading.Thread(target=lambda: self.manager.wait_synced(3600) and trim_memory(), name="trim-after-sync", daemon=True).start()
+        threading.Thread(
+            target=lambda: self.manager.wait_synced(3600) and trim_memory(),
+            name="trim-after-sync",
+            daemon=True,
+        ).start()
         host, port = _split(self.config.grpc_address)
         self.grpc = serve_plugin(self.plugin, f"{host}:{port}")
         log.info(

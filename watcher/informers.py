@@ -183,7 +183,9 @@ class ResourceInformer:
             try:
                 self._sync_once()
             except WatchExpired as exc:
-                log.info("%s: resourceVersion %s expired (%s); relisting", self.name, self.resource_version, exc)
+                log.info(
+                    "%s: resourceVersion %s expired (%s); relisting", self.name, self.resource_version, exc
+                )
                 self.resource_version = None
                 self._consistent_list = True
                 self.status.relists += 1
@@ -200,7 +202,12 @@ class ResourceInformer:
                     break
                 self.status.errors += 1
                 if exc.status in (401, 403):
-                    log.warning("%s: %s; parked as forbidden, retrying in %.0fs", self.name, exc, self.options.forbidden_retry)
+                    log.warning(
+                        "%s: %s; parked as forbidden, retrying in %.0fs",
+                        self.name,
+                        exc,
+                        self.options.forbidden_retry,
+                    )
                     self._set_state("forbidden", str(exc))
                     self.stop_event.wait(self.options.forbidden_retry)
                     continue
@@ -211,7 +218,14 @@ class ResourceInformer:
                     continue
                 delay = self.backoff.next_delay()
                 state = "backoff" if exc.status in (0, 429) or exc.status >= 500 else "error"
-                log.warning("%s: %s; %s for %.1fs, then re-watch from RV %s", self.name, exc, state, delay, self.resource_version)
+                log.warning(
+                    "%s: %s; %s for %.1fs, then re-watch from RV %s",
+                    self.name,
+                    exc,
+                    state,
+                    delay,
+                    self.resource_version,
+                )
                 self._set_state(state, str(exc))
                 self.stop_event.wait(delay)
             except Exception as exc:
@@ -320,7 +334,10 @@ class ResourceInformer:
         try:
             try:
                 events = self.client.stream(
-                    desc.collection_path(), query, accept=accept, read_timeout=timeout + self.options.read_timeout_slack
+                    desc.collection_path(),
+                    query,
+                    accept=accept,
+                    read_timeout=timeout + self.options.read_timeout_slack,
                 )
             except ApiError as exc:
                 if exc.status == 410:
@@ -357,7 +374,9 @@ class ResourceInformer:
         # stream lists does that. We closed it ourselves on stop or on a relist request
         # (the loop then starts a new streaming list): that says nothing about the server.
         if gen is not None and not self.stop_event.is_set() and not self._relist_requested:
-            raise StreamingListUnsupported("the server ended the watch before the initial-events-end bookmark")
+            raise StreamingListUnsupported(
+                "the server ended the watch before the initial-events-end bookmark"
+            )
 
     def _apply_batch(
         self, batch: list[dict[str, Any]], gen: int | None, initial: list[dict[str, Any]]
@@ -385,7 +404,10 @@ class ResourceInformer:
                 if len(initial) >= self.options.initial_flush:
                     self.store.relist_page(self.client.context, desc, initial, gen)
                     initial = []
-            elif kind == "BOOKMARK" and (obj["metadata"].get("annotations") or {}).get(INITIAL_EVENTS_END) == "true":
+            elif (
+                kind == "BOOKMARK"
+                and (obj["metadata"].get("annotations") or {}).get(INITIAL_EVENTS_END) == "true"
+            ):
                 # The initial state is complete: the cache equals it as of this RV.
                 self.store.relist_page(self.client.context, desc, initial, gen)
                 self.resource_version = rv

@@ -159,7 +159,11 @@ class KubeClient:
 
     def _headers(self, accept: str) -> dict[str, str]:
         headers = {"Accept": accept, "User-Agent": f"k8s-watcher/{__version__}"}
-        token = self._file_token() if self._token_file else self.configuration.get_api_key_with_prefix("BearerToken")
+        token = (
+            self._file_token()
+            if self._token_file
+            else self.configuration.get_api_key_with_prefix("BearerToken")
+        )
         if token:
             headers["Authorization"] = token
         return headers
@@ -197,7 +201,9 @@ class KubeClient:
             raise ApiError(resp.status, resp.reason or "", message)
         return resp
 
-    def get(self, path: str, query: Mapping[str, Any] | None = None, *, accept: str = JSON, timeout: float = 60) -> Any:
+    def get(
+        self, path: str, query: Mapping[str, Any] | None = None, *, accept: str = JSON, timeout: float = 60
+    ) -> Any:
         """One GET, parsed. Transport errors and HTTP >= 400 raise :class:`ApiError`."""
         resp = self._open(path, query or {}, accept=accept, timeout=urllib3.Timeout(connect=10, read=timeout))
         try:

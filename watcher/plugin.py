@@ -74,7 +74,13 @@ class CacheRefresher:
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
 
-    def stale(self, fresh: list[Freshness], contexts: list[str], resources: list[ResourceDescriptor], heartbeat: float) -> dict[str, list[ResourceDescriptor]]:
+    def stale(
+        self,
+        fresh: list[Freshness],
+        contexts: list[str],
+        resources: list[ResourceDescriptor],
+        heartbeat: float,
+    ) -> dict[str, list[ResourceDescriptor]]:
         now = time.time()
         daemon_alive = now - heartbeat < self.spec.max_staleness
         by_key = {(f.context, f.resource): f for f in fresh}
@@ -94,7 +100,9 @@ class CacheRefresher:
                 todo.setdefault(ctx, []).append(desc)
         return todo
 
-    def relist(self, todo: dict[str, list[ResourceDescriptor]], *, with_custom_objects: bool) -> dict[str, str]:
+    def relist(
+        self, todo: dict[str, list[ResourceDescriptor]], *, with_custom_objects: bool
+    ) -> dict[str, str]:
         """Relist into the cache; returns the contexts that failed, with the reason."""
         failures: dict[str, str] = {}
         store = CacheStore(self.spec.cache_path)
@@ -114,7 +122,12 @@ class CacheRefresher:
         return failures
 
     def _relist_context(
-        self, store: CacheStore, ctx: str, descs: list[ResourceDescriptor], options: InformerOptions, with_custom: bool
+        self,
+        store: CacheStore,
+        ctx: str,
+        descs: list[ResourceDescriptor],
+        options: InformerOptions,
+        with_custom: bool,
     ) -> str | None:
         try:
             client = KubeClient(self.spec.kubeconfig, ctx)
@@ -128,7 +141,9 @@ class CacheRefresher:
                 # credentials): listing 30 resources would fail 30 times more slowly.
                 return error
             with ThreadPoolExecutor(max_workers=self.spec.concurrency) as pool:
-                for desc, error in zip(descs, pool.map(lambda d: _relist_one(client, store, d, options), descs), strict=True):
+                for desc, error in zip(
+                    descs, pool.map(lambda d: _relist_one(client, store, d, options), descs), strict=True
+                ):
                     if error:
                         errors.append(f"{desc.key}: {error}")
             if with_custom and CRD in descs:
@@ -147,7 +162,9 @@ class CacheRefresher:
         return None
 
 
-def _relist_one(client: KubeClient, store: CacheStore, desc: ResourceDescriptor, options: InformerOptions) -> str | None:
+def _relist_one(
+    client: KubeClient, store: CacheStore, desc: ResourceDescriptor, options: InformerOptions
+) -> str | None:
     informer = ResourceInformer(client=client, descriptor=desc, store=store, options=options, streaming=False)
     try:
         informer.relist()
@@ -180,12 +197,20 @@ def _delete_where(table: str, context: str, uid: str | None = None) -> plugin_pb
     if uid is not None:
         uid_array = uuid_bytes(pa.array([uid], pa.string()))
         predicates.append(
-            plugin_pb2.Predicate(operator=plugin_pb2.Predicate.Operator.EQ, column="uid", record=_value_record("uid", uid_array))
+            plugin_pb2.Predicate(
+                operator=plugin_pb2.Predicate.Operator.EQ,
+                column="uid",
+                record=_value_record("uid", uid_array),
+            )
         )
     return plugin_pb2.Sync.Response(
         delete_record=plugin_pb2.Sync.MessageDeleteRecord(
             table_name=table,
-            where_clause=[plugin_pb2.PredicatesGroup(grouping_type=plugin_pb2.PredicatesGroup.GroupingType.AND, predicates=predicates)],
+            where_clause=[
+                plugin_pb2.PredicatesGroup(
+                    grouping_type=plugin_pb2.PredicatesGroup.GroupingType.AND, predicates=predicates
+                )
+            ],
         )
     )
 
@@ -234,13 +259,21 @@ class Plugin:
         for ctx, why in failures.items():
             log.error("context %s could not be synced: %s", ctx, why)
             if request.withErrorMessages:
-                yield plugin_pb2.Sync.Response(error=plugin_pb2.Sync.MessageError(table_name=CLUSTERS_TABLE, error=f"{ctx}: {why}"))
-        state = _CursorState(request.backend, supports_checkpoints=request.supports_checkpoints) if spec.incremental else None
+                yield plugin_pb2.Sync.Response(
+                    error=plugin_pb2.Sync.MessageError(table_name=CLUSTERS_TABLE, error=f"{ctx}: {why}")
+                )
+        state = (
+            _CursorState(request.backend, supports_checkpoints=request.supports_checkpoints)
+            if spec.incremental
+            else None
+        )
         with SnapshotReader.open(spec.cache_path, batch_max_rows=spec.batch_max_rows) as snap:
             since = state.since(snap) if state else None
             for table in tables:
                 yield plugin_pb2.Sync.Response(
-                    migrate_table=plugin_pb2.Sync.MessageMigrateTable(table=arrow.schema_to_bytes(schema_for(table)))
+                    migrate_table=plugin_pb2.Sync.MessageMigrateTable(
+                        table=arrow.schema_to_bytes(schema_for(table))
+                    )
                 )
             rows = deletes = 0
             # A context that could not be refreshed still sends what the cache holds for
@@ -257,7 +290,9 @@ class Plugin:
                         # cursor): the destination does not delete stale rows in overwrite
                         # mode, so clear this context's rows first.
                         yield _delete_where(table, ctx)
-                    for batch in snap.batches(table, ctx, since_seq=since if table != CLUSTERS_TABLE else None):
+                    for batch in snap.batches(
+                        table, ctx, since_seq=since if table != CLUSTERS_TABLE else None
+                    ):
                         rows += batch.num_rows
                         yield _insert(batch)
             mode = "full snapshot" if since is None else f"changes since seq {since}"
@@ -308,7 +343,9 @@ class _CursorState:
         self.enabled = bool(backend.table_name)
         self.supports_checkpoints = supports_checkpoints
         if not self.enabled:
-            log.warning("incremental mode without a state backend (backend_options): every sync is a full snapshot")
+            log.warning(
+                "incremental mode without a state backend (backend_options): every sync is a full snapshot"
+            )
 
     def since(self, snap: SnapshotReader) -> int | None:
         raw = self.client.get_key(CURSOR_KEY) if self.enabled else None
@@ -321,7 +358,11 @@ class _CursorState:
             log.info("incremental: the cursor belongs to another cache file, full snapshot")
             return None
         if seq < snap.purged_seq:
-            log.info("incremental: cursor %d is older than the retained change log (%d), full snapshot", seq, snap.purged_seq)
+            log.info(
+                "incremental: cursor %d is older than the retained change log (%d), full snapshot",
+                seq,
+                snap.purged_seq,
+            )
             return None
         if seq > snap.seq:
             log.info("incremental: cursor %d is ahead of the cache (%d), full snapshot", seq, snap.seq)
@@ -337,7 +378,9 @@ class _CursorState:
         value = f"{snap.cache_id}:{snap.seq}"
         if self.supports_checkpoints:
             record = self.client.table.record([(CURSOR_KEY, value)])
-            return plugin_pb2.Sync.Response(checkpoint=plugin_pb2.Sync.MessageCheckpoint(record=arrow.record_to_bytes(record)))
+            return plugin_pb2.Sync.Response(
+                checkpoint=plugin_pb2.Sync.MessageCheckpoint(record=arrow.record_to_bytes(record))
+            )
         self.client.set_key(CURSOR_KEY, value)
         self.client.flush()
         return None
@@ -396,9 +439,13 @@ class PluginServicer(plugin_pb2_grpc.PluginServicer):
                 except (ApiError, KubeconfigError) as exc:
                     problems.append(f"{ctx}: {exc}")
         except (SpecError, KubeconfigError) as exc:
-            return plugin_pb2.TestConnection.Response(success=False, failure_code="INVALID_SPEC", failure_description=str(exc))
+            return plugin_pb2.TestConnection.Response(
+                success=False, failure_code="INVALID_SPEC", failure_description=str(exc)
+            )
         if problems:
-            return plugin_pb2.TestConnection.Response(success=False, failure_code="UNREACHABLE", failure_description="; ".join(problems))
+            return plugin_pb2.TestConnection.Response(
+                success=False, failure_code="UNREACHABLE", failure_description="; ".join(problems)
+            )
         return plugin_pb2.TestConnection.Response(success=True)
 
     def Read(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -410,7 +457,6 @@ class PluginServicer(plugin_pb2_grpc.PluginServicer):
 
     def Close(self, request: Any, context: Any) -> Any:
         return plugin_pb2.Close.Response()
-
 
 
 def serve_plugin(plugin: Plugin, address: str, *, network: str = "tcp") -> grpc.Server:

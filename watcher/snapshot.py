@@ -61,7 +61,9 @@ CLUSTER_COLUMNS: tuple[Column, ...] = tuple(
 
 def schema_for(table: str) -> pa.Schema:
     if table == CLUSTERS_TABLE:
-        return table_schema(CLUSTERS_TABLE, CLUSTER_COLUMNS, "One row per kubeconfig context, with cache freshness")
+        return table_schema(
+            CLUSTERS_TABLE, CLUSTER_COLUMNS, "One row per kubeconfig context, with cache freshness"
+        )
     if table == CUSTOM_OBJECTS_TABLE:
         return custom_objects_schema()
     return descriptor_schema(BY_TABLE[table])
@@ -87,7 +89,12 @@ class SnapshotReader:
     """A consistent read of the cache file. Use as a context manager."""
 
     def __init__(
-        self, engine: Engine, *, batch_max_rows: int = 20_000, batch_max_bytes: int = 2 << 20, owns_engine: bool = False
+        self,
+        engine: Engine,
+        *,
+        batch_max_rows: int = 20_000,
+        batch_max_bytes: int = 2 << 20,
+        owns_engine: bool = False,
     ) -> None:
         self.engine = engine
         self.batch_max_rows = batch_max_rows
@@ -182,17 +189,23 @@ class SnapshotReader:
         return [str(u) for (u,) in result]
 
     def _cluster_batch(self, context: str) -> pa.RecordBatch:
-        info = self._conn.execute(select(clusters).where(clusters.c.context == context)).mappings().first() or {}
+        info = (
+            self._conn.execute(select(clusters).where(clusters.c.context == context)).mappings().first() or {}
+        )
         cps = state.read_checkpoints(self._conn, context)
         kube_system = self._conn.execute(
             select(objects.c.uid).where(
-                (objects.c.context == context) & (objects.c.resource == "namespaces")
-                & (objects.c.name == "kube-system") & (objects.c.deleted == False)  # noqa: E712
+                (objects.c.context == context)
+                & (objects.c.resource == "namespaces")
+                & (objects.c.name == "kube-system")
+                & (objects.c.deleted == False)  # noqa: E712
             )
         ).scalar_one_or_none()
         nodes = self._conn.execute(
             select(objects.c.uid).where(
-                (objects.c.context == context) & (objects.c.resource == NODES.key) & (objects.c.deleted == False)  # noqa: E712
+                (objects.c.context == context)
+                & (objects.c.resource == NODES.key)
+                & (objects.c.deleted == False)  # noqa: E712
             )
         ).all()
         now = time.time()

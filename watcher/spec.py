@@ -47,7 +47,10 @@ JSON_SCHEMA: dict[str, Any] = {
             "items": {"type": "string", "minLength": 1},
             "minItems": 1,
         },
-        "kubeconfig": {"description": "Path of the kubeconfig file (default: $KUBECONFIG or ~/.kube/config).", "type": "string"},
+        "kubeconfig": {
+            "description": "Path of the kubeconfig file (default: $KUBECONFIG or ~/.kube/config).",
+            "type": "string",
+        },
         "cache_path": {"description": "The SQLite cache file the daemon keeps warm.", "type": "string"},
         "incremental": {
             "description": "Emit only what changed (and deletions) since the last completed sync.",
@@ -57,8 +60,17 @@ JSON_SCHEMA: dict[str, Any] = {
             "description": "How old a context's cache may be without a live watch before a sync relists it (e.g. 90s, 10m, 1h).",
             "type": ["string", "number"],
         },
-        "concurrency": {"description": "Parallel LIST requests per context during a relist.", "type": "integer", "minimum": 1, "maximum": 64},
-        "batch_max_rows": {"description": "Rows per Arrow record batch at most.", "type": "integer", "minimum": 1},
+        "concurrency": {
+            "description": "Parallel LIST requests per context during a relist.",
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 64,
+        },
+        "batch_max_rows": {
+            "description": "Rows per Arrow record batch at most.",
+            "type": "integer",
+            "minimum": 1,
+        },
     },
 }
 
@@ -101,7 +113,9 @@ class Spec:
     batch_max_rows: int = 20_000
 
     @classmethod
-    def parse(cls, raw: bytes | str | dict[str, Any] | None, *, defaults: dict[str, Any] | None = None) -> Spec:
+    def parse(
+        cls, raw: bytes | str | dict[str, Any] | None, *, defaults: dict[str, Any] | None = None
+    ) -> Spec:
         if raw in (None, b"", "", b"null", "null"):
             data: Any = {}
         elif isinstance(raw, dict):
@@ -124,8 +138,12 @@ class Spec:
         return cls(
             contexts=tuple(data.get("contexts", ["*"])),
             tables=tables,
-            kubeconfig=Path(os.path.expanduser(data["kubeconfig"])) if "kubeconfig" in data else default_kubeconfig(),
-            cache_path=Path(os.path.expanduser(data["cache_path"])) if "cache_path" in data else default_cache_path(),
+            kubeconfig=Path(os.path.expanduser(data["kubeconfig"]))
+            if "kubeconfig" in data
+            else default_kubeconfig(),
+            cache_path=Path(os.path.expanduser(data["cache_path"]))
+            if "cache_path" in data
+            else default_cache_path(),
             incremental=bool(data.get("incremental", False)),
             max_staleness=parse_duration(data.get("max_staleness", "10m"), field_name="max_staleness"),
             concurrency=int(data.get("concurrency", 4)),
@@ -137,7 +155,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "spec"
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(JSON_SCHEMA["properties"]))
-        return f"unknown field(s) in spec: {', '.join(extra)} (allowed: {', '.join(JSON_SCHEMA['properties'])})"
+        return (
+            f"unknown field(s) in spec: {', '.join(extra)} (allowed: {', '.join(JSON_SCHEMA['properties'])})"
+        )
     if error.validator == "minItems" and error.instance == []:
         return f"{where}: must not be empty"
     return f"{where}: {error.message}"

@@ -269,10 +269,16 @@ class CacheStore:
         self._writer.start()
 
     def _prepare_file(self) -> None:
-        reason = _unusable_reason(self.path, thorough=True) if self.path.exists() and self.path.stat().st_size > 0 else None
+        reason = (
+            _unusable_reason(self.path, thorough=True)
+            if self.path.exists() and self.path.stat().st_size > 0
+            else None
+        )
         if reason:
             aside = self.path.with_name(f"{self.path.name}.unusable-{int(time.time())}")
-            log.error("cache file %s cannot be used (%s); moved aside to %s, rebuilding", self.path, reason, aside)
+            log.error(
+                "cache file %s cannot be used (%s); moved aside to %s, rebuilding", self.path, reason, aside
+            )
             shutil.move(self.path, aside)
             for suffix in ("-wal", "-shm"):
                 side = Path(str(self.path) + suffix)
@@ -320,7 +326,9 @@ class CacheStore:
             # Events were lost on the way to disk: the cache no longer follows the
             # watches. The informer manager sees this counter and relists everything.
             self.dropped_batches += 1
-            log.error("cache write of %d operations dropped after 5 attempts; informers will relist", len(batch))
+            log.error(
+                "cache write of %d operations dropped after 5 attempts; informers will relist", len(batch)
+            )
         for op in batch:
             if op.done is not None:
                 op.done.set()
@@ -366,7 +374,14 @@ class CacheStore:
 
     # -- object writes -------------------------------------------------------
 
-    def _upsert_rows(self, conn: Any, context: str, desc: ResourceDescriptor, objs: Sequence[dict[str, Any]], gen: int | None) -> None:
+    def _upsert_rows(
+        self,
+        conn: Any,
+        context: str,
+        desc: ResourceDescriptor,
+        objs: Sequence[dict[str, Any]],
+        gen: int | None,
+    ) -> None:
         if not objs:
             return
         rows = []
@@ -381,7 +396,9 @@ class CacheStore:
             )  # fmt: skip
         conn.exec_driver_sql(_UPSERT_OBJECT, rows)
 
-    def _tombstone(self, conn: Any, context: str, desc: ResourceDescriptor, objs: Sequence[dict[str, Any]]) -> None:
+    def _tombstone(
+        self, conn: Any, context: str, desc: ResourceDescriptor, objs: Sequence[dict[str, Any]]
+    ) -> None:
         rows = []
         for obj in objs:
             m = obj.get("metadata") or {}
@@ -419,7 +436,9 @@ class CacheStore:
         self._gen += 1
         return int(time.time() * 1000) * 1000 + self._gen
 
-    def relist_page(self, context: str, desc: ResourceDescriptor, items: Sequence[dict[str, Any]], gen: int) -> None:
+    def relist_page(
+        self, context: str, desc: ResourceDescriptor, items: Sequence[dict[str, Any]], gen: int
+    ) -> None:
         items = list(items)
         self._submit(lambda conn, store: store._upsert_rows(conn, context, desc, items, gen))
 
@@ -449,11 +468,17 @@ class CacheStore:
         def apply(conn: Any, store: CacheStore) -> None:
             conn.execute(
                 update(objects)
-                .where((objects.c.context == context) & (objects.c.resource == resource) & (objects.c.deleted == False))  # noqa: E712
+                .where(
+                    (objects.c.context == context)
+                    & (objects.c.resource == resource)
+                    & (objects.c.deleted == False)  # noqa: E712
+                )
                 .values(deleted=True, seq=store._next_seq())
             )
             conn.execute(
-                checkpoints.delete().where((checkpoints.c.context == context) & (checkpoints.c.resource == resource))
+                checkpoints.delete().where(
+                    (checkpoints.c.context == context) & (checkpoints.c.resource == resource)
+                )
             )
 
         self._submit(apply)
@@ -490,7 +515,9 @@ class CacheStore:
 
         def apply(conn: Any, _store: CacheStore) -> None:
             stmt = sqlite_insert(meta).values(key="daemon_heartbeat", value=now)
-            conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value}))
+            conn.execute(
+                stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value})
+            )
 
         self._submit(apply)
 
@@ -503,7 +530,9 @@ class CacheStore:
                 objects.delete().where((objects.c.deleted == True) & (objects.c.seq <= older_than_seq))  # noqa: E712
             ).rowcount
             stmt = sqlite_insert(meta).values(key="purged_seq", value=str(older_than_seq))
-            conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value}))
+            conn.execute(
+                stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value})
+            )
             result["n"] = int(gone or 0)
 
         self._submit(apply, wait=True)

@@ -87,7 +87,11 @@ _PART_SEP = b"\x1e"
 
 def extract_row(obj: dict[str, Any], descriptor: ResourceDescriptor) -> bytes:
     """The cached row document of one object (``obj`` must already be sanitized)."""
-    return encode_row(obj["metadata"]["uid"], {c.name: c.extract(obj) for c in columns_of(descriptor)}, columns_of(descriptor))
+    return encode_row(
+        obj["metadata"]["uid"],
+        {c.name: c.extract(obj) for c in columns_of(descriptor)},
+        columns_of(descriptor),
+    )
 
 
 def encode_row(uid: Any, values: Mapping[str, Any], columns: Sequence[Column]) -> bytes:
@@ -175,7 +179,9 @@ def uuid_bytes(uids: pa.Array) -> pa.Array:
     if uids.null_count or not np.all(np.diff(offsets) == 36):
         raw = b"".join(uuid.UUID(u).bytes for u in uids.to_pylist())
     else:
-        chars = np.frombuffer(uids.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[0] + 36 * n].reshape(n, 36)
+        chars = np.frombuffer(uids.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[0] + 36 * n].reshape(
+            n, 36
+        )
         nibbles = _HEX[chars[:, _DIGITS]]
         raw = ((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).tobytes()
     storage = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(raw)])
@@ -198,7 +204,9 @@ def _joined(parts: list[bytes]) -> pa.Array:
     valid = lengths > 0
     nulls = n - int(np.count_nonzero(valid))
     bitmap = pa.py_buffer(np.packbits(valid, bitorder="little").tobytes()) if nulls else None
-    return pa.Array.from_buffers(pa.binary(), n, [bitmap, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(parts))], nulls)
+    return pa.Array.from_buffers(
+        pa.binary(), n, [bitmap, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(parts))], nulls
+    )
 
 
 def rows_to_batch(schema: pa.Schema, context: str, rows: Sequence[bytes]) -> pa.RecordBatch:
