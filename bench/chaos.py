@@ -106,6 +106,15 @@ class Daemon:
         return list(json.loads(out.stdout)["informers"])
 
 
+def _mismatches(where: str, got: dict[str, str], truth: dict[str, str]) -> list[str]:
+    """One line per uid whose resourceVersion differs from the API's (or is missing on one side)."""
+    return [
+        f"{where}/{u}: {got.get(u)} != {truth.get(u)}"
+        for u in got.keys() | truth.keys()
+        if got.get(u) != truth.get(u)
+    ]
+
+
 class Chaos:
     def __init__(self, planes: ControlPlanes, pg_dsn: str, work: Path, rng: random.Random) -> None:
         self.planes, self.work, self.rng = planes, work, rng
@@ -265,12 +274,7 @@ class Chaos:
                     cached = dict(con.execute(
                         "SELECT uid, resource_version FROM objects WHERE context=? AND resource=? AND deleted=0", (ctx, resource)
                     ).fetchall())  # fmt: skip
-                    truth = self._truth(ctx, resource)
-                    out += [
-                        f"cache {ctx}/{resource}/{u}: {cached.get(u)} != {truth.get(u)}"
-                        for u in cached.keys() | truth.keys()
-                        if cached.get(u) != truth.get(u)
-                    ]
+                    out += _mismatches(f"cache {ctx}/{resource}", cached, self._truth(ctx, resource))
         finally:
             con.close()
         return out
@@ -284,12 +288,7 @@ class Chaos:
                         rows = dict(conn.execute(
                             f"SELECT uid::text, resource_version FROM {table} WHERE context_name = %s", (ctx,)
                         ).fetchall())  # fmt: skip
-                        truth = self._truth(ctx, resource)
-                        out += [
-                            f"{mode} {ctx}/{resource}/{u}: {rows.get(u)} != {truth.get(u)}"
-                            for u in rows.keys() | truth.keys()
-                            if rows.get(u) != truth.get(u)
-                        ]
+                        out += _mismatches(f"{mode} {ctx}/{resource}", rows, self._truth(ctx, resource))
         return out
 
 

@@ -362,10 +362,10 @@ def pg_alone(ipc: Path, dsn: str) -> float:
     return time.monotonic() - started
 
 
-def freshness(planes: ControlPlanes, cache: Path, *, rate: int, seconds: float) -> dict[str, float]:
+def freshness(planes: ControlPlanes, cache: Path, *, hot: int, rate: int, seconds: float) -> dict[str, float]:
     """Latency from a PATCH's response to the new RV being visible in the cache file."""
     server = planes.servers["c1"]
-    names = [f"configmap-{i}" for i in range(_hot_configmaps(planes))]
+    names = [f"configmap-{i}" for i in range(hot)]
     # name -> [(rv, time the PATCH returned)]: a later write of the same object can
     # overtake an earlier one in the cache (one row per object), which then counts as
     # seen when any RV at least as new is visible.
@@ -462,13 +462,14 @@ def _ns_count(planes: ControlPlanes) -> int:
     return _NS_COUNT[key]
 
 
-def ingest(planes: ControlPlanes, daemon: Daemon, *, seconds: float, workers: int = 24) -> dict[str, float]:
+def ingest(
+    planes: ControlPlanes, daemon: Daemon, *, hot: int, seconds: float, workers: int = 24
+) -> dict[str, float]:
     """Blast writes from many threads; compare the API write rate with the rate the
     daemon applies events, and the lag left at the end."""
     events_before = daemon.metric("k8s_watcher_events_total")
     stop_at = time.monotonic() + seconds
     servers = [planes.servers[c] for c in CONTEXTS]
-    hot = _hot_configmaps(planes)
 
     def blast(worker: int) -> int:
         n = 0
@@ -640,9 +641,10 @@ def bench_size(
             print(f"  (e) PostgreSQL alone: {out['e_pg_alone_s']:.1f}s", flush=True)
 
             # 3. freshness and 4. ingest
-            out["freshness"] = freshness(planes, cache, rate=500, seconds=phase_seconds)
+            hot = _hot_configmaps(planes)
+            out["freshness"] = freshness(planes, cache, hot=hot, rate=500, seconds=phase_seconds)
             print(f"  freshness: {out['freshness']}", flush=True)
-            out["ingest"] = ingest(planes, daemon, seconds=phase_seconds)
+            out["ingest"] = ingest(planes, daemon, hot=hot, seconds=phase_seconds)
             print(f"  ingest (end to end, API-bound): {out['ingest']}", flush=True)
             out["ingest_etcd"] = ingest_etcd(
                 planes, daemon, cache, rates=list(etcd_rates), seconds=phase_seconds / 2

@@ -42,6 +42,7 @@ from cloudquery.sdk.types import JSONType, UUIDType
 from psycopg import sql
 
 from watcher.server import serve_servicer, serve_until_signalled
+from watcher.tables import UUID_HEX_POSITIONS
 
 log = logging.getLogger("pgdest")
 
@@ -95,7 +96,7 @@ def _uuid_text(col: pa.Array) -> pa.Array:
     hexed = np.empty((n, 32), np.uint8)
     hexed[:, 0::2], hexed[:, 1::2] = _HEX_DIGITS[raw >> 4], _HEX_DIGITS[raw & 15]
     text = np.full((n, 36), ord("-"), np.uint8)
-    text[:, [i for i in range(36) if i not in (8, 13, 18, 23)]] = hexed
+    text[:, UUID_HEX_POSITIONS] = hexed
     offsets = np.arange(n + 1, dtype=np.int32) * 36
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text.tobytes())])
 
@@ -136,7 +137,6 @@ class Destination:
     def __init__(self) -> None:
         self.dsn = ""
         self.write_mode = "overwrite-delete-stale"
-        self.tables: dict[str, pa.Schema] = {}
 
     def init(self, spec: bytes) -> None:
         data = json.loads(spec or b"{}") or {}
@@ -148,7 +148,6 @@ class Destination:
 
     def migrate(self, conn: psycopg.Connection, schema: pa.Schema) -> None:
         name = schema.metadata[b"cq:table_name"].decode()
-        self.tables[name] = schema
         cols = [sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(_pg_type(f.type))) for f in schema]
         pks = [sql.Identifier(f.name) for f in schema if _is_pk(f)]
         if pks:
@@ -171,14 +170,11 @@ class Destination:
                 )
             )
 
-    def insert(self, conn: psycopg.Connection, batch: pa.RecordBatch) -> None:
-        """COPY the batch into a temporary twin of the table, then upsert from it in one
-        statement (what the real destination does with pgx CopyFrom)."""
-        self.run_insert(conn, *self.prepare_insert(batch))
-
     def prepare_insert(self, batch: pa.RecordBatch) -> tuple[str, sql.Composable, sql.Composable, bytes]:
         """The CPU half of an insert (no database): the table, the COPY and upsert
-        statements, and the rows as CSV."""
+        statements, and the rows as CSV. ``run_insert`` COPYs the rows into a temporary
+        twin of the table, then upserts from it in one statement (what the real
+        destination does with pgx CopyFrom)."""
         name = batch.schema.metadata[b"cq:table_name"].decode()
         names = [f.name for f in batch.schema]
         pks = [f.name for f in batch.schema if _is_pk(f)]

@@ -588,23 +588,25 @@ def test_backoff_first_delay_in_range() -> None:
         assert 0.8 <= delay <= 1.6
 
 
-def test_backoff_grows_by_doubling_up_to_cap(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> None:
-    monkeypatch.setattr(informers.random, "random", lambda: 0.0)
+def _delays(clock: FakeClock, n: int) -> list[float]:
+    """``n`` delays of one Backoff, a second apart (failures in quick succession)."""
     backoff = Backoff()
     delays = []
-    for _ in range(9):
+    for _ in range(n):
         clock.now += 1
         delays.append(backoff.next_delay())
+    return delays
+
+
+def test_backoff_grows_by_doubling_up_to_cap(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> None:
+    monkeypatch.setattr(informers.random, "random", lambda: 0.0)
+    delays = _delays(clock, 9)
     assert delays == pytest.approx([0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0, 30.0])
 
 
 def test_backoff_with_jitter_grows_to_cap(clock: FakeClock) -> None:
     for _ in range(50):
-        backoff = Backoff()
-        delays = []
-        for _ in range(12):
-            clock.now += 1
-            delays.append(backoff.next_delay())
+        delays = _delays(clock, 12)
         # the un-jittered delay doubles from 0.8; jitter adds up to 100 %
         for i, delay in enumerate(delays[:6]):
             base = 0.8 * 2**i
@@ -616,11 +618,7 @@ def test_backoff_never_above_cap_with_maximal_jitter(
     monkeypatch: pytest.MonkeyPatch, clock: FakeClock
 ) -> None:
     monkeypatch.setattr(informers.random, "random", lambda: 0.999)
-    backoff = Backoff()
-    delays = []
-    for _ in range(10):
-        clock.now += 1
-        delays.append(backoff.next_delay())
+    delays = _delays(clock, 10)
     assert all(d <= 30.0 for d in delays), delays
 
 

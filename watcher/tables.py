@@ -87,11 +87,8 @@ _PART_SEP = b"\x1e"
 
 def extract_row(obj: dict[str, Any], descriptor: ResourceDescriptor) -> bytes:
     """The cached row document of one object (``obj`` must already be sanitized)."""
-    return encode_row(
-        obj["metadata"]["uid"],
-        {c.name: c.extract(obj) for c in columns_of(descriptor)},
-        columns_of(descriptor),
-    )
+    columns = columns_of(descriptor)
+    return encode_row(obj["metadata"]["uid"], {c.name: c.extract(obj) for c in columns}, columns)
 
 
 def encode_row(uid: Any, values: Mapping[str, Any], columns: Sequence[Column]) -> bytes:
@@ -164,7 +161,7 @@ _HEX = np.zeros(256, dtype=np.uint8)
 _HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
 _HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
 #: Positions of the 32 hex digits in a canonical 36-character UUID.
-_DIGITS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+UUID_HEX_POSITIONS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
 
 
 def uuid_bytes(uids: pa.Array) -> pa.Array:
@@ -182,7 +179,7 @@ def uuid_bytes(uids: pa.Array) -> pa.Array:
         chars = np.frombuffer(uids.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[0] + 36 * n].reshape(
             n, 36
         )
-        nibbles = _HEX[chars[:, _DIGITS]]
+        nibbles = _HEX[chars[:, UUID_HEX_POSITIONS]]
         raw = ((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).tobytes()
     storage = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(raw)])
     return pa.ExtensionArray.from_storage(UUIDType(), storage)
