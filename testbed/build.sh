@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the real control-plane binaries the tests use (kube-apiserver, etcd) from the
-# Go module proxy, through the wrapper module in testbed/kube, and the benchmark's etcd
-# load generator (testbed/kube/etcdload). Output goes to a cache directory outside the
-# work tree, stamped with the hash of the inputs, so a second run (or a fresh clone on
-# the same machine) rebuilds nothing.
+# Go module proxy, through the wrapper module in testbed/kube, the benchmark's etcd
+# load generator (testbed/kube/etcdload), and (build-cloudquery.sh) the real CloudQuery
+# PostgreSQL destination and the official k8s source. Output goes to a cache directory
+# outside the work tree, stamped with the hash of the inputs, so a second run (or a
+# fresh clone on the same machine) rebuilds nothing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${K8S_WATCHER_TESTBED_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-watcher/testbed/bin}
@@ -13,7 +14,7 @@ mkdir -p "$out"
 stamp=$( (cat "$here/kube/go.mod" "$here/kube/go.sum" "$here/kube/etcdload/main.go" "$0"; echo "$kube_version") | sha256sum | cut -c1-16)
 if [[ -f "$out/.stamp" && "$(cat "$out/.stamp")" == "$stamp" && -x "$out/kube-apiserver" && -x "$out/etcd" && -x "$out/etcdload" ]]; then
   echo "testbed binaries up to date in $out"
-  exit 0
+  exec "$here/build-cloudquery.sh"
 fi
 
 export CGO_ENABLED=0
@@ -29,3 +30,4 @@ go build -pgo=off -trimpath -o "$out/kube-apiserver" \
   k8s.io/kubernetes/cmd/kube-apiserver
 echo "$stamp" > "$out/.stamp"
 "$out/kube-apiserver" --version
+exec "$here/build-cloudquery.sh"
