@@ -1,4 +1,4 @@
-"""Command line: ``k8s-watcher serve | status`` and the ``k8s-watcher-plugin`` entry
+"""Command line: ``k8s-watcher serve | status | check | report`` and the ``k8s-watcher-plugin`` entry
 that CloudQuery's ``registry: local`` starts (``<path> serve --network unix ...``)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from watcher import __version__
+from watcher.checks.commands import register as register_check_commands
 
 log = logging.getLogger("watcher")
 
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--cache", help="cache file (default: ~/.local/state/k8s-watcher/cache.db)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_status)
+    register_check_commands(sub)  # check, report
     args = parser.parse_args(argv)
     return int(args.func(args))
 
