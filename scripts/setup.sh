@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and builds everything the demo and the tests need, caching what it can:
-#   - Debian's postgresql server binaries (apt, only when missing)
+#   - Debian's postgresql server binaries and chromium (apt, only when missing;
+#     the report test opens the HTML report in headless chromium)
 #   - a virtualenv in .venv with the package and its test extras (skipped when
 #     pyproject.toml is unchanged since the last install)
 #   - kube-apiserver and etcd from the Go module proxy (testbed/build.sh; cached
@@ -8,11 +9,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  echo "setup: installing Debian's postgresql"
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian's ${missing[*]}"
   sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
   $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq postgresql >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 command -v go >/dev/null || { echo "setup: Go >= 1.26 is required to build the test control plane" >&2; exit 1; }
