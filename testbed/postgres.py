@@ -30,19 +30,42 @@ def pg_bin() -> Path:
     return versions[-1]
 
 
+def _as_user(argv: list[str], user: str | None) -> list[str]:
+    return ["runuser", "-u", user, "--", *argv] if user else argv
+
+
 @dataclass
 class Postgres:
     datadir: Path
     port: int
     user: str
+    bindir: Path
+    run_as: str | None
 
     @property
     def dsn(self) -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres?sslmode=disable"
 
+    def start(self) -> None:
+        subprocess.run(
+            _as_user(
+                [
+                    str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w", "-t", "60",
+                    "-l", str(self.datadir.parent / "pg.log"),
+                    "-o", f"-p {self.port} -k {self.datadir.parent} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+                    "start",
+                ],
+                self.run_as,
+            ),
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
 
-def _as_user(argv: list[str], user: str | None) -> list[str]:
-    return ["runuser", "-u", user, "--", *argv] if user else argv
+    def stop(self) -> None:
+        """Immediate shutdown: open connections are cut, as when the server crashes."""
+        subprocess.run(
+            _as_user([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop"], self.run_as),
+            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
 
 
 @contextmanager
@@ -55,27 +78,14 @@ def postgres_server() -> Iterator[Postgres]:
     if run_as:
         pw = pwd.getpwnam(run_as)
         os.chown(tmp, pw.pw_uid, pw.pw_gid)
-    port = free_port()
     subprocess.run(
         _as_user([str(bindir / "initdb"), "-D", str(datadir), "-U", user, "-A", "trust", "--no-sync", "-E", "UTF8"], run_as),
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    subprocess.run(
-        _as_user(
-            [
-                str(bindir / "pg_ctl"), "-D", str(datadir), "-w", "-t", "60", "-l", str(tmp / "pg.log"),
-                "-o", f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
-                "start",
-            ],
-            run_as,
-        ),
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = Postgres(datadir=datadir, port=free_port(), user=user, bindir=bindir, run_as=run_as)
+    server.start()
     try:
-        yield Postgres(datadir=datadir, port=port, user=user)
+        yield server
     finally:
-        subprocess.run(
-            _as_user([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"], run_as),
-            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -26,13 +26,42 @@ import pytest
 import yaml
 
 from testbed.cluster import ControlPlanes, KubeHttp, control_planes, free_port
-from testbed.cq import CqResult, destination_config, run_cloudquery, source_config, standin_destination
+from testbed.cq import CqResult, destination_config, run_cloudquery, source_config
 from testbed.postgres import Postgres, postgres_server
 from watcher.resources import BY_KEY, ResourceDescriptor
 
 PODS, CMS, NSS, SECRETS = (BY_KEY[k] for k in ("pods", "configmaps", "namespaces", "secrets"))
 
 _counter = itertools.count()
+
+
+def pytest_report_header() -> list[str]:
+    """The versions of every real part the suite runs against, at the top of its output."""
+    from testbed.cluster import binary_dir
+    from testbed.cq import cloudquery_binary
+    from testbed.postgres import pg_bin
+
+    def version(argv: list[str]) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        except OSError as exc:
+            return f"unavailable ({exc})"
+        return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
+
+    bindir = binary_dir()
+    return [
+        "real parts: "
+        + "; ".join(
+            [
+                version([str(bindir / "kube-apiserver"), "--version"]),
+                "etcd " + version([str(bindir / "etcd"), "--version"]).split()[-1],
+                version([str(cloudquery_binary()), "--version"]),
+                "destination " + version([str(bindir / "cq-postgresql"), "--version"]),
+                "official source " + version([str(bindir / "cq-source-k8s"), "--version"]),
+                version([str(pg_bin() / "postgres"), "--version"]),
+            ]
+        )
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -146,11 +175,9 @@ def assert_pg_equals_api(dsn: str, planes: ControlPlanes, contexts: list[str]) -
 
 
 def sync(tmp: Path, dsn: str, spec: dict[str, Any], **source: Any) -> CqResult:
-    write_mode = source.pop("write_mode", "overwrite-delete-stale")
-    configs = [
-        source_config(spec, **source),
-        destination_config(dsn, standin_destination(tmp), write_mode=write_mode),
-    ]
+    """``cloudquery sync`` of this plugin into ``dsn`` through the real PostgreSQL destination."""
+    destination = {k: source.pop(k) for k in ("write_mode", "migrate_mode") if k in source}
+    configs = [source_config(spec, **source), destination_config(dsn, **destination)]
     return run_cloudquery(["sync"], workdir=tmp / "cq", configs=configs)
 
 

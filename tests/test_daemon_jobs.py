@@ -3,7 +3,7 @@ safety-net relist (``--relist-interval``).
 
 Units for the option parsing and the retention job's arithmetic, then integration
 tests against the real test bed: API servers + etcd, the real CloudQuery CLI into
-PostgreSQL through the stand-in destination, and the daemon as a subprocess.
+PostgreSQL through the real CloudQuery PostgreSQL destination, and the daemon as a subprocess.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """End to end: the real CloudQuery CLI runs the plugin (registry local and grpc) into a
-real PostgreSQL server, against the real API servers (issues 2 and 4).
-
-The destination is the test bed's stand-in (testbed/pgdest.py): the real CloudQuery
-PostgreSQL destination cannot be fetched from the Go module proxy here (403).
-"""
+real PostgreSQL server through the real CloudQuery PostgreSQL destination, against the
+real API servers."""
 
 from __future__ import annotations
 
@@ -191,6 +188,16 @@ def cached_pod_uids(cache: Path, ns: str) -> list[str]:
         con.close()
 
 
+def cached_meta(cache: Path, key: str) -> str:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{cache}?mode=ro", uri=True)
+    try:
+        return str(con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+    finally:
+        con.close()
+
+
 def cached_names(cache: Path, resource: str, context: str, ns: str) -> list[str]:
     import sqlite3
 
@@ -246,7 +253,13 @@ def test_incremental_mode_emits_only_changes_and_propagates_deletes(
     delta = sync(tmp_path, dsn, spec, **source)
     assert delta.returncode == 0, delta.output[-3000:]
     assert synced_resources(delta) == 2 + 3  # clusters + inc-a, inc-b, cm0
-    assert_pg_equals_api(dsn, planes, ["dev", "prod"])  # the deletions reached PostgreSQL too
+    # The deletions reached PostgreSQL too: delete-record messages, run by the destination.
+    assert_pg_equals_api(dsn, planes, ["dev", "prod"])
+    # The cursor lives in the destination's state backend table: <cache id>:<change seq>.
+    with psycopg.connect(dsn) as conn:
+        cursor = conn.execute("SELECT value FROM cq_state_k8s WHERE key = 'k8s-watcher|cursor'").fetchone()
+    cache_id, _, seq = (cursor or ("",))[0].partition(":")
+    assert cache_id == cached_meta(cache, "cache_id") and int(seq) > 0
 
     # A lost cursor (state table dropped) falls back to a full snapshot, still exact.
     with psycopg.connect(dsn) as conn:

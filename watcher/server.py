@@ -1,9 +1,8 @@
 """The gRPC server of a CloudQuery plugin (protocol v3 plus discovery v1).
 
 Kept apart from ``watcher.plugin`` so that serving costs only grpc and the SDK's
-generated code: the test bed's stand-in destination and the null source start with
-it on every sync, and importing the plugin (SQLAlchemy, the kubernetes client) took
-0.8 s of that.
+generated code: the benchmark's null source starts with it on every sync, and
+importing the plugin (SQLAlchemy, the kubernetes client) took 0.8 s of that.
 """
 
 from __future__ import annotations
