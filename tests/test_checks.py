@@ -85,25 +85,20 @@ def test_a_check_file_with_an_incomplete_or_wrong_header_is_refused() -> None:
 def test_container_checks_expand_the_same_pod_specs_and_containers() -> None:
     """Every file carries its own copy of the expansion (so psql runs it alone): the
     copies must not drift apart."""
+    patterns = {
+        "pod specs": r"WITH pod_specs AS \(.*?\n\)",
+        "containers": r"SELECT 1 FROM \(  -- every init, regular and ephemeral container.*?\) AS c",
+    }
     blocks: dict[str, set[str]] = defaultdict(set)
     for check in CHECKS.values():
-        for name in ("pod_specs", "containers"):
-            match = re.search(rf"(?:WITH |\n){name} AS \(.*?\n\)", check.sql, re.S)
-            if match:
-                blocks[name].add(match[0].lstrip("\n").removeprefix("WITH "))
-    assert len(blocks["pod_specs"]) == 1 and len(blocks["containers"]) == 1, blocks
-    for kind in (
-        "k8s_pods",
-        "k8s_deployments",
-        "k8s_daemonsets",
-        "k8s_statefulsets",
-        "k8s_replicasets",
-        "k8s_jobs",
-        "k8s_cronjobs",
-    ):
-        assert kind in next(iter(blocks["pod_specs"]))
-    for field in ("initContainers", "'containers'", "ephemeralContainers"):
-        assert field in next(iter(blocks["containers"]))
+        for name, pattern in patterns.items():
+            blocks[name].update(re.findall(pattern, check.sql, re.S))
+    assert len(blocks["pod specs"]) == 1 and len(blocks["containers"]) == 1, blocks
+    pod_specs, containers = next(iter(blocks["pod specs"])), next(iter(blocks["containers"]))
+    for table in ("pods", "deployments", "daemonsets", "statefulsets", "replicasets", "jobs", "cronjobs"):
+        assert f"FROM k8s_{table}\n" in pod_specs + "\n", table
+    for field in ("'initContainers'", "'containers'", "'ephemeralContainers'"):
+        assert field in containers
 
 
 # --------------------------------------------------------------------------- on real data

@@ -27,18 +27,17 @@ WITH pod_specs AS (  -- every pod spec: pods and the pod templates of workloads
   SELECT context_name, 'CronJob', namespace, name, uid,
          spec->'jobTemplate'->'spec'->'template'->'metadata'->'annotations',
          spec->'jobTemplate'->'spec'->'template'->'spec' FROM k8s_cronjobs
-),
-containers AS (  -- every init, regular and ephemeral container of those specs
-  SELECT s.*, c.container_type, c.container
-  FROM pod_specs s
-  CROSS JOIN LATERAL (
-    SELECT 'init', value FROM jsonb_array_elements(COALESCE(s.pod->'initContainers', '[]'))
+)
+SELECT s.context_name, s.kind, s.namespace, s.name, s.uid
+FROM pod_specs s
+WHERE EXISTS (
+  SELECT 1 FROM (  -- every init, regular and ephemeral container of the spec
+    SELECT 'init' AS container_type, value AS container
+    FROM jsonb_array_elements(COALESCE(s.pod->'initContainers', '[]'))
     UNION ALL
     SELECT 'regular', value FROM jsonb_array_elements(COALESCE(s.pod->'containers', '[]'))
     UNION ALL
     SELECT 'ephemeral', value FROM jsonb_array_elements(COALESCE(s.pod->'ephemeralContainers', '[]'))
-  ) AS c (container_type, container)
-)
-SELECT DISTINCT context_name, kind, namespace, name, uid
-FROM containers
-WHERE COALESCE(container->'securityContext'->>'runAsUser', pod->'securityContext'->>'runAsUser') = '0';
+  ) AS c
+  WHERE COALESCE(container->'securityContext'->>'runAsUser', pod->'securityContext'->>'runAsUser') = '0'
+);
