@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.conftest import eventually
 from tests.hardening import EAST, WEST, Hardened, k8s_watcher
 
 pytest_plugins = ["tests.hardening_fixtures"]
@@ -161,12 +162,15 @@ def test_every_promql_panel_uses_metrics_and_labels_the_daemon_serves(
     checked: Hardened, start_daemon: Any, tmp_path: Path
 ) -> None:
     daemon = start_daemon(checked.kubeconfig, tmp_path / "cache.db", f"{EAST},{WEST}")
-    code, text = daemon.http("/metrics")
-    assert code == 200
-    served = exposed(text)
-    assert any(
-        f'context="{EAST}"' in line for line in text.splitlines() if line.startswith("k8s_watcher_events")
-    )
+
+    def scrape() -> str | None:
+        try:  # a scrape can take seconds on a loaded machine; the client gives up after 5
+            code, text = daemon.http("/metrics")
+        except OSError:
+            return None
+        return text if code == 200 and f'k8s_watcher_events_total{{context="{EAST}"' in text else None
+
+    served = exposed(eventually(scrape, timeout=60, what="/metrics with every informer"))
     used: set[str] = set()
     dashboard = load(next(p for p in DASHBOARDS if p.name == "k8s-watcher-daemon.json"))
     exprs = [

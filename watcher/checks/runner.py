@@ -12,11 +12,12 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from watcher.checks import SEVERITIES, Check
+from watcher.checks import RESULT_COLUMNS, SEVERITIES, Check
 
 RESULTS_TABLE = "k8s_policy_results"
 
@@ -40,7 +41,8 @@ CREATE INDEX IF NOT EXISTS {RESULTS_TABLE}_run ON {RESULTS_TABLE} (run_at, run_i
 """
 
 _META_COLUMNS = "run_id, run_at, check_id, title, severity, frameworks, section, status"
-_OBJECT_COLUMNS = "context_name, kind, namespace, name, uid"
+_OBJECT_COLUMNS = ", ".join(RESULT_COLUMNS)
+_OBJECT_COLUMNS_OF_C = ", ".join(f"c.{column}" for column in RESULT_COLUMNS)
 
 
 @dataclass
@@ -85,30 +87,20 @@ def known_contexts(conn: psycopg.Connection, tables: set[str]) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _meta(check: Check, run_id: uuid.UUID, run_at: datetime, status: str) -> list[sql.Composable]:
-    values = (
-        run_id,
-        run_at,
-        check.id,
-        check.title,
-        check.severity,
-        list(check.frameworks),
-        check.section,
-        status,
-    )
-    return [sql.Literal(v) for v in values]
+def _meta(check: Check, run: Run, status: str) -> tuple[Any, ...]:
+    """The values of ``_META_COLUMNS`` for one check of a run."""
+    frameworks = list(check.frameworks)
+    return (run.run_id, run.run_at, check.id, check.title, check.severity, frameworks, check.section, status)
 
 
-def _record_failures(
-    conn: psycopg.Connection, check: Check, run_id: uuid.UUID, run_at: datetime
-) -> dict[str, int]:
+def _record_failures(conn: psycopg.Connection, check: Check, run: Run) -> dict[str, int]:
     """Insert the check's offending objects; their count per context."""
     # The check's text is sent as written: no parameters, so '%' and '?' in it mean
     # what they mean to PostgreSQL.
     query = (
         sql.SQL(f"WITH found AS (INSERT INTO {RESULTS_TABLE} ({_META_COLUMNS}, {_OBJECT_COLUMNS}) SELECT ")
-        + sql.SQL(", ").join(_meta(check, run_id, run_at, "fail"))
-        + sql.SQL(f", c.context_name, c.kind, c.namespace, c.name, c.uid FROM (\n{check.sql}\n) AS c ")
+        + sql.SQL(", ").join(sql.Literal(v) for v in _meta(check, run, "fail"))
+        + sql.SQL(f", {_OBJECT_COLUMNS_OF_C} FROM (\n{check.sql}\n) AS c ")
         + sql.SQL("RETURNING context_name) SELECT context_name, count(*) FROM found GROUP BY 1")
     )
     return dict(conn.execute(query).fetchall())
@@ -128,30 +120,15 @@ def run_checks(conn: psycopg.Connection, checks: Iterable[Check]) -> Run:
         missing = tuple(sorted(check.tables - tables))
         outcome = Outcome(check, missing)
         if not missing:
-            outcome.failed = _record_failures(conn, check, run.run_id, run.run_at)
+            outcome.failed = _record_failures(conn, check, run)
         run.outcomes.append(outcome)
     run.contexts = sorted(set(run.contexts).union(*(o.failed for o in run.outcomes)))
-    verdicts = [
-        (o.check, ctx, o.status(ctx)) for o in run.outcomes for ctx in run.contexts if o.status(ctx) != "fail"
-    ]
-    with (
-        conn.cursor() as cur,
-        cur.copy(f"COPY {RESULTS_TABLE} ({_META_COLUMNS}, context_name) FROM STDIN") as copy,
-    ):
-        for check, ctx, status in verdicts:
-            copy.write_row(
-                (
-                    run.run_id,
-                    run.run_at,
-                    check.id,
-                    check.title,
-                    check.severity,
-                    list(check.frameworks),
-                    check.section,
-                    status,
-                    ctx,
-                )
-            )
+    copy_sql = f"COPY {RESULTS_TABLE} ({_META_COLUMNS}, context_name) FROM STDIN"
+    with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        for o in run.outcomes:
+            for ctx in run.contexts:
+                if o.status(ctx) != "fail":
+                    copy.write_row((*_meta(o.check, run, o.status(ctx)), ctx))
     conn.commit()
     return run
 
