@@ -1,0 +1,93 @@
+"""Objects the unit tests build: Kubernetes objects, informer statuses, and raw reads
+of a cache file (SQL on purpose: they check what the writer stored, row by row)."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from typing import Any
+
+from watcher.resources import BY_KEY
+from watcher.state import CacheStore, InformerStatus
+
+PODS, CMS, SECRETS = BY_KEY["pods"], BY_KEY["configmaps"], BY_KEY["secrets"]
+
+
+def meta(name: str = "obj", **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": "ns",
+        "uid": str(uuid.uuid4()),
+        "resourceVersion": "1",
+        "creationTimestamp": "2024-05-01T12:34:56Z",
+        **extra,
+    }
+
+
+def running_pod(**status: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta("web", labels={"app": "web"}, finalizers=["x/y"], generation=3),
+        "spec": {
+            "nodeName": "node-1",
+            "initContainers": [{"name": "init", "image": "busybox:1"}],
+            "containers": [{"name": "a", "image": "nginx:1.27"}, {"name": "b", "image": "envoy:1"}],
+        },
+        "status": {
+            "phase": "Running",
+            "startTime": "2024-05-01T12:35:00Z",
+            "containerStatuses": [{"restartCount": 2}, {"restartCount": 3}],
+            "conditions": [{"type": "Initialized", "status": "True"}, {"type": "Ready", "status": "False"}],
+            **status,
+        },
+    }
+
+
+def configmap(name: str, uid: str, rv: str, **data: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": rv},
+        "data": data,
+    }
+
+
+def crd_row(**overrides: Any) -> dict[str, Any]:
+    """A cached k8s_custom_resources row, as custom_object_descriptor reads it."""
+    row = {
+        "group": "example.com",
+        "kind": "Widget",
+        "plural": "widgets",
+        "scope": "Namespaced",
+        "served_versions": ["v1alpha1", "v1beta1", "v1"],
+        "storage_version": "v1beta1",
+    }
+    row.update(overrides)
+    return row
+
+
+def informer_status(desc: Any = CMS, state: str = "watching", rv: str | None = None) -> InformerStatus:
+    return InformerStatus(
+        context="ctx", resource=desc.key, table_name=desc.table, state=state, resource_version=rv
+    )
+
+
+def stored_rows(store: CacheStore) -> dict[str, dict[str, Any]]:
+    """Every row of ``objects`` by object name, once the writer has caught up."""
+    store.flush()
+    con = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
+    con.row_factory = sqlite3.Row
+    try:
+        return {r["name"]: dict(r) for r in con.execute("SELECT * FROM objects")}
+    finally:
+        con.close()
+
+
+def query_cache(store: CacheStore, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    store.flush()
+    con = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()

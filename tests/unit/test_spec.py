@@ -1,0 +1,130 @@
+"""Spec parsing and validation, and durations (watcher.spec)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from watcher.resources import (
+    CUSTOM_OBJECTS_TABLE,
+)
+from watcher.spec import ALL_TABLES, CLUSTERS_TABLE, Spec, SpecError, parse_duration
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Deterministic defaults: KUBECONFIG and XDG_STATE_HOME point into tmp_path."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kc.yaml"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("raw", [None, b"", "", b"null", "null", {}, b"{}"])
+def test_an_empty_spec_takes_every_default(clean_env: Path, raw: Any) -> None:
+    spec = Spec.parse(raw)
+    assert spec.contexts == ("*",)
+    assert spec.tables == ALL_TABLES
+    assert spec.tables[0] == CLUSTERS_TABLE and spec.tables[-1] == CUSTOM_OBJECTS_TABLE
+    assert spec.kubeconfig == clean_env / "kc.yaml"
+    assert spec.cache_path == clean_env / "state" / "k8s-watcher" / "cache.db"
+    assert spec.incremental is False
+    assert spec.max_staleness == 600.0
+    assert spec.concurrency == 4
+    assert spec.batch_max_rows == 20_000
+
+
+def test_a_spec_parses_from_json_bytes_or_str_and_expands_home(clean_env: Path) -> None:
+    raw = orjson.dumps(
+        {
+            "contexts": ["dev", "prod"],
+            "tables": ["k8s_pods"],
+            "kubeconfig": "~/kc",
+            "cache_path": "/var/tmp/c.db",
+            "incremental": True,
+            "max_staleness": "90s",
+            "concurrency": 8,
+            "batch_max_rows": 100,
+        }
+    )
+    spec = Spec.parse(raw)
+    assert spec.contexts == ("dev", "prod")
+    assert spec.tables == ("k8s_pods",)
+    assert spec.kubeconfig == Path.home() / "kc"
+    assert spec.cache_path == Path("/var/tmp/c.db")
+    assert spec.incremental is True
+    assert spec.max_staleness == 90.0
+    assert spec.concurrency == 8
+    assert spec.batch_max_rows == 100
+    # str input goes through the same path as bytes
+    assert Spec.parse(raw.decode()) == spec
+
+
+def test_fields_in_the_spec_override_the_callers_defaults(clean_env: Path) -> None:
+    spec = Spec.parse({"concurrency": 2}, defaults={"concurrency": 9, "incremental": True})
+    assert spec.concurrency == 2
+    assert spec.incremental is True
+
+
+def test_table_globs_expand_in_table_order_without_duplicates(clean_env: Path) -> None:
+    spec = Spec.parse({"tables": ["k8s_pod*", "k8s_pods", "k8s_clusters"]})
+    assert spec.tables == ("k8s_pods", "k8s_poddisruptionbudgets", "k8s_clusters")
+    rbac = Spec.parse({"tables": ["k8s_*role*"]}).tables
+    assert set(rbac) == {"k8s_roles", "k8s_rolebindings", "k8s_clusterroles", "k8s_clusterrolebindings"}
+    assert Spec.parse({"tables": ["*"]}).tables == ALL_TABLES
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"bogus": 1}', "unknown field(s) in spec: bogus"),
+        (b'{"contexts": []}', "contexts: must not be empty"),
+        (b'{"tables": []}', "tables: must not be empty"),
+        (b'{"max_staleness": "soon"}', "max_staleness: 'soon' is not a duration"),
+        (b'{"max_staleness": 0}', "max_staleness: 0: must be a positive, finite duration"),
+        (b'{"max_staleness": "-5m"}', "max_staleness: '-5m' is not a duration"),
+        (b'{"max_staleness": true}', "max_staleness"),
+        (b'{"tables": ["k8s_nope"]}', "tables: 'k8s_nope' matches no table"),
+        (b'{"concurrency": 0}', "concurrency"),
+        (b'{"concurrency": 65}', "concurrency"),
+        (b"[1, 2]", "spec must be a mapping of fields, got list"),
+        (b'"just a string"', "spec must be a mapping of fields, got str"),
+        (b"{not json", "spec is not valid JSON"),
+    ],
+)
+def test_an_invalid_spec_is_refused_with_the_field_named(clean_env: Path, raw: bytes, expected: str) -> None:
+    with pytest.raises(SpecError) as info:
+        Spec.parse(raw)
+    assert expected in str(info.value)
+
+
+def test_an_unknown_table_error_lists_the_known_tables(clean_env: Path) -> None:
+    with pytest.raises(SpecError, match=r"known: .*k8s_pods"):
+        Spec.parse({"tables": ["k8s_pods", "nope_*"]})
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("90", 90.0), (90, 90.0), (1.5, 1.5), ("90s", 90.0), ("10m", 600.0), ("1h", 3600.0),
+     ("500ms", 0.5), (" 2 m ", 120.0), ("1.5m", 90.0)],
+)  # fmt: skip
+def test_durations_are_seconds_or_numbers_with_a_unit(value: Any, seconds: float) -> None:
+    assert parse_duration(value, field_name="f") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ["soon", 0, -1, True, False, "0s", "", "10 days", "-1s", 0.0])
+def test_durations_refuse_zero_negatives_booleans_and_unknown_units(value: Any) -> None:
+    with pytest.raises(SpecError, match=r"^f: "):
+        parse_duration(value, field_name="f")
+
+
+def test_nan_is_not_a_duration_even_from_a_json_spec() -> None:
+    """NaN is not a duration: every comparison with it is False, so a NaN staleness
+    would silently mean "never stale" and "daemon never alive"."""
+    with pytest.raises(SpecError):
+        parse_duration(float("nan"), field_name="max_staleness")
+    # json.loads accepts the NaN literal, so a spec can carry one
+    with pytest.raises(SpecError, match="max_staleness"):
+        Spec.parse(b'{"max_staleness": NaN}')
