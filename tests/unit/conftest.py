@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.unit.builders import CMS
+from tests.unit.fake_api import MakeInformer, ScriptedApi
+from watcher.informers import InformerOptions, ResourceInformer
+from watcher.resources import ResourceDescriptor
 from watcher.state import CacheStore
 
 
@@ -21,3 +26,40 @@ def store(tmp_path: Path) -> Iterator[CacheStore]:
     s = CacheStore(tmp_path / "cache.db", batch_wait=0.0)
     yield s
     s.close()
+
+
+@pytest.fixture
+def api() -> ScriptedApi:
+    """The scripted API server of the informer ``make_informer`` builds (see fake_api)."""
+    return ScriptedApi()
+
+
+@pytest.fixture
+def make_informer(api: ScriptedApi, store: CacheStore) -> Iterator[MakeInformer]:
+    """``make_informer(descriptor=CMS, *, resume_from=None, streaming=True, **options)``:
+    a ResourceInformer on ``api`` and ``store`` whose waits return at once (recorded in
+    ``api.waits``). Call ``informer.run()`` directly: it returns once the script is
+    played out."""
+    made: list[ResourceInformer] = []
+
+    def make(
+        descriptor: ResourceDescriptor = CMS,
+        *,
+        resume_from: str | None = None,
+        streaming: bool = True,
+        **options: Any,
+    ) -> ResourceInformer:
+        informer = ResourceInformer(
+            client=api,  # type: ignore[arg-type]
+            descriptor=descriptor,
+            store=store,
+            options=InformerOptions(**options),
+            resume_from=resume_from,
+            streaming=streaming,
+        )
+        made.append(informer)
+        return api.attach(informer)
+
+    yield make
+    for informer in made:
+        informer.stop()
