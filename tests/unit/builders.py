@@ -91,3 +91,8 @@ def query_cache(store: CacheStore, sql: str, *args: Any) -> list[tuple[Any, ...]
         return con.execute(sql, args).fetchall()
     finally:
         con.close()
+
+
+def named_configmap(name: str, rv: str, **data: str) -> dict[str, Any]:
+    """A ConfigMap whose uid follows from its name: the same object at another RV."""
+    return configmap(name, str(uuid.uuid5(uuid.NAMESPACE_URL, f"configmap/{name}")), rv, **data)

@@ -65,6 +65,7 @@ class Wait:
     seconds: float | None
     state: str  # the informer's state while it waited
     resource_version: str | None
+    error: str | None  # the informer's last_error then
 
 
 class ScriptedApi:
@@ -128,7 +129,9 @@ class ScriptedApi:
         stop_event = informer.stop_event
 
         def wait(timeout: float | None = None) -> bool:
-            self.waits.append(Wait(timeout, informer.status.state, informer.resource_version))
+            self.waits.append(
+                Wait(timeout, informer.status.state, informer.resource_version, informer.status.last_error)
+            )
             if len(self.waits) >= MAX_WAITS:
                 informer.stop()
             return stop_event.is_set()
