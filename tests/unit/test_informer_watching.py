@@ -19,6 +19,14 @@ PROMPT = (0.05, 0.25)  # the re-watch delay after a broken watch, below any back
 FIRST_BACKOFF = (0.8, 1.6)  # client-go's first backoff delay, with up to 100 % jitter
 
 
+@pytest.fixture
+def monotonic(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The informers' monotonic clock, standing still until a test moves ``[0]``."""
+    now = [1000.0]
+    monkeypatch.setattr(informers, "time", types.SimpleNamespace(monotonic=lambda: now[0], time=time.time))
+    return now
+
+
 def test_a_resumed_informer_watches_from_its_stored_rv_and_lists_nothing(
     api: ScriptedApi, make_informer: MakeInformer
 ) -> None:
@@ -65,13 +73,10 @@ def test_a_watch_that_delivered_events_and_then_broke_rewatches_promptly_from_th
 
 
 def test_a_watch_open_for_over_a_second_that_broke_without_events_rewatches_promptly(
-    api: ScriptedApi, make_informer: MakeInformer, monkeypatch: pytest.MonkeyPatch
+    api: ScriptedApi, make_informer: MakeInformer, monotonic: list[float]
 ) -> None:
-    now = [1000.0]
-    monkeypatch.setattr(informers, "time", types.SimpleNamespace(monotonic=lambda: now[0], time=time.time))
-
     def quiet_for_two_seconds() -> None:
-        now[0] += 2.0
+        monotonic[0] += 2.0
 
     api.watches([quiet_for_two_seconds, broken()])
     inf = make_informer(resume_from="5")
@@ -82,8 +87,9 @@ def test_a_watch_open_for_over_a_second_that_broke_without_events_rewatches_prom
 
 
 def test_a_watch_that_broke_at_once_backs_off_exponentially_and_rewatches_from_the_same_rv(
-    api: ScriptedApi, make_informer: MakeInformer
+    api: ScriptedApi, make_informer: MakeInformer, monotonic: list[float]
 ) -> None:
+    """(The clock stands still: the watch broke at once however slow the machine.)"""
     api.watches([broken()]).watches([broken()])
     inf = make_informer(resume_from="5")
     inf.run()
