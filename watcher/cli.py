@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -52,44 +51,43 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
 # --------------------------------------------------------------------------- daemon
 
 
-def _seconds(*, minimum: float, inclusive: bool) -> Callable[[str], float]:
-    """An argparse ``type``: a finite number of seconds above (or at) ``minimum``."""
-    bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+def _duration(*, allow_zero: bool) -> Callable[[str], float]:
+    """An argparse ``type`` on the spec's duration parser (``90``, ``90s``, ``10m``, ``1h``)."""
 
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number of seconds")
-        if value < minimum or (value == minimum and not inclusive):
-            raise argparse.ArgumentTypeError(f"{text!r}: must be a number of seconds {bound}")
-        return value
+        from watcher.spec import seconds
 
-    parse.__name__ = "seconds"  # argparse names the type in some messages
+        try:
+            return seconds(text, allow_zero=allow_zero)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "duration"  # argparse names the type in some messages
     return parse
 
 
 def _serve(args: argparse.Namespace) -> int:
     from watcher.daemon import Daemon, DaemonConfig
-    from watcher.kube import KubeconfigError, default_kubeconfig
+    from watcher.errors import CacheError, ConfigError
+    from watcher.kubeconfig import default_kubeconfig
     from watcher.spec import default_cache_path
-    from watcher.state import CacheUnusable
 
     setup_logging(args.log_level, args.log_format)
+    # Options left out take DaemonConfig's defaults (written there, once).
+    given = {
+        key: getattr(args, key)
+        for key in ("grpc_address", "http_address", "relist_interval", "tombstone_retention")
+        if getattr(args, key) is not None
+    }
     config = DaemonConfig(
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else default_kubeconfig(),
         contexts=args.contexts.split(",") if args.contexts else ["*"],
         cache_path=Path(args.cache) if args.cache else default_cache_path(),
-        grpc_address=args.grpc_address,
-        http_address=args.http_address,
-        relist_interval=args.relist_interval,
-        tombstone_retention=args.tombstone_retention,
+        **given,
     )
     try:
         daemon = Daemon(config)
-    except (KubeconfigError, CacheUnusable) as exc:
+    except (ConfigError, CacheError) as exc:
         log.error("%s", exc)
         return 2
     daemon.run_forever()
@@ -144,15 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     serve.add_argument("--contexts", help="comma-separated context names (default: all)")
     serve.add_argument("--cache", help="cache file (default: ~/.local/state/k8s-watcher/cache.db)")
-    serve.add_argument("--grpc-address", default="127.0.0.1:7777", help="plugin server for registry: grpc")
-    serve.add_argument("--http-address", default="127.0.0.1:9464", help="/healthz and /metrics")
+    serve.add_argument("--grpc-address", help="plugin server for registry: grpc (default 127.0.0.1:7777)")
+    serve.add_argument("--http-address", help="/healthz and /metrics (default 127.0.0.1:9464)")
     serve.add_argument(
-        "--relist-interval", type=_seconds(minimum=0, inclusive=True), default=0, metavar="SECONDS",
-        help="seconds between safety-net relists of every informer (default 0: off)",
+        "--relist-interval", type=_duration(allow_zero=True), metavar="DURATION",
+        help="time between safety-net relists of every informer, e.g. 1h (default 0: off)",
     )  # fmt: skip
     serve.add_argument(
-        "--tombstone-retention", type=_seconds(minimum=0, inclusive=False), default=24 * 3600, metavar="SECONDS",
-        help="keep deletions this long for incremental syncs; an older cursor gets a full snapshot (default 86400)",
+        "--tombstone-retention", type=_duration(allow_zero=False), metavar="DURATION",
+        help="keep deletions this long for incremental syncs; an older cursor gets a full snapshot (default 24h)",
     )  # fmt: skip
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--log-format", default="text", choices=["text", "json"])
@@ -185,10 +183,11 @@ def plugin_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
 
-    from watcher.plugin import Plugin, serve_plugin
-    from watcher.server import serve_until_signalled
+    from watcher.plugin import Plugin
+    from watcher.refresh import Relister
+    from watcher.server import serve_plugin, serve_until_signalled
 
-    serve_until_signalled(serve_plugin(Plugin(), args.address, network=args.network))
+    serve_until_signalled(serve_plugin(Plugin(Relister()), args.address, network=args.network))
     return 0
 
 

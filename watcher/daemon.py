@@ -28,8 +28,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from watcher import state
 from watcher.informers import InformerManager
-from watcher.kube import KubeClient, resolve_contexts
-from watcher.plugin import Plugin, serve_plugin
+from watcher.kube import KubeClient
+from watcher.kubeconfig import resolve_contexts
+from watcher.plugin import Plugin
+from watcher.refresh import DaemonInformers
+from watcher.server import serve_plugin
 from watcher.state import CacheStore
 
 log = logging.getLogger(__name__)
@@ -181,7 +184,10 @@ class Daemon:
         self.sync_seconds = Histogram(
             "k8s_watcher_sync_duration_seconds", "Duration of plugin syncs served", registry=self.registry
         )
+        # The daemon's informers and store are the cache's one writer: a sync served
+        # here waits for them and never relists by itself.
         self.plugin = Plugin(
+            DaemonInformers(self.manager),
             defaults={
                 "kubeconfig": str(config.kubeconfig),
                 "cache_path": str(config.cache_path),

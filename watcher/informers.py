@@ -14,7 +14,8 @@ The layering follows client-go's Reflector and kopf's watching module:
 State machine (``InformerStatus.state``): ``starting -> listing -> watching``,
 ``watching -> listing`` on 410, ``* -> backoff -> watching|listing`` on transient
 errors, ``* -> forbidden`` on 401/403, ``* -> error`` on anything else (retried
-with backoff), ``stopped`` at the end.
+with backoff), ``stopped`` at the end. ``listed`` is the one-shot state of a relist
+outside the daemon (:meth:`ResourceInformer.relist`: listed, not watching).
 """
 
 from __future__ import annotations
@@ -26,11 +27,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
-from watcher.kube import JSON, PARTIAL_LIST, PARTIAL_OBJECT, ApiError, KubeClient, WatchStream
+from watcher.kube import (
+    JSON,
+    PARTIAL_LIST,
+    PARTIAL_OBJECT,
+    ApiError,
+    KubeClient,
+    WatchStream,
+    is_expired,
+    is_forbidden,
+    is_not_found,
+    is_retryable,
+    is_transport,
+    is_unsupported_request,
+)
 from watcher.resources import CRD, RESOURCES, ResourceDescriptor, custom_object_descriptor
-from watcher.state import CacheStore, InformerStatus, checkpoints
+from watcher.state import CacheStore, InformerStatus
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +99,6 @@ class InformerOptions:
     read_timeout_slack: float = 30.0
     forbidden_retry: float = 300.0
     streaming_list: bool = True
-    #: Events applied to the cache per transaction while a watch delivers a burst.
-    event_batch: int = 500
     list_semaphore: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(4))
 
 
@@ -170,7 +180,7 @@ class ResourceInformer:
 
     def record_failure(self, exc: ApiError) -> None:
         self.status.errors += 1
-        self._set_state("forbidden" if exc.status in (401, 403) else "error", str(exc))
+        self._set_state("forbidden" if is_forbidden(exc) else "error", str(exc))
 
     # -- layer 1: the infinite loop ------------------------------------------
 
@@ -201,7 +211,7 @@ class ResourceInformer:
                 if self.stop_event.is_set():
                     break
                 self.status.errors += 1
-                if exc.status in (401, 403):
+                if is_forbidden(exc):
                     log.warning(
                         "%s: %s; parked as forbidden, retrying in %.0fs",
                         self.name,
@@ -211,13 +221,13 @@ class ResourceInformer:
                     self._set_state("forbidden", str(exc))
                     self.stop_event.wait(self.options.forbidden_retry)
                     continue
-                if exc.status == 404 and self.descriptor.custom:
+                if is_not_found(exc) and self.descriptor.custom:
                     # The CRD is gone (or not yet served); the manager stops us.
                     self._set_state("error", str(exc))
                     self.stop_event.wait(self.backoff.next_delay())
                     continue
                 delay = self.backoff.next_delay()
-                state = "backoff" if exc.status in (0, 429) or exc.status >= 500 else "error"
+                state = "backoff" if is_retryable(exc) else "error"
                 log.warning(
                     "%s: %s; %s for %.1fs, then re-watch from RV %s",
                     self.name,
@@ -275,13 +285,13 @@ class ResourceInformer:
                 try:
                     page = self.client.get(desc.collection_path(), query, accept=accept)
                 except ApiError as exc:
-                    if exc.status == 410 and cont:
+                    if is_expired(exc) and cont:
                         # The continue token expired (about 5 min): start over, consistently.
                         log.info("%s: continue token expired; restarting the list", self.name)
                         rv, cont, count = "", None, 0
                         gen = self.store.begin_relist()
                         continue
-                    if exc.status == 410:
+                    if is_expired(exc):
                         raise WatchExpired(str(exc)) from exc
                     raise
                 items = page.get("items") or []
@@ -340,9 +350,9 @@ class ResourceInformer:
                     read_timeout=timeout + self.options.read_timeout_slack,
                 )
             except ApiError as exc:
-                if exc.status == 410:
+                if is_expired(exc):
                     raise WatchExpired(str(exc)) from exc
-                if streaming_list and exc.status in (400, 422, 501):
+                if streaming_list and is_unsupported_request(exc):
                     raise StreamingListUnsupported(str(exc)) from exc
                 raise
             self.status.watches += 1
@@ -362,7 +372,7 @@ class ResourceInformer:
             except ApiError as exc:
                 # A watch that worked and then broke is a network event, not a failing
                 # server: back to watching at once. One that broke at once backs off.
-                if exc.status == 0 and (delivered or time.monotonic() - opened > 1.0):
+                if is_transport(exc) and (delivered or time.monotonic() - opened > 1.0):
                     raise WatchBroken(str(exc)) from exc
                 raise
             finally:
@@ -424,13 +434,13 @@ class ResourceInformer:
     @staticmethod
     def _watch_error(status: dict[str, Any], *, streaming_list: bool) -> Exception:
         """The exception for an ERROR event (a Status object in the stream)."""
-        code = int(status.get("code") or 0)
         message = str(status.get("message") or status)
-        if code == 410:
+        error = ApiError(int(status.get("code") or 0), str(status.get("reason") or "watch error"), message)
+        if is_expired(error):
             return WatchExpired(message)
-        if streaming_list and code in (400, 422, 501):
+        if streaming_list and is_unsupported_request(error):
             return StreamingListUnsupported(message)
-        return ApiError(code, str(status.get("reason") or "watch error"), message)
+        return error
 
     def _flush(self, pending: list[tuple[str, dict[str, Any]]]) -> None:
         if not pending:
@@ -503,20 +513,11 @@ class ContextInformers:
         self.informers: dict[str, ResourceInformer] = {}
         self.streaming = False
         self.kubernetes_version: str | None = None
-        self._resume = self._stored_resource_versions()
+        self._resume = store.resource_versions(client.context)
 
     @property
     def context(self) -> str:
         return self.client.context
-
-    def _stored_resource_versions(self) -> dict[str, str]:
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                select(checkpoints.c.resource, checkpoints.c.resource_version).where(
-                    checkpoints.c.context == self.context
-                )
-            ).all()
-        return {str(r): str(v) for r, v in rows if v}
 
     def refresh_cluster_info(self) -> None:
         """Record the server's version (and whether it can stream lists) in the cache."""

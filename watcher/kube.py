@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +18,12 @@ from urllib.parse import urlencode
 
 import orjson
 import urllib3
-import yaml
 from kubernetes.client import Configuration
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.kube_config import load_kube_config
 
 from watcher import __version__
+from watcher.kubeconfig import KubeconfigError, named, read_kubeconfig
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +33,12 @@ PARTIAL_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1
 PARTIAL_OBJECT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
-class KubeconfigError(ValueError):
-    """The kubeconfig is missing, unreadable, malformed, or lacks a context."""
-
-
 class ApiError(Exception):
-    """An API request failed. ``status`` is the HTTP code, 0 for transport errors."""
+    """An API request failed. ``status`` is the HTTP code, 0 for transport errors.
+
+    What a caller does about it is decided by the predicates below (as client-go's
+    ``apierrors.IsForbidden`` and friends), never by comparing status numbers.
+    """
 
     def __init__(self, status: int, reason: str, message: str = "") -> None:
         super().__init__(f"HTTP {status} {reason}: {message}" if status else f"{reason}: {message}")
@@ -48,45 +47,44 @@ class ApiError(Exception):
         self.message = message
 
 
-def default_kubeconfig() -> Path:
-    env = os.environ.get("KUBECONFIG")
-    return Path(env.split(os.pathsep)[0]) if env else Path.home() / ".kube" / "config"
+def is_transport(exc: ApiError) -> bool:
+    """No HTTP answer: connection refused, reset, timed out, TLS failure."""
+    return exc.status == 0
 
 
-def read_kubeconfig(path: Path) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError as exc:
-        raise KubeconfigError(f"kubeconfig {path} does not exist") from exc
-    except OSError as exc:
-        raise KubeconfigError(f"kubeconfig {path} cannot be read: {exc.strerror}") from exc
-    try:
-        config = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise KubeconfigError(f"kubeconfig {path} is not valid YAML: {exc}") from exc
-    if not isinstance(config, dict) or not isinstance(config.get("contexts") or [], list):
-        raise KubeconfigError(f"kubeconfig {path} is malformed: expected a mapping with a 'contexts' list")
-    return config
+def is_forbidden(exc: ApiError) -> bool:
+    """401 or 403: the credentials are rejected or may not do this; retrying soon won't help."""
+    return exc.status in (401, 403)
 
 
-def context_names(path: Path) -> list[str]:
-    """The context names the kubeconfig defines, in file order."""
-    config = read_kubeconfig(path)
-    return [str(c["name"]) for c in config.get("contexts") or [] if isinstance(c, dict) and "name" in c]
+def is_not_found(exc: ApiError) -> bool:
+    """404: the resource is not served (a CRD that is gone, an API group not installed)."""
+    return exc.status == 404
 
 
-def resolve_contexts(path: Path, wanted: list[str]) -> list[str]:
-    """Expand ``"*"`` and check every named context exists."""
-    available = context_names(path)
-    if "*" in wanted:
-        return available
-    missing = [c for c in wanted if c not in available]
-    if missing:
-        raise KubeconfigError(
-            f"context(s) {', '.join(missing)} not found in kubeconfig {path} "
-            f"(available: {', '.join(available) or 'none'})"
-        )
-    return list(wanted)
+def is_expired(exc: ApiError) -> bool:
+    """410 Gone: the resourceVersion or continue token is older than the server keeps."""
+    return exc.status == 410
+
+
+def is_too_many_requests(exc: ApiError) -> bool:
+    """429: the server sheds load (priority and fairness); back off and retry."""
+    return exc.status == 429
+
+
+def is_server_error(exc: ApiError) -> bool:
+    return exc.status >= 500
+
+
+def is_retryable(exc: ApiError) -> bool:
+    """Worth retrying unchanged after a backoff: no answer, 429, or a server error."""
+    return is_transport(exc) or is_too_many_requests(exc) or is_server_error(exc)
+
+
+def is_unsupported_request(exc: ApiError) -> bool:
+    """400, 422 or 501: the server does not understand the request (e.g. a streaming list
+    on a server without the WatchList feature)."""
+    return exc.status in (400, 422, 501)
 
 
 @dataclass(frozen=True)
@@ -101,25 +99,15 @@ class ClusterInfo:
     namespace: str | None
 
 
-def _named(config: dict[str, Any], section: str, name: Any) -> dict[str, Any] | None:
-    """The body of the entry called ``name`` in a kubeconfig list (``contexts``,
-    ``clusters``, ``users``): ``{"name": n, "context": {...}}`` -> ``{...}``."""
-    body_key = section[:-1]
-    for entry in config.get(section) or []:
-        if isinstance(entry, dict) and entry.get("name") == name:
-            return entry.get(body_key) or {}
-    return None
-
-
 class KubeClient:
     """Raw JSON access to one context's API server."""
 
     def __init__(self, kubeconfig: Path, context: str) -> None:
         config = read_kubeconfig(kubeconfig)
-        ctx = _named(config, "contexts", context)
+        ctx = named(config, "contexts", context)
         if ctx is None:
             raise KubeconfigError(f"context {context} not found in kubeconfig {kubeconfig}")
-        cluster = _named(config, "clusters", ctx.get("cluster")) or {}
+        cluster = named(config, "clusters", ctx.get("cluster")) or {}
         self.configuration = Configuration()
         try:
             load_kube_config(
@@ -131,7 +119,7 @@ class KubeClient:
         except (ConfigException, OSError, ValueError) as exc:
             raise KubeconfigError(f"context {context} in kubeconfig {kubeconfig}: {exc}") from exc
         self.context = context
-        user = _named(config, "users", ctx.get("user")) or {}
+        user = named(config, "users", ctx.get("user")) or {}
         # A projected service-account token (in-cluster) is rotated on disk about hourly;
         # the kubernetes client reads tokenFile once, so we re-read it when it changes.
         self._token_file = Path(user["tokenFile"]) if user.get("tokenFile") else None
@@ -258,3 +246,19 @@ class WatchStream:
         # when the response has no socket yet (or any more): nothing to interrupt then.
         with contextlib.suppress(OSError, ValueError):
             self._resp.shutdown()
+
+
+def probe_contexts(kubeconfig: Path, contexts: list[str]) -> list[str]:
+    """One line per context whose API server does not answer ``/version`` (what
+    ``cloudquery test-connection`` reports)."""
+    problems = []
+    for ctx in contexts:
+        try:
+            client = KubeClient(kubeconfig, ctx)
+            try:
+                client.get("/version", timeout=10)
+            finally:
+                client.close()
+        except (ApiError, KubeconfigError) as exc:
+            problems.append(f"{ctx}: {exc}")
+    return problems

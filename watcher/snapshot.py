@@ -8,62 +8,28 @@ see the database as of their first read).
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from watcher import state
+from watcher.clusters import CLUSTERS_SCHEMA, CLUSTERS_TABLE, ClusterFacts, cluster_batch
 from watcher.resources import BY_TABLE, CUSTOM_OBJECTS_TABLE, NODES
-from watcher.spec import CLUSTERS_TABLE
 from watcher.state import clusters, objects
 from watcher.tables import (
-    Column,
     custom_objects_schema,
     descriptor_schema,
-    document,
     rows_to_batch,
-    table_schema,
-)
-
-#: The kube-system namespace's uid is the de facto cluster identity (what cluster-api,
-#: Datadog and others use); clusters that lack it get a stable uuid5 of their server.
-_CLUSTER_ID_NS = uuid.UUID("6f1f7a52-58a3-4c1e-9b1c-0f4a2f3c9d11")
-
-CLUSTER_COLUMNS: tuple[Column, ...] = tuple(
-    Column(name, type_, lambda _o: None)  # type: ignore[arg-type]
-    for name, type_ in (
-        ("cluster_name", "string"),
-        ("server", "string"),
-        ("ca_file", "string"),
-        ("insecure_skip_verify", "bool"),
-        ("namespace", "string"),
-        ("kubernetes_version", "string"),
-        ("node_count", "int64"),
-        ("synced_at", "timestamp"),
-        ("created_at", "timestamp"),
-        ("updated_at", "timestamp"),
-        ("informer_states", "json"),
-        ("informers_total", "int64"),
-        ("informers_watching", "int64"),
-        ("last_event_at", "timestamp"),
-        ("last_list_at", "timestamp"),
-        ("cache_staleness_seconds", "int64"),
-        ("last_error", "string"),
-    )
 )
 
 
 def schema_for(table: str) -> pa.Schema:
     if table == CLUSTERS_TABLE:
-        return table_schema(
-            CLUSTERS_TABLE, CLUSTER_COLUMNS, "One row per kubeconfig context, with cache freshness"
-        )
+        return CLUSTERS_SCHEMA
     if table == CUSTOM_OBJECTS_TABLE:
         return custom_objects_schema()
     return descriptor_schema(BY_TABLE[table])
@@ -75,14 +41,9 @@ class Freshness:
 
     context: str
     resource: str
-    table: str
     state: str
     listed: bool
     updated_at: float
-
-
-def _ts(value: float | None) -> Any:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 class SnapshotReader:
@@ -129,7 +90,6 @@ class SnapshotReader:
             Freshness(
                 context=r["context"],
                 resource=r["resource"],
-                table=r["table_name"],
                 state=r["state"],
                 listed=bool(r["resource_version"]),
                 updated_at=float(r["updated_at"]),
@@ -189,48 +149,27 @@ class SnapshotReader:
         return [str(u) for (u,) in result]
 
     def _cluster_batch(self, context: str) -> pa.RecordBatch:
-        info = (
-            self._conn.execute(select(clusters).where(clusters.c.context == context)).mappings().first() or {}
-        )
-        cps = state.read_checkpoints(self._conn, context)
+        live = objects.c.deleted == False  # noqa: E712
         kube_system = self._conn.execute(
             select(objects.c.uid).where(
                 (objects.c.context == context)
                 & (objects.c.resource == "namespaces")
                 & (objects.c.name == "kube-system")
-                & (objects.c.deleted == False)  # noqa: E712
+                & live
             )
         ).scalar_one_or_none()
         nodes = self._conn.execute(
-            select(objects.c.uid).where(
-                (objects.c.context == context)
-                & (objects.c.resource == NODES.key)
-                & (objects.c.deleted == False)  # noqa: E712
-            )
-        ).all()
-        now = time.time()
-        last_event = max((c["last_event_at"] or 0 for c in cps), default=0) or None
-        last_list = max((c["last_list_at"] or 0 for c in cps), default=0) or None
-        newest = max([c["updated_at"] for c in cps] + [self.daemon_heartbeat()], default=0)
-        server = info.get("server") or ""
-        row = {
-            "uid": kube_system or str(uuid.uuid5(_CLUSTER_ID_NS, f"{context}|{server}")),
-            "cluster_name": info.get("cluster_name"),
-            "server": server or None,
-            "ca_file": info.get("ca_file"),
-            "insecure_skip_verify": info.get("insecure_skip_verify"),
-            "namespace": info.get("namespace"),
-            "kubernetes_version": info.get("kubernetes_version"),
-            "node_count": len(nodes),
-            "synced_at": _ts(now),
-            "created_at": _ts(info.get("created_at")),
-            "updated_at": _ts(info.get("updated_at")),
-            "informer_states": {c["resource"]: c["state"] for c in cps},
-            "informers_total": len(cps),
-            "informers_watching": sum(1 for c in cps if c["state"] == "watching"),
-            "last_event_at": _ts(last_event),
-            "last_list_at": _ts(last_list),
-            "cache_staleness_seconds": int(now - newest) if newest else None,
-            "last_error": info.get("last_error"),
-        }
-        return rows_to_batch(schema_for(CLUSTERS_TABLE), context, [document(row, CLUSTER_COLUMNS)])
+            select(func.count())
+            .select_from(objects)
+            .where((objects.c.context == context) & (objects.c.resource == NODES.key) & live)
+        ).scalar_one()
+        facts = ClusterFacts(
+            context=context,
+            info=self._conn.execute(select(clusters).where(clusters.c.context == context)).mappings().first()
+            or {},
+            checkpoints=state.read_checkpoints(self._conn, context),
+            kube_system_uid=kube_system,
+            node_count=int(nodes),
+            daemon_heartbeat=self.daemon_heartbeat(),
+        )
+        return cluster_batch(facts, time.time())

@@ -17,10 +17,11 @@ from typing import Any
 
 import jsonschema
 
-from watcher.kube import default_kubeconfig
+from watcher.clusters import CLUSTERS_TABLE
+from watcher.errors import ConfigError
+from watcher.kubeconfig import default_kubeconfig
 from watcher.resources import CUSTOM_OBJECTS_TABLE, RESOURCES
 
-CLUSTERS_TABLE = "k8s_clusters"
 ALL_TABLES: tuple[str, ...] = (
     CLUSTERS_TABLE,
     *(d.table for d in RESOURCES),
@@ -42,7 +43,7 @@ JSON_SCHEMA: dict[str, Any] = {
             "minItems": 1,
         },
         "tables": {
-            "description": "Tables to sync (names or glob patterns such as k8s_core_*). Default: all.",
+            "description": "Tables to sync (names or glob patterns such as k8s_*roles*). Default: all.",
             "type": "array",
             "items": {"type": "string", "minLength": 1},
             "minItems": 1,
@@ -75,7 +76,7 @@ JSON_SCHEMA: dict[str, Any] = {
 }
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError):
     """The spec is invalid; the message names the field."""
 
 
@@ -84,21 +85,30 @@ def default_cache_path() -> Path:
     return Path(state) / "k8s-watcher" / "cache.db"
 
 
-def parse_duration(value: str | float | int, *, field_name: str) -> float:
-    """Seconds from ``90``, ``"90s"``, ``"10m"``, ``"1h"``, ``"500ms"``."""
+def seconds(value: str | float | int, *, allow_zero: bool = False) -> float:
+    """Seconds from ``90``, ``"90"``, ``"90s"``, ``"10m"``, ``"1h"``, ``"500ms"``: the one
+    duration parser of the spec and the daemon's options. ``ValueError`` says what is wrong."""
     if isinstance(value, bool):
-        raise SpecError(f"{field_name}: expected a duration such as 10m, got {value!r}")
+        raise ValueError(f"expected a duration such as 10m, got {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        result = float(value)
     else:
         match = _DURATION.match(value)
         if not match:
-            raise SpecError(f"{field_name}: {value!r} is not a duration (use e.g. 90s, 10m, 1h)")
+            raise ValueError(f"{value!r} is not a duration (use e.g. 90s, 10m, 1h)")
         number, unit = float(match.group(1)), match.group(2) or "s"
-        seconds = number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise SpecError(f"{field_name}: must be a positive, finite duration, got {value!r}")
-    return seconds
+        result = number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    if not math.isfinite(result) or result < 0 or (result == 0 and not allow_zero):
+        rule = "zero or a positive" if allow_zero else "a positive"
+        raise ValueError(f"{value!r}: must be {rule}, finite duration")
+    return result
+
+
+def parse_duration(value: str | float | int, *, field_name: str) -> float:
+    try:
+        return seconds(value)
+    except ValueError as exc:
+        raise SpecError(f"{field_name}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -134,21 +144,23 @@ class Spec:
         errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
         if errors:
             raise SpecError("; ".join(_describe(e) for e in errors))
-        tables = _expand_tables(data.get("tables", ["*"]))
-        return cls(
-            contexts=tuple(data.get("contexts", ["*"])),
-            tables=tables,
-            kubeconfig=Path(os.path.expanduser(data["kubeconfig"]))
-            if "kubeconfig" in data
-            else default_kubeconfig(),
-            cache_path=Path(os.path.expanduser(data["cache_path"]))
-            if "cache_path" in data
-            else default_cache_path(),
-            incremental=bool(data.get("incremental", False)),
-            max_staleness=parse_duration(data.get("max_staleness", "10m"), field_name="max_staleness"),
-            concurrency=int(data.get("concurrency", 4)),
-            batch_max_rows=int(data.get("batch_max_rows", 20_000)),
-        )
+        # Only what the spec says: every default lives on the dataclass fields above.
+        given: dict[str, Any] = {}
+        if "contexts" in data:
+            given["contexts"] = tuple(data["contexts"])
+        if "tables" in data:
+            given["tables"] = _expand_tables(data["tables"])
+        for key in ("kubeconfig", "cache_path"):
+            if key in data:
+                given[key] = Path(os.path.expanduser(data[key]))
+        if "incremental" in data:
+            given["incremental"] = bool(data["incremental"])
+        if "max_staleness" in data:
+            given["max_staleness"] = parse_duration(data["max_staleness"], field_name="max_staleness")
+        for key in ("concurrency", "batch_max_rows"):
+            if key in data:
+                given[key] = int(data[key])
+        return cls(**given)
 
 
 def _describe(error: jsonschema.ValidationError) -> str:

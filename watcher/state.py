@@ -15,6 +15,7 @@ with an older cursor knows it must take a full snapshot instead.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import queue
@@ -23,7 +24,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from watcher.errors import CacheError
 from watcher.resources import ResourceDescriptor
 from watcher.tables import columns_of, decode_row, extract_row, sanitize
 
@@ -147,8 +150,45 @@ _UPSERT_STATUS = (
 )
 
 
-class CacheUnusable(RuntimeError):
+class CacheUnusable(CacheError):
     """The cache file cannot be opened or written (locked, read-only, not a database)."""
+
+
+class CacheLocked(CacheUnusable):
+    """Another process already writes this cache file: a cache has one writer."""
+
+
+class _WriterLock:
+    """An exclusive ``flock`` on ``<cache>.lock`` for as long as a :class:`CacheStore` is open.
+
+    The change sequence is handed out by the one writer from a counter seeded with the
+    file's highest seq; two writers would hand out the same numbers and an incremental
+    cursor would skip changes. The kernel drops the lock when the process dies, so a
+    crashed daemon never leaves the cache locked.
+    """
+
+    def __init__(self, cache: Path) -> None:
+        self.path = Path(f"{cache}.lock")
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CacheLocked(
+                f"cache file {cache} is already written by another process (pid {holder}); "
+                "a cache has one writer: point this one at another cache_path, or sync "
+                "through the daemon that owns it (registry: grpc)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
 
 
 # --------------------------------------------------------------------------- engine
@@ -243,20 +283,30 @@ class InformerStatus:
 
 
 class CacheStore:
-    """Owner of the cache file and its single writer thread."""
+    """Owner of the cache file and its single writer thread; at most one per file
+    (a second one, in any process, raises :class:`CacheLocked`)."""
 
     def __init__(self, path: Path, *, batch_max: int = 5000, batch_wait: float = 0.02) -> None:
         self.path = Path(path)
-        self._prepare_file()
-        self.engine = _engine(self.path, readonly=False)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _WriterLock(self.path)
+        except OSError as exc:
+            raise CacheUnusable(f"cache file {self.path} cannot be created: {exc}") from exc
+        try:
+            self._prepare_file()
+            self.engine = _engine(self.path, readonly=False)
             metadata.create_all(self.engine)
             with self.engine.begin() as conn:
                 for key, value in (("schema_version", SCHEMA_VERSION), ("cache_id", uuid.uuid4().hex)):
                     # The cache id tells an incremental cursor which file its seq belongs to.
                     conn.execute(sqlite_insert(meta).values(key=key, value=value).on_conflict_do_nothing())
+                # Safe only because this is the one writer (the lock above).
                 self._seq = max_seq(conn)
         except Exception as exc:
+            self._lock.release()
+            if isinstance(exc, CacheUnusable):
+                raise
             raise CacheUnusable(f"cache file {self.path} cannot be written: {exc}") from exc
         self._batch_max = batch_max
         self._batch_wait = batch_wait
@@ -357,6 +407,11 @@ class CacheStore:
             ).scalars()
             return [decode_row(r, columns_of(descriptor)) for r in rows]
 
+    def resource_versions(self, context: str) -> dict[str, str]:
+        """The resourceVersion each informer of ``context`` resumes its watch from."""
+        with self.engine.connect() as conn:
+            return stored_resource_versions(conn, context)
+
     def writer_alive(self) -> bool:
         return self._writer.is_alive()
 
@@ -371,6 +426,7 @@ class CacheStore:
         self._queue.put(None)
         self._writer.join(timeout=30)
         self.engine.dispose()
+        self._lock.release()
 
     # -- object writes -------------------------------------------------------
 
@@ -568,6 +624,46 @@ def read_checkpoints(conn: Any, context: str | None = None) -> list[dict[str, An
     if context is not None:
         query = query.where(checkpoints.c.context == context)
     return [dict(r._mapping) for r in conn.execute(query)]
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[Any]:
+    """One read-only connection to the cache file (status, tests, bench)."""
+    engine = open_reader(path)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def stored_resource_versions(conn: Any, context: str) -> dict[str, str]:
+    """resource -> the resourceVersion its informer checkpointed (listed resources only)."""
+    rows = conn.execute(
+        select(checkpoints.c.resource, checkpoints.c.resource_version).where(checkpoints.c.context == context)
+    ).all()
+    return {str(r): str(v) for r, v in rows if v}
+
+
+def live_versions(conn: Any, context: str, resource: str, namespace: str | None = None) -> dict[str, str]:
+    """uid -> resourceVersion of the live (not deleted) cached objects of one resource
+    (in one namespace, if given): what a consistent LIST of the API server must equal."""
+    query = select(objects.c.uid, objects.c.resource_version).where(
+        (objects.c.context == context) & (objects.c.resource == resource) & (objects.c.deleted == False)  # noqa: E712
+    )
+    if namespace is not None:
+        query = query.where(objects.c.namespace == namespace)
+    return {str(u): str(v) for u, v in conn.execute(query)}
+
+
+def live_names(conn: Any, context: str, resource: str, namespace: str | None = None) -> list[str]:
+    """Names of the live cached objects of one resource (in one namespace, if given)."""
+    query = select(objects.c.name).where(
+        (objects.c.context == context) & (objects.c.resource == resource) & (objects.c.deleted == False)  # noqa: E712
+    )
+    if namespace is not None:
+        query = query.where(objects.c.namespace == namespace)
+    return [str(n) for (n,) in conn.execute(query)]
 
 
 def read_meta(conn: Any, key: str) -> str | None:

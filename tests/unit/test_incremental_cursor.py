@@ -64,12 +64,6 @@ def test_a_malformed_cursor_means_a_full_snapshot_and_is_logged(
     assert repr(raw) in line and line.endswith("full snapshot")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: resume_from checks the seq with str.isdigit(), which accepts digits int() refuses "
-    "(superscripts), so such a cursor raises ValueError and fails the sync instead of a full snapshot",
-)
 def test_a_cursor_whose_seq_has_a_non_ascii_digit_means_a_full_snapshot_not_a_crash(
     caplog_info: pytest.LogCaptureFixture,
 ) -> None:
@@ -79,12 +73,6 @@ def test_a_cursor_whose_seq_has_a_non_ascii_digit_means_a_full_snapshot_not_a_cr
     assert repr(raw) in line and line.endswith("full snapshot")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a malformed cursor of this very cache file is logged as belonging to another "
-    "cache file, which sends whoever reads the log looking for the wrong cause",
-)
 def test_a_malformed_cursor_of_this_cache_is_logged_as_malformed_not_as_another_caches(
     caplog_info: pytest.LogCaptureFixture,
 ) -> None:

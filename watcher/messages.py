@@ -1,0 +1,75 @@
+"""The plain messages a sync yields (and the plain options it is asked with), before
+anything speaks protobuf.
+
+``watcher.plugin`` yields these; ``watcher.server`` (the gRPC servicer) is the one place
+that turns them into CloudQuery protocol v3 messages, as the CloudQuery Python SDK
+splits ``SyncInsertMessage`` and friends from its servicer. The SDK's own classes are
+not used: importing them costs 0.3 s (its schema module pulls in pandas), and it has
+no class for the protocol's delete-record message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class SyncMigrateTable:
+    """Create or migrate a destination table to ``schema``."""
+
+    schema: pa.Schema
+
+
+@dataclass(frozen=True)
+class SyncInsert:
+    """Rows to upsert (or append, by the destination's write mode)."""
+
+    record: pa.RecordBatch
+
+
+@dataclass(frozen=True)
+class SyncDeleteRecord:
+    """``DELETE FROM table WHERE context_name = context [AND uid = uid]``."""
+
+    table: str
+    context: str
+    uid: str | None = None
+
+
+@dataclass(frozen=True)
+class SyncError:
+    """A failure the CLI should report without ending the sync."""
+
+    table: str
+    error: str
+
+
+@dataclass(frozen=True)
+class SyncCheckpoint:
+    """State-backend rows the CLI persists once everything sent before is committed."""
+
+    record: pa.RecordBatch
+
+
+@dataclass(frozen=True)
+class StateBackend:
+    """Where CloudQuery's state backend is (``backend_options`` of the source)."""
+
+    connection: str
+    table_name: str
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """What the CLI asks of one sync, as plain values."""
+
+    tables: tuple[str, ...] = ("*",)
+    skip_tables: tuple[str, ...] = ()
+    backend: StateBackend | None = None
+    supports_checkpoints: bool = False
+    with_error_messages: bool = False
+
+
+SyncMessage = SyncMigrateTable | SyncInsert | SyncDeleteRecord | SyncError | SyncCheckpoint

@@ -1,0 +1,235 @@
+"""Before a sync reads the cache: make sure what it reads is there and current.
+
+Two ways, one per place the plugin runs:
+
+* :class:`Relister` (``registry: local``, no daemon keeping the cache warm): relists
+  whatever (context, resource) is cold (never listed) or stale (older than
+  ``max_staleness`` with no live watch) into the cache, and is then the cache's only
+  writer. A cache that a running daemon writes is refused by the cache itself
+  (``CacheLocked``); with a live daemon nothing is stale, so that only happens when a
+  daemon runs with fewer contexts than the sync asks for.
+* :class:`DaemonInformers` (``registry: grpc``, inside the daemon): the daemon's own
+  informers and store are the writer; a sync waits for informers that have not listed
+  yet and reports contexts the daemon does not watch, and relists nothing itself.
+
+Both return the contexts that could not be made current, with the reason; the sync
+still sends what the cache holds for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Protocol
+
+from watcher.clusters import CLUSTERS_TABLE
+from watcher.informers import (
+    InformerOptions,
+    ResourceInformer,
+    cached_custom_descriptors,
+    record_cluster_info,
+)
+from watcher.kube import ApiError, KubeClient, probe_contexts
+from watcher.kubeconfig import KubeconfigError
+from watcher.resources import BY_TABLE, CRD, CUSTOM_OBJECTS_TABLE, NODES, ResourceDescriptor
+from watcher.snapshot import Freshness, SnapshotReader
+from watcher.spec import Spec
+from watcher.state import CacheStore, CacheUnusable
+
+if TYPE_CHECKING:
+    from watcher.informers import InformerManager
+
+log = logging.getLogger(__name__)
+
+
+class Refresher(Protocol):
+    """What the plugin asks of whoever keeps its cache current."""
+
+    def refresh(self, spec: Spec, contexts: list[str], tables: tuple[str, ...]) -> dict[str, str]:
+        """Make the cache current for these tables; returns {context: why it is not}."""
+        ...
+
+    def test_connection(self, spec: Spec, contexts: list[str]) -> list[str]:
+        """One line per context whose API server cannot be used."""
+        ...
+
+
+def needed_resources(tables: tuple[str, ...]) -> list[ResourceDescriptor]:
+    """The built-in resources the selected tables are made from."""
+    needed: list[ResourceDescriptor] = []
+    for table in tables:
+        if table == CLUSTERS_TABLE:
+            needed += [BY_TABLE["k8s_namespaces"], NODES]
+        elif table == CUSTOM_OBJECTS_TABLE:
+            needed.append(CRD)
+        else:
+            needed.append(BY_TABLE[table])
+    return list(dict.fromkeys(needed))
+
+
+def stale_resources(
+    fresh: Iterable[Freshness],
+    contexts: list[str],
+    resources: list[ResourceDescriptor],
+    *,
+    heartbeat: float,
+    max_staleness: float,
+    now: float,
+) -> dict[str, list[ResourceDescriptor]]:
+    """The (context, resource) pairs a sync must relist first, logged with the reason."""
+    daemon_alive = now - heartbeat < max_staleness
+    by_key = {(f.context, f.resource): f for f in fresh}
+    todo: dict[str, list[ResourceDescriptor]] = {}
+    for ctx in contexts:
+        for desc in resources:
+            f = by_key.get((ctx, desc.key))
+            if f is None or not f.listed:
+                reason = "cold (never listed)"
+            elif f.state == "watching" and daemon_alive:
+                continue
+            elif now - f.updated_at > max_staleness:
+                reason = f"stale ({now - f.updated_at:.0f}s old, no live watch)"
+            else:
+                continue
+            log.info("cache for %s/%s is %s: relisting", ctx, desc.key, reason)
+            todo.setdefault(ctx, []).append(desc)
+    return todo
+
+
+class Relister:
+    """The fallback relist outside the daemon: the cache's only writer while it runs."""
+
+    def refresh(self, spec: Spec, contexts: list[str], tables: tuple[str, ...]) -> dict[str, str]:
+        resources = needed_resources(tables)
+        try:
+            with SnapshotReader.open(spec.cache_path) as snap:
+                todo = stale_resources(
+                    snap.freshness(),
+                    contexts,
+                    resources,
+                    heartbeat=snap.daemon_heartbeat(),
+                    max_staleness=spec.max_staleness,
+                    now=time.time(),
+                )
+        except CacheUnusable as exc:
+            log.info("no usable cache (%s): relisting everything", exc)
+            todo = {ctx: resources for ctx in contexts}
+        if not todo:
+            return {}
+        return self._relist(spec, todo, with_custom_objects=CUSTOM_OBJECTS_TABLE in tables)
+
+    def test_connection(self, spec: Spec, contexts: list[str]) -> list[str]:
+        return probe_contexts(spec.kubeconfig, contexts)
+
+    def _relist(
+        self, spec: Spec, todo: dict[str, list[ResourceDescriptor]], *, with_custom_objects: bool
+    ) -> dict[str, str]:
+        failures: dict[str, str] = {}
+        store = CacheStore(spec.cache_path)
+        options = InformerOptions(list_semaphore=threading.Semaphore(spec.concurrency))
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(8, len(todo)))) as pool:
+                pending = {
+                    ctx: pool.submit(_relist_context, spec, store, ctx, descs, options, with_custom_objects)
+                    for ctx, descs in todo.items()
+                }
+                for ctx, fut in pending.items():
+                    error = fut.result()
+                    if error:
+                        failures[ctx] = error
+        finally:
+            store.close()
+        return failures
+
+
+def _relist_context(
+    spec: Spec,
+    store: CacheStore,
+    ctx: str,
+    descs: list[ResourceDescriptor],
+    options: InformerOptions,
+    with_custom: bool,
+) -> str | None:
+    try:
+        client = KubeClient(spec.kubeconfig, ctx)
+    except KubeconfigError as exc:
+        return str(exc)
+    errors: list[str] = []
+    try:
+        _version, error = record_cluster_info(client, store)
+        if error is not None:
+            # The server does not answer /version (unreachable, hanging, bad TLS or
+            # credentials): listing 30 resources would fail 30 times more slowly.
+            return error
+        with ThreadPoolExecutor(max_workers=spec.concurrency) as pool:
+            for desc, error in zip(
+                descs, pool.map(lambda d: _relist_one(client, store, d, options), descs), strict=True
+            ):
+                if error:
+                    errors.append(f"{desc.key}: {error}")
+        if with_custom and CRD in descs:
+            store.flush()
+            for desc in cached_custom_descriptors(store, ctx):
+                error = _relist_one(client, store, desc, options)
+                if error:
+                    errors.append(f"{desc.key}: {error}")
+    finally:
+        client.close()
+    store.flush()
+    if errors and len(errors) == len(descs):
+        return "; ".join(errors[:3])
+    for e in errors:
+        log.warning("%s: relist failed for %s", ctx, e)
+    return None
+
+
+def _relist_one(
+    client: KubeClient, store: CacheStore, desc: ResourceDescriptor, options: InformerOptions
+) -> str | None:
+    informer = ResourceInformer(client=client, descriptor=desc, store=store, options=options, streaming=False)
+    try:
+        informer.relist()
+        return None
+    except ApiError as exc:
+        informer.record_failure(exc)
+        return str(exc)
+
+
+class DaemonInformers:
+    """Inside the daemon: its informers keep the cache current, so a sync only waits
+    (at most ``wait``) for informers still making their first list."""
+
+    def __init__(self, manager: InformerManager, *, wait: float = 60.0) -> None:
+        self.manager = manager
+        self.wait = wait
+
+    def refresh(self, spec: Spec, contexts: list[str], tables: tuple[str, ...]) -> dict[str, str]:
+        watched = {ctx.context: ctx for ctx in self.manager.contexts}
+        failures = {
+            ctx: f"context {ctx} is not watched by this daemon (it watches {', '.join(watched) or 'none'})"
+            for ctx in contexts
+            if ctx not in watched
+        }
+        wanted = {d.key for d in needed_resources(tables)}
+        deadline = time.monotonic() + self.wait
+        for ctx in (c for c in contexts if c in watched):
+            while True:
+                cold = [
+                    s.resource
+                    for s in watched[ctx].statuses()
+                    if s.resource in wanted
+                    and not s.resource_version
+                    and s.state not in ("forbidden", "error")
+                ]
+                if not cold or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            if cold:
+                failures[ctx] = f"still listing {', '.join(sorted(cold))} after {self.wait:.0f}s"
+        return failures
+
+    def test_connection(self, spec: Spec, contexts: list[str]) -> list[str]:
+        return probe_contexts(spec.kubeconfig, contexts)
