@@ -15,14 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import signal
-import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +26,11 @@ from typing import Any
 
 import psycopg
 
-from testbed.cluster import ControlPlanes, control_planes, free_port
+from testbed.cluster import ControlPlanes, control_planes
 from testbed.cq import destination_config, run_cloudquery, source_config
+from testbed.daemon import DaemonProcess
 from testbed.postgres import postgres_server
+from watcher import state
 
 CONTEXTS = ["c1", "c2", "c3"]
 RESOURCES = {"configmaps": "k8s_configmaps", "namespaces": "k8s_namespaces", "secrets": "k8s_secrets"}
@@ -63,49 +61,6 @@ class Report:
         }
 
 
-class Daemon:
-    def __init__(self, kubeconfig: Path, cache: Path, log: Path) -> None:
-        self.kubeconfig, self.cache, self.log = kubeconfig, cache, log
-        self.grpc_port, self.http_port = free_port(), free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "k8s-watcher"), "serve", "--kubeconfig", str(self.kubeconfig),
-                "--contexts", ",".join(CONTEXTS), "--cache", str(self.cache),
-                "--grpc-address", f"127.0.0.1:{self.grpc_port}", "--http-address", f"127.0.0.1:{self.http_port}",
-            ],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise TimeoutError("daemon did not start")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-
-    def statuses(self) -> list[dict[str, Any]]:
-        out = subprocess.run(
-            [str(Path(sys.executable).parent / "k8s-watcher"), "status", "--cache", str(self.cache), "--json"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        return list(json.loads(out.stdout)["informers"])
-
-
 def _mismatches(where: str, got: dict[str, str], truth: dict[str, str]) -> list[str]:
     """One line per uid whose resourceVersion differs from the API's (or is missing on one side)."""
     return [
@@ -121,7 +76,9 @@ class Chaos:
         self.report = Report()
         self.stop = threading.Event()
         self.lock = threading.Lock()  # serialises faults that restart things
-        self.daemon = Daemon(planes.kubeconfig, work / "cache.db", work / "daemon.log")
+        self.daemon = DaemonProcess(
+            planes.kubeconfig, work / "cache.db", work / "daemon.log", ",".join(CONTEXTS)
+        )
         self.dsn = {mode: self._database(pg_dsn, mode) for mode in ("snapshot", "incremental")}
         self.relists_before_restarts = 0
 
@@ -205,9 +162,11 @@ class Chaos:
                 time.sleep(1.0)
                 server.start()
             elif kind == "daemon-kill":
-                self.relists_before_restarts += sum(int(s["relists"]) for s in self.daemon.statuses())
+                self.relists_before_restarts += sum(
+                    int(s["relists"]) for s in self.daemon.status()["informers"]
+                )
                 self.daemon.kill()
-                self.daemon.start()
+                self.daemon.start(synced=False)
             elif kind == "two-syncs":
                 threads = [threading.Thread(target=self.sync, args=(m,)) for m in ("snapshot", "incremental")]
                 for t in threads:
@@ -224,7 +183,7 @@ class Chaos:
             self.planes.servers[ctx].admin().create(
                 "/api/v1/namespaces/chaos/secrets", {"metadata": {"name": "s"}, "stringData": {"k": "v"}}
             )
-        self.daemon.start()
+        self.daemon.start(synced=False)
         workers = [threading.Thread(target=self.churn), threading.Thread(target=self.syncs)]
         for w in workers:
             w.start()
@@ -256,7 +215,9 @@ class Chaos:
             if not self.sync(mode):
                 report.pg_mismatches.append(f"final {mode} sync failed")
         report.pg_mismatches += self._pg_diff()
-        report.relists = self.relists_before_restarts + sum(int(s["relists"]) for s in self.daemon.statuses())
+        report.relists = self.relists_before_restarts + sum(
+            int(s["relists"]) for s in self.daemon.status()["informers"]
+        )
 
     def _truth(self, ctx: str, resource: str) -> dict[str, str]:
         path = "/api/v1/namespaces" if resource == "namespaces" else f"/api/v1/{resource}"
@@ -265,16 +226,11 @@ class Chaos:
 
     def _cache_diff(self) -> list[str]:
         out = []
-        con = sqlite3.connect(f"file:{self.daemon.cache}?mode=ro", uri=True, timeout=30)
-        try:
+        with state.reading(self.daemon.cache) as conn:
             for ctx in CONTEXTS:
                 for resource in RESOURCES:
-                    cached = dict(con.execute(
-                        "SELECT uid, resource_version FROM objects WHERE context=? AND resource=? AND deleted=0", (ctx, resource)
-                    ).fetchall())  # fmt: skip
+                    cached = state.live_versions(conn, ctx, resource)
                     out += _mismatches(f"cache {ctx}/{resource}", cached, self._truth(ctx, resource))
-        finally:
-            con.close()
         return out
 
     def _pg_diff(self) -> list[str]:

@@ -1,12 +1,15 @@
 """Benchmarks, side by side in one run, against the real parts (see BENCHMARKS.md).
 
 For each size N: a fresh test bed with 3 contexts, N objects in a realistic mix, the
-k8s-watcher daemon, PostgreSQL, and the real CloudQuery CLI. Measures:
+k8s-watcher daemon, PostgreSQL, the real CloudQuery CLI and the real PostgreSQL
+destination v8.16.0. Measures:
 
-1. `cloudquery sync` wall time: (a) daemon, warm cache, registry grpc; (b) forced
-   relist (registry local, no cache); (d) a null source emitting the same rows from
-   memory. (c), the official CloudQuery k8s plugin, cannot be fetched here (see
-   BENCHMARKS.md). Ratios a/b and a/d.
+1. `cloudquery sync` wall time: (a) daemon, warm cache, registry grpc (with the
+   plugin's own Sync time and the fixed cost of a one-table sync beside it); (b)
+   forced relist (registry local, no cache); (c) the official CloudQuery k8s source
+   v6.2.4 with its defaults (bench/peer.py); (d) a null source emitting the same rows
+   from memory; (e) PostgreSQL alone (binary COPY of the same rows). Ratios a/b, a/c,
+   a/d. Incremental syncs: one carrying nothing, one carrying 1k changes.
 2. Cache -> Arrow emission rate (rows/s, no destination).
 3. Freshness: API write -> visible in the cache, p50/p99, under sustained writes/s.
 4. Ingest: the watch-event rate the cache keeps up with under a write blast.
@@ -22,16 +25,13 @@ import argparse
 import http.client
 import json
 import os
-import signal
 import sqlite3
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -42,8 +42,10 @@ import psycopg
 import pyarrow as pa
 
 from bench.etcd_load import etcd_blast
-from testbed.cluster import ApiServer, ControlPlanes, control_planes, free_port
+from bench.peer import official_sync
+from testbed.cluster import ApiServer, ControlPlanes, control_planes
 from testbed.cq import destination_config, run_cloudquery, source_config
+from testbed.daemon import DaemonProcess
 from testbed.postgres import postgres_server
 from watcher.snapshot import SnapshotReader
 from watcher.spec import ALL_TABLES
@@ -214,59 +216,6 @@ def populate(planes: ControlPlanes, n: int) -> dict[str, int]:
 # --------------------------------------------------------------------------- helpers
 
 
-class Daemon:
-    def __init__(self, kubeconfig: Path, cache: Path, log: Path) -> None:
-        self.grpc_port, self.http_port = free_port(), free_port()
-        self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "k8s-watcher"), "serve", "--kubeconfig", str(kubeconfig),
-                "--contexts", ",".join(CONTEXTS), "--cache", str(cache),
-                "--grpc-address", f"127.0.0.1:{self.grpc_port}", "--http-address", f"127.0.0.1:{self.http_port}",
-            ],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def http(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as resp:
-            return resp.read().decode()
-
-    def wait_synced(self, timeout: float = 1800) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            assert self.proc.poll() is None, "daemon exited"
-            try:
-                body = self.http("/healthz")
-                if "listing" not in body and "starting" not in body and "watching" in body:
-                    return time.monotonic() - started
-            except OSError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError("daemon did not sync")
-
-    def metric(self, name: str) -> float:
-        total = 0.0
-        for line in self.http("/metrics").splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-
-
 def audit_counts(planes: ControlPlanes, since: float, until: float) -> dict[str, int]:
     """LIST and WATCH requests issued by k8s-watcher (user agent) in [since, until]."""
     counts = {"list": 0, "watch": 0, "get": 0}
@@ -338,7 +287,7 @@ def _hot_configmaps(planes: ControlPlanes, limit: int = 200) -> int:
 
 
 def incremental(
-    planes: ControlPlanes, daemon: Daemon, work: Path, dsn: str, *, changes: int
+    planes: ControlPlanes, daemon: DaemonProcess, work: Path, dsn: str, *, changes: int
 ) -> dict[str, float]:
     """Incremental syncs through the warm daemon: one that carries nothing (the cursor is
     current) and one that carries ``changes`` updated ConfigMaps; the target is the
@@ -351,7 +300,7 @@ def incremental(
     idle_s, idle_rows = timed_sync(work / "idle", configs)
     server = planes.servers["c1"]
     names = [f"configmap-{i}" for i in range(_hot_configmaps(planes, limit=changes))]
-    before = daemon.metric("k8s_watcher_events")
+    before = daemon.metric("k8s_watcher_events_total")
 
     def patch(name: str) -> None:
         ns = f"ns-{int(name.split('-')[1]) % _ns_count(planes)}"
@@ -363,7 +312,7 @@ def incremental(
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(patch, names))
     deadline = time.monotonic() + 60
-    while daemon.metric("k8s_watcher_events") - before < len(names) and time.monotonic() < deadline:
+    while daemon.metric("k8s_watcher_events_total") - before < len(names) and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1)  # the events counter is bumped before the write commits
     delta_s, delta_rows = timed_sync(work / "delta", configs)
@@ -500,7 +449,7 @@ def _ns_count(planes: ControlPlanes) -> int:
 
 
 def ingest(
-    planes: ControlPlanes, daemon: Daemon, *, hot: int, seconds: float, workers: int = 24
+    planes: ControlPlanes, daemon: DaemonProcess, *, hot: int, seconds: float, workers: int = 24
 ) -> dict[str, float]:
     """Blast writes from many threads; compare the API write rate with the rate the
     daemon applies events, and the lag left at the end."""
@@ -543,7 +492,13 @@ def ingest(
 
 
 def ingest_etcd(
-    planes: ControlPlanes, daemon: Daemon, cache: Path, *, rates: list[int], seconds: float, batch: int = 10
+    planes: ControlPlanes,
+    daemon: DaemonProcess,
+    cache: Path,
+    *,
+    rates: list[int],
+    seconds: float,
+    batch: int = 10,
 ) -> dict[str, Any]:
     """Step the watch-event rate up with writes straight into etcd (bench/etcd_load.py:
     the API server's write path tops out near 1k/s here; its watch path does not).
@@ -605,7 +560,8 @@ def bench_size(
     with control_planes(CONTEXTS, workdir=work / "kube") as planes, postgres_server() as pg:
         out.update(populate(planes, n))
         cache = work / "cache.db"
-        daemon = Daemon(planes.kubeconfig, cache, work / "daemon.log")
+        daemon = DaemonProcess(planes.kubeconfig, cache, work / "daemon.log", ",".join(CONTEXTS))
+        daemon.start(synced=False)
         try:
             out["daemon_initial_sync_s"] = daemon.wait_synced()
             time.sleep(2)
@@ -668,6 +624,16 @@ def bench_size(
                 flush=True,
             )
 
+            # (c) the official CloudQuery k8s source v6.2.4, its defaults, same objects
+            out["c_official"] = official_sync(planes, pg_db("c"), work / "c")
+            out["c_official_s"] = out["c_official"]["wall_s"]
+            print(
+                f"  (c) official plugin: {out['c_official_s']:.1f}s for {out['c_official']['resources']} rows,"
+                f" peak RSS {out['c_official']['plugin_peak_rss_mb']:.0f} MB,"
+                f" requests {out['c_official']['requests']['by_verb']}",
+                flush=True,
+            )
+
             # 2. emission rate, and the batches for (d)
             out["emission_first_pass_rows_per_s"], out["emission_rows_per_s"], out["emission_rows"], ipc = (
                 emission_rate(cache)
@@ -721,6 +687,7 @@ def bench_size(
     store.close()
     print(f"  ingest (cache alone): {out['cache_ingest_events_per_s']:.0f} events/s", flush=True)
     out["ratio_a_b"] = out["a_warm_grpc_s"] / out["b_relist_s"]
+    out["ratio_a_c"] = out["a_warm_grpc_s"] / out["c_official_s"]
     out["ratio_a_d"] = out["a_warm_grpc_s"] / out["d_null_s"]
     return out
 

@@ -262,10 +262,6 @@ class ApiServer:
     def stop(self) -> None:
         self.process.stop()
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def wait_ready(self, timeout: float = 120) -> None:
         def ready() -> bool:
             if not self.process.alive():

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import argparse
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psycopg
 
-from testbed.cluster import control_planes, free_port
+from testbed.cluster import control_planes
 from testbed.cq import destination_config, run_cloudquery, source_config
+from testbed.daemon import DaemonProcess
 from testbed.postgres import postgres_server
 
 QUERY = (
@@ -53,33 +52,16 @@ def main() -> int:
     with control_planes(["dev", "prod"], workdir=work / "kube") as planes, postgres_server() as pg:
         for name, server in planes.servers.items():
             _populate(server.admin(), name)
-        grpc_port, http_port = free_port(), free_port()
-        cache = work / "cache.db"
-        daemon = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "k8s-watcher"), "serve", "--kubeconfig", str(planes.kubeconfig),
-                "--contexts", "dev,prod", "--cache", str(cache),
-                "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}",
-            ],
-            stdout=(work / "daemon.log").open("wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        daemon = DaemonProcess(planes.kubeconfig, work / "cache.db", work / "daemon.log", "dev,prod")
         try:
-            for _ in range(100):
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=2) as resp:
-                        body = resp.read().decode()
-                    if "listing" not in body and "starting" not in body:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.2)
-            print(f"demo: daemon healthy: {body.strip()}")
+            daemon.start()
+            print(f"demo: daemon healthy: {daemon.http('/healthz')[1].strip()}")
             started = time.monotonic()
             result = run_cloudquery(
                 ["sync"],
                 workdir=work / "cq",
                 configs=[
-                    source_config({}, registry="grpc", path=f"127.0.0.1:{grpc_port}"),
+                    source_config({}, registry="grpc", path=daemon.grpc_address),
                     destination_config(pg.dsn),
                 ],
             )
@@ -98,15 +80,14 @@ def main() -> int:
                 print("demo: rows per table:", dict(counts))
             if args.keep:
                 print(
-                    f"demo: kubeconfig {planes.kubeconfig}; PostgreSQL {pg.dsn}; metrics http://127.0.0.1:{http_port}/metrics"
+                    f"demo: kubeconfig {planes.kubeconfig}; PostgreSQL {pg.dsn}; metrics http://127.0.0.1:{daemon.http_port}/metrics"
                 )
                 print("demo: Ctrl-C to stop")
                 done = threading.Event()
                 signal.signal(signal.SIGINT, lambda *_: done.set())
                 done.wait()
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(30)
+            daemon.stop()
     return 0
 
 

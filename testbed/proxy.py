@@ -21,8 +21,6 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._stopped = threading.Event()
-        self.accepted = 0
-        self.cuts = 0
         #: While paused, new connections are refused (closed at once): a network outage.
         self.paused = False
 
@@ -49,7 +47,6 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
-                self.accepted += 1
                 self._conns.update((client, upstream))
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
@@ -75,7 +72,6 @@ class TcpProxy:
         """Reset every open connection; return how many client/upstream pairs were cut."""
         with self._lock:
             conns = list(self._conns)
-            self.cuts += 1
         for sock in conns:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")

@@ -7,17 +7,10 @@ direct) and isolate themselves by namespace names of their own.
 from __future__ import annotations
 
 import itertools
-import json
-import signal
-import sqlite3
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +20,9 @@ import yaml
 
 from testbed.cluster import ControlPlanes, KubeHttp, control_planes, free_port
 from testbed.cq import CqResult, destination_config, run_cloudquery, source_config
+from testbed.daemon import DaemonProcess
 from testbed.postgres import Postgres, postgres_server
+from watcher import state
 from watcher.resources import BY_KEY, ResourceDescriptor
 
 PODS, CMS, NSS, SECRETS = (BY_KEY[k] for k in ("pods", "configmaps", "namespaces", "secrets"))
@@ -93,17 +88,12 @@ def truth(admin: KubeHttp, desc: ResourceDescriptor) -> dict[str, str]:
     return {i["metadata"]["uid"]: i["metadata"]["resourceVersion"] for i in items}
 
 
-def cached(cache: Path, context: str, desc: ResourceDescriptor) -> dict[str, str]:
+def cached(
+    cache: Path, context: str, desc: ResourceDescriptor, namespace: str | None = None
+) -> dict[str, str]:
     """uid -> resourceVersion of every live object of the resource in the cache file."""
-    con = sqlite3.connect(f"file:{cache}?mode=ro", uri=True, timeout=30)
-    try:
-        rows = con.execute(
-            "SELECT uid, resource_version FROM objects WHERE context = ? AND resource = ? AND deleted = 0",
-            (context, desc.key),
-        ).fetchall()
-    finally:
-        con.close()
-    return dict(rows)
+    with state.reading(cache) as conn:
+        return state.live_versions(conn, context, desc.key, namespace)
 
 
 def cache_matches(cache: Path, context: str, admin: KubeHttp, desc: ResourceDescriptor) -> bool:
@@ -184,66 +174,20 @@ def sync(tmp: Path, dsn: str, spec: dict[str, Any], **source: Any) -> CqResult:
 # --------------------------------------------------------------------------- daemon
 
 
-@dataclass
-class DaemonProcess:
-    proc: subprocess.Popen[bytes]
-    grpc_port: int
-    http_port: int
-    log: Path
-
-    def http(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def status(self, cache: Path) -> dict[str, Any]:
-        out = subprocess.run(
-            [str(Path(sys.executable).parent / "k8s-watcher"), "status", "--cache", str(cache), "--json"],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        return json.loads(out.stdout)
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Any]:
+    """Start ``k8s-watcher serve`` (testbed.daemon), synced; every one is killed at the end."""
     started: list[DaemonProcess] = []
 
     def start(
         kubeconfig: Path, cache: Path, contexts: str = "*", *, extra_args: Sequence[str] = ()
     ) -> DaemonProcess:
-        grpc_port, http_port = free_port(), free_port()
         log = tmp_path / f"daemon-{len(started)}.log"
-        proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "k8s-watcher"), "serve",
-                "--kubeconfig", str(kubeconfig), "--contexts", contexts, "--cache", str(cache),
-                "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}",
-                *extra_args,
-            ],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        daemon = DaemonProcess(proc, grpc_port, http_port, log)
+        daemon = DaemonProcess(kubeconfig, cache, log, contexts, extra_args=extra_args)
         started.append(daemon)
-
-        def healthy() -> bool:
-            assert proc.poll() is None, log.read_text()
-            try:
-                code, body = daemon.http("/healthz")
-            except OSError:
-                return False
-            return code == 200 and "listing" not in body and "starting" not in body
-
-        eventually(healthy, timeout=60, what="daemon healthy and synced")
-        return daemon
+        return daemon.start()
 
     yield start
     for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
+        if d.proc is not None and d.proc.poll() is None:
+            d.kill()

@@ -15,6 +15,11 @@ def test_benchmark_harness_runs_every_phase_at_tiny_n(tmp_path: Path) -> None:
     assert out["a_rows"] == out["b_rows"] == out["d_rows"] == out["emission_rows"] > 300
     assert out["a_requests"] == {"list": 0, "watch": 0, "get": 0}
     assert out["b_requests"]["list"] > 0
+    # The official plugin lists every table of every context and fails none.
+    assert out["c_official"]["requests"]["by_verb"].get("list", 0) >= 3 * 40
+    assert out["c_official"]["source_errors"] == 0 and out["c_official_s"] > 0
+    inc = out["incremental"]
+    assert inc["changes"] > 0 and inc["delta_rows"] >= inc["changes"] > inc["idle_rows"]
     assert out["freshness"]["unseen"] == 0 and math.isfinite(out["freshness"]["p99_ms"])
     assert out["ingest"]["events_applied"] >= out["ingest"]["writes"] > 0
     (step,) = out["ingest_etcd"]["steps"]

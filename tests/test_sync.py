@@ -13,10 +13,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from testbed.cluster import ControlPlanes
+from testbed.cluster import KUBE_VERSION, ControlPlanes
 from testbed.cq import CqResult, run_cloudquery, source_config
 from tests.conftest import (
+    PODS,
     assert_pg_equals_api,
+    cached,
     configmap,
     eventually,
     kubeconfig_with,
@@ -26,6 +28,7 @@ from tests.conftest import (
     unique,
     unreachable_cluster,
 )
+from watcher import state
 
 
 def synced_resources(result: CqResult) -> int:
@@ -99,9 +102,9 @@ def test_local_registry_relists_without_cache_and_delivers_everything(
         secret = conn.execute(
             "SELECT spec, status, name FROM k8s_secrets WHERE namespace = %s AND context_name = 'dev'", (ns,)
         ).fetchone()
-    assert [c[:2] for c in clusters] == [("dev", "v1.37.2"), ("prod", "v1.37.2")]
+    assert [c[:2] for c in clusters] == [("dev", KUBE_VERSION), ("prod", KUBE_VERSION)]
     assert [c[2] for c in clusters] == [planes.servers["dev"].client_url, planes.servers["prod"].client_url]
-    assert joined == [(ctx, "v1.37.2", ns, f"p{i}") for ctx in ("dev", "prod") for i in range(3)]
+    assert joined == [(ctx, KUBE_VERSION, ns, f"p{i}") for ctx in ("dev", "prod") for i in range(3)]
     assert images == (["img:1"], "Pending")
     assert secret == (None, None, "s")  # metadata only
 
@@ -160,7 +163,7 @@ def test_grpc_daemon_warm_sync_updates_deletes_restart(
     restarted_at = time.time()
     configmap(planes.servers["dev"].admin(), ns, "while-down")
     again = start_daemon(planes.kubeconfig, cache, "dev,prod")
-    informers = again.status(cache)["informers"]
+    informers = again.status()["informers"]
     assert informers and all(i["lists"] == 0 and i["state"] == "watching" for i in informers), informers
     assert [
         r
@@ -174,39 +177,17 @@ def test_grpc_daemon_warm_sync_updates_deletes_restart(
 
 
 def cached_pod_uids(cache: Path, ns: str) -> list[str]:
-    import sqlite3
-
-    con = sqlite3.connect(f"file:{cache}?mode=ro", uri=True)
-    try:
-        return [
-            r[0]
-            for r in con.execute(
-                "SELECT uid FROM objects WHERE resource='pods' AND namespace=? AND deleted=0", (ns,)
-            )
-        ]
-    finally:
-        con.close()
+    return [uid for ctx in ("dev", "prod") for uid in cached(cache, ctx, PODS, ns)]
 
 
-def cached_meta(cache: Path, key: str) -> str:
-    import sqlite3
-
-    con = sqlite3.connect(f"file:{cache}?mode=ro", uri=True)
-    try:
-        return str(con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
-    finally:
-        con.close()
+def cached_meta(cache: Path, key: str) -> str | None:
+    with state.reading(cache) as conn:
+        return state.read_meta(conn, key)
 
 
 def cached_names(cache: Path, resource: str, context: str, ns: str) -> list[str]:
-    import sqlite3
-
-    con = sqlite3.connect(f"file:{cache}?mode=ro", uri=True)
-    try:
-        query = "SELECT name FROM objects WHERE resource=? AND context=? AND namespace=? AND deleted=0"
-        return [r[0] for r in con.execute(query, (resource, context, ns))]
-    finally:
-        con.close()
+    with state.reading(cache) as conn:
+        return state.live_names(conn, context, resource, ns)
 
 
 def test_incremental_mode_emits_only_changes_and_propagates_deletes(
