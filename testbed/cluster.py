@@ -493,6 +493,9 @@ class ControlPlanes:
             f"--service-account-signing-key-file={pki.sa_key_file}",
             f"--token-auth-file={tokens}",
             "--authorization-mode=RBAC",
+            # As kubeadm sets it: privileged containers are admitted (the hardening checks
+            # must meet some), and nothing else here would run them.
+            "--allow-privileged=true",
             "--disable-admission-plugins=ServiceAccount",
             "--endpoint-reconciler-type=none",
             # Compaction only on demand (Etcd.compact), so tests decide when RVs expire.

@@ -5,38 +5,27 @@ modules share one session-wide set-up: two contexts of the real test bed, object
 violate each check and objects that satisfy them created through the API, and one real
 ``cloudquery sync`` of both contexts into a PostgreSQL database of its own.
 
-The control plane is the test bed's own code started with ``--allow-privileged=true``
-(what kubeadm sets): without it the API server refuses privileged and HostProcess
-containers outright, so the checks for them could never meet one.
+The control plane is one of its own (the test bed's API servers run with
+``--allow-privileged=true``, as kubeadm sets it), so that the data set's findings are
+exactly its objects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from testbed.cluster import ApiServer, ControlPlanes
+from testbed.cluster import ControlPlanes, control_planes
 from testbed.postgres import Postgres
 from tests.conftest import sync
 from tests.hardening import EAST, WEST, Hardened, new_database, populate
 
 
-class _PrivilegedPlanes(ControlPlanes):
-    def _make_server(self, *args: Any, **kwargs: Any) -> ApiServer:
-        server = super()._make_server(*args, **kwargs)
-        server.process.argv.append("--allow-privileged=true")
-        return server
-
-
 @pytest.fixture(scope="session")
 def hardened_planes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlanes]:
-    planes = _PrivilegedPlanes(workdir=tmp_path_factory.mktemp("hardened-testbed"), names=[EAST, WEST])
-    try:
-        yield planes.start()
-    finally:
-        planes.stop()
+    with control_planes([EAST, WEST], workdir=tmp_path_factory.mktemp("hardened-testbed")) as planes:
+        yield planes
 
 
 @pytest.fixture(scope="session")
