@@ -6,9 +6,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 from bench.run import bench_size
 
 
+@pytest.mark.slow
 def test_benchmark_harness_runs_every_phase_at_tiny_n(tmp_path: Path) -> None:
     out = bench_size(300, tmp_path, phase_seconds=2, etcd_rates=(300,))
     # The three syncs deliver the same rows; the warm one asks the API servers nothing.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.chaos import run_chaos
 
 
+@pytest.mark.slow
 def test_short_chaos_run_loses_nothing() -> None:
     result = run_chaos(45, seed=7, fault_every=3.0)
     assert sum(result["faults"].values()) >= 8, result
