@@ -136,13 +136,18 @@ def pg_server() -> Iterator[Postgres]:
         yield pg
 
 
+def new_dsn(pg: Postgres) -> str:
+    """The connection string of a new, empty database."""
+    name = "t_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return pg.dsn.replace("/postgres?", f"/{name}?")
+
+
 @pytest.fixture
 def dsn(pg_server: Postgres) -> str:
     """A fresh database per test."""
-    name = "t_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return pg_server.dsn.replace("/postgres?", f"/{name}?")
+    return new_dsn(pg_server)
 
 
 def pg_uids(dsn: str, table: str, context: str) -> set[str]:

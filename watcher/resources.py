@@ -67,11 +67,34 @@ def _restart_count(obj: Obj) -> int:
     return sum(int(s.get("restartCount") or 0) for s in statuses)
 
 
-def _ready_condition(obj: Obj) -> bool | None:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready":
-            return bool(cond.get("status") == "True")
-    return None
+def condition(type_: str) -> Callable[[Obj], bool | None]:
+    """An extractor: whether the status condition ``type_`` is True (None if absent)."""
+
+    def get(obj: Obj) -> bool | None:
+        for cond in (obj.get("status") or {}).get("conditions") or []:
+            if isinstance(cond, Mapping) and cond.get("type") == type_:
+                return bool(cond.get("status") == "True")
+        return None
+
+    return get
+
+
+def first_of(*extractors: Callable[[Obj], Any]) -> Callable[[Obj], Any]:
+    """An extractor: the first value that is not None among ``extractors``."""
+
+    def get(obj: Obj) -> Any:
+        return next((v for v in (x(obj) for x in extractors) if v is not None), None)
+
+    return get
+
+
+def flat_each(list_path: Callable[[Obj], Any], inner: Callable[[Obj], Any]) -> Callable[[Obj], Any]:
+    """An extractor: the lists ``inner`` finds in each item at ``list_path``, concatenated."""
+
+    def get(obj: Obj) -> Any:
+        return [v for values in each(list_path, inner)(obj) for v in values]
+
+    return get
 
 
 @dataclass(frozen=True)
@@ -154,7 +177,7 @@ NODES = _d(
         Column("capacity_pods", S, path("status", "capacity", "pods")),
         Column("allocatable_cpu", S, path("status", "allocatable", "cpu")),
         Column("allocatable_memory", S, path("status", "allocatable", "memory")),
-        Column("ready", B, _ready_condition),
+        Column("ready", B, condition("Ready")),
         Column("conditions", J, path("status", "conditions")),
         Column("kubelet_version", S, path("status", "nodeInfo", "kubeletVersion")),
         Column("os_image", S, path("status", "nodeInfo", "osImage")),
@@ -171,6 +194,12 @@ _WORKLOAD_REPLICAS = (
     Column("images", SL, each(lambda o: _containers(path("spec", "template")(o) or {}), path("image"))),
 )
 
+_WEBHOOKS = (
+    Column("webhooks", J, path("webhooks")),
+    Column("webhook_names", SL, each(path("webhooks"), path("name"))),
+    Column("failure_policies", SL, each(path("webhooks"), path("failurePolicy"))),
+)
+
 RESOURCES: tuple[ResourceDescriptor, ...] = (
     _d("k8s_namespaces", "", "v1", "namespaces", "Namespace", namespaced=False,
        columns=(Column("phase", S, path("status", "phase")),)),
@@ -183,7 +212,7 @@ RESOURCES: tuple[ResourceDescriptor, ...] = (
         Column("qos_class", S, path("status", "qosClass")),
         Column("images", SL, each(_containers, path("image"))),
         Column("restart_count", INT, _restart_count),
-        Column("ready", B, _ready_condition),
+        Column("ready", B, condition("Ready")),
         Column("start_time", T, path("status", "startTime")),
     )),
     _d("k8s_deployments", "apps", "v1", "deployments", "Deployment", columns=(
@@ -302,6 +331,158 @@ RESOURCES: tuple[ResourceDescriptor, ...] = (
         Column("holder_identity", S, path("spec", "holderIdentity")),
         Column("renew_time", T, path("spec", "renewTime")),
     )),
+    # -- core kinds the official plugin also has
+    _d("k8s_endpoints", "", "v1", "endpoints", "Endpoints", columns=(
+        Column("subsets", J, path("subsets")),
+        Column("addresses", SL, flat_each(path("subsets"), each(path("addresses"), path("ip")))),
+        Column("not_ready_addresses", SL, flat_each(path("subsets"), each(path("notReadyAddresses"), path("ip")))),
+    )),
+    _d("k8s_limitranges", "", "v1", "limitranges", "LimitRange", columns=(
+        Column("limits", J, path("spec", "limits")),
+        Column("limit_types", SL, each(path("spec", "limits"), path("type"))),
+    )),
+    _d("k8s_resourcequotas", "", "v1", "resourcequotas", "ResourceQuota", columns=(
+        Column("hard", J, path("spec", "hard")),
+        Column("used", J, path("status", "used")),
+        Column("scopes", SL, path("spec", "scopes")),
+    )),
+    _d("k8s_podtemplates", "", "v1", "podtemplates", "PodTemplate", columns=(
+        Column("template", J, path("template")),
+        Column("images", SL, each(lambda o: _containers(path("template")(o) or {}), path("image"))),
+    )),
+    _d("k8s_replicationcontrollers", "", "v1", "replicationcontrollers", "ReplicationController",
+       columns=_WORKLOAD_REPLICAS),
+    # -- admission
+    _d("k8s_mutatingwebhookconfigurations", "admissionregistration.k8s.io", "v1",
+       "mutatingwebhookconfigurations", "MutatingWebhookConfiguration", namespaced=False, columns=_WEBHOOKS),
+    _d("k8s_validatingwebhookconfigurations", "admissionregistration.k8s.io", "v1",
+       "validatingwebhookconfigurations", "ValidatingWebhookConfiguration", namespaced=False, columns=_WEBHOOKS),
+    _d("k8s_validatingadmissionpolicies", "admissionregistration.k8s.io", "v1", "validatingadmissionpolicies",
+       "ValidatingAdmissionPolicy", namespaced=False, columns=(
+           Column("failure_policy", S, path("spec", "failurePolicy")),
+           Column("param_kind", J, path("spec", "paramKind")),
+           Column("match_constraints", J, path("spec", "matchConstraints")),
+           Column("validations", J, path("spec", "validations")),
+       )),
+    _d("k8s_validatingadmissionpolicybindings", "admissionregistration.k8s.io", "v1",
+       "validatingadmissionpolicybindings", "ValidatingAdmissionPolicyBinding", namespaced=False, columns=(
+           Column("policy_name", S, path("spec", "policyName")),
+           Column("validation_actions", SL, path("spec", "validationActions")),
+           Column("param_ref", J, path("spec", "paramRef")),
+           Column("match_resources", J, path("spec", "matchResources")),
+       )),
+    # -- certificates, networking, nodes, scheduling
+    _d("k8s_certificatesigningrequests", "certificates.k8s.io", "v1", "certificatesigningrequests",
+       "CertificateSigningRequest", namespaced=False, columns=(
+           Column("signer_name", S, path("spec", "signerName")),
+           Column("username", S, path("spec", "username")),
+           Column("groups", SL, path("spec", "groups")),
+           Column("usages", SL, path("spec", "usages")),
+           Column("expiration_seconds", INT, path("spec", "expirationSeconds")),
+           Column("approved", B, condition("Approved")),
+           Column("denied", B, condition("Denied")),
+           Column("certificate_issued", B, lambda o: bool(path("status", "certificate")(o))),
+       )),
+    _d("k8s_ingressclasses", "networking.k8s.io", "v1", "ingressclasses", "IngressClass", namespaced=False,
+       columns=(
+           Column("controller", S, path("spec", "controller")),
+           Column("is_default", B, lambda o: path("metadata", "annotations", "ingressclass.kubernetes.io/is-default-class")(o) == "true"),
+           Column("parameters", J, path("spec", "parameters")),
+       )),
+    _d("k8s_runtimeclasses", "node.k8s.io", "v1", "runtimeclasses", "RuntimeClass", namespaced=False, columns=(
+        Column("handler", S, path("handler")),
+        Column("overhead", J, path("overhead")),
+        Column("scheduling", J, path("scheduling")),
+    )),
+    _d("k8s_priorityclasses", "scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", namespaced=False,
+       columns=(
+           Column("value", INT, path("value")),
+           Column("global_default", B, path("globalDefault")),
+           Column("preemption_policy", S, path("preemptionPolicy")),
+           Column("description", S, path("description")),
+       )),
+    # -- storage
+    _d("k8s_csidrivers", "storage.k8s.io", "v1", "csidrivers", "CSIDriver", namespaced=False, columns=(
+        Column("attach_required", B, path("spec", "attachRequired")),
+        Column("pod_info_on_mount", B, path("spec", "podInfoOnMount")),
+        Column("storage_capacity", B, path("spec", "storageCapacity")),
+        Column("requires_republish", B, path("spec", "requiresRepublish")),
+        Column("fs_group_policy", S, path("spec", "fsGroupPolicy")),
+        Column("volume_lifecycle_modes", SL, path("spec", "volumeLifecycleModes")),
+    )),
+    _d("k8s_csinodes", "storage.k8s.io", "v1", "csinodes", "CSINode", namespaced=False, columns=(
+        Column("drivers", J, path("spec", "drivers")),
+        Column("driver_names", SL, each(path("spec", "drivers"), path("name"))),
+    )),
+    _d("k8s_csistoragecapacities", "storage.k8s.io", "v1", "csistoragecapacities", "CSIStorageCapacity",
+       columns=(
+           Column("storage_class_name", S, path("storageClassName")),
+           Column("capacity", S, path("capacity")),
+           Column("maximum_volume_size", S, path("maximumVolumeSize")),
+           Column("node_topology", J, path("nodeTopology")),
+       )),
+    _d("k8s_volumeattachments", "storage.k8s.io", "v1", "volumeattachments", "VolumeAttachment",
+       namespaced=False, columns=(
+           Column("attacher", S, path("spec", "attacher")),
+           Column("node_name", S, path("spec", "nodeName")),
+           Column("persistent_volume_name", S, path("spec", "source", "persistentVolumeName")),
+           Column("attached", B, path("status", "attached")),
+           Column("attach_error", J, path("status", "attachError")),
+       )),
+    # -- the API server itself
+    _d("k8s_apiservices", "apiregistration.k8s.io", "v1", "apiservices", "APIService", namespaced=False,
+       columns=(
+           Column("group", S, path("spec", "group")),
+           Column("version", S, path("spec", "version")),
+           Column("service", J, path("spec", "service")),
+           Column("insecure_skip_tls_verify", B, path("spec", "insecureSkipTLSVerify")),
+           Column("group_priority_minimum", INT, path("spec", "groupPriorityMinimum")),
+           Column("version_priority", INT, path("spec", "versionPriority")),
+           Column("available", B, condition("Available")),
+       )),
+    _d("k8s_flowschemas", "flowcontrol.apiserver.k8s.io", "v1", "flowschemas", "FlowSchema", namespaced=False,
+       columns=(
+           Column("priority_level", S, path("spec", "priorityLevelConfiguration", "name")),
+           Column("matching_precedence", INT, path("spec", "matchingPrecedence")),
+           Column("distinguisher_method", S, path("spec", "distinguisherMethod", "type")),
+           Column("rules", J, path("spec", "rules")),
+       )),
+    _d("k8s_prioritylevelconfigurations", "flowcontrol.apiserver.k8s.io", "v1", "prioritylevelconfigurations",
+       "PriorityLevelConfiguration", namespaced=False, columns=(
+           Column("type", S, path("spec", "type")),
+           Column("nominal_concurrency_shares", INT, first_of(path("spec", "limited", "nominalConcurrencyShares"),
+                                                              path("spec", "exempt", "nominalConcurrencyShares"))),
+           Column("lendable_percent", INT, first_of(path("spec", "limited", "lendablePercent"),
+                                                    path("spec", "exempt", "lendablePercent"))),
+           Column("limit_response", J, path("spec", "limited", "limitResponse")),
+       )),
+    # -- dynamic resource allocation (resource.k8s.io)
+    _d("k8s_deviceclasses", "resource.k8s.io", "v1", "deviceclasses", "DeviceClass", namespaced=False, columns=(
+        Column("selectors", J, path("spec", "selectors")),
+        Column("config", J, path("spec", "config")),
+        Column("extended_resource_name", S, path("spec", "extendedResourceName")),
+    )),
+    _d("k8s_resourceclaims", "resource.k8s.io", "v1", "resourceclaims", "ResourceClaim", columns=(
+        Column("requests", J, path("spec", "devices", "requests")),
+        Column("device_class_names", SL, each(path("spec", "devices", "requests"), path("exactly", "deviceClassName"))),
+        Column("allocated", B, lambda o: path("status", "allocation")(o) is not None),
+        Column("allocated_devices", J, path("status", "allocation", "devices", "results")),
+        Column("reserved_for", J, path("status", "reservedFor")),
+    )),
+    _d("k8s_resourceclaimtemplates", "resource.k8s.io", "v1", "resourceclaimtemplates", "ResourceClaimTemplate",
+       columns=(
+           Column("requests", J, path("spec", "spec", "devices", "requests")),
+           Column("device_class_names", SL,
+                  each(path("spec", "spec", "devices", "requests"), path("exactly", "deviceClassName"))),
+       )),
+    _d("k8s_resourceslices", "resource.k8s.io", "v1", "resourceslices", "ResourceSlice", namespaced=False,
+       columns=(
+           Column("driver", S, path("spec", "driver")),
+           Column("pool_name", S, path("spec", "pool", "name")),
+           Column("node_name", S, path("spec", "nodeName")),
+           Column("all_nodes", B, path("spec", "allNodes")),
+           Column("device_names", SL, each(path("spec", "devices"), path("name"))),
+       )),
 )  # fmt: skip
 
 

@@ -13,8 +13,11 @@ from watcher.resources import (
     BY_TABLE,
     CUSTOM_OBJECTS_TABLE,
     RESOURCES,
+    condition,
     custom_object_descriptor,
     each,
+    first_of,
+    flat_each,
     path,
 )
 from watcher.spec import ALL_TABLES, CLUSTERS_TABLE
@@ -50,6 +53,31 @@ def test_each_maps_the_items_and_skips_non_mappings_and_none_results() -> None:
     assert each(path("items"), path("n"))(obj) == ["a", "b"]
     assert each(path("missing"), path("n"))(obj) == []
     assert each(path("items"), lambda i: i.get("n") if i.get("n") == "b" else None)(obj) == ["b"]
+
+
+def test_condition_is_true_false_or_none_when_the_condition_is_absent() -> None:
+    obj = {
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}, {"type": "Approved", "status": "False"}]
+        }
+    }
+    assert condition("Ready")(obj) is True
+    assert condition("Approved")(obj) is False
+    assert condition("Denied")(obj) is None
+    assert condition("Ready")({}) is None
+
+
+def test_flat_each_concatenates_the_lists_found_in_each_item() -> None:
+    obj = {"subsets": [{"addresses": [{"ip": "a"}, {"ip": "b"}]}, {}, {"addresses": [{"ip": "c"}, {}]}]}
+    assert flat_each(path("subsets"), each(path("addresses"), path("ip")))(obj) == ["a", "b", "c"]
+    assert flat_each(path("missing"), each(path("addresses"), path("ip")))(obj) == []
+
+
+def test_first_of_takes_the_first_value_that_is_present_even_when_falsy() -> None:
+    pick = first_of(path("a"), path("b"))
+    assert pick({"a": 0, "b": 5}) == 0
+    assert pick({"b": 5}) == 5
+    assert pick({}) is None
 
 
 def test_descriptor_keys_and_table_names_are_unique() -> None:
