@@ -7,7 +7,9 @@ every error names the offending field.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
+import logging
 import math
 import os
 import re
@@ -28,6 +30,13 @@ ALL_TABLES: tuple[str, ...] = (
     CUSTOM_OBJECTS_TABLE,
 )
 
+#: ``resources`` values of the original design whose table is not ``k8s_<value>``.
+RESOURCE_ALIASES = {"crds": "k8s_custom_resources"}
+#: Read when the spec omits the field (comma lists), as the original design did.
+ENV_FIELDS = {"contexts": "K8S_CONTEXTS", "resources": "K8S_RESOURCES"}
+
+log = logging.getLogger(__name__)
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 JSON_SCHEMA: dict[str, Any] = {
@@ -37,7 +46,7 @@ JSON_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "contexts": {
-            "description": 'Kubeconfig context names to sync, or ["*"] for all of them.',
+            "description": 'Kubeconfig context names to sync, or ["*"] for all of them. Default: $K8S_CONTEXTS, else all.',
             "type": "array",
             "items": {"type": "string", "minLength": 1},
             "minItems": 1,
@@ -48,6 +57,17 @@ JSON_SCHEMA: dict[str, Any] = {
             "items": {"type": "string", "minLength": 1},
             "minItems": 1,
         },
+        "resources": {
+            "description": "Resources to sync by name (clusters, namespaces, pods, deployments, services, crds, "
+            "or any table's name without k8s_); combined with tables. Default: $K8S_RESOURCES, else all.",
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+        },
+        "database_url": {
+            "description": "Accepted for configs of the original design and ignored: the destination writes.",
+            "type": "string",
+        },
         "kubeconfig": {
             "description": "Path of the kubeconfig file (default: $KUBECONFIG or ~/.kube/config).",
             "type": "string",
@@ -55,6 +75,11 @@ JSON_SCHEMA: dict[str, Any] = {
         "cache_path": {"description": "The SQLite cache file the daemon keeps warm.", "type": "string"},
         "incremental": {
             "description": "Emit only what changed (and deletions) since the last completed sync.",
+            "type": "boolean",
+        },
+        "follow": {
+            "description": "Keep the sync open after the snapshot or delta and send each change as the cache "
+            "commits it, with the cursor written in order with the data (implies incremental).",
             "type": "boolean",
         },
         "max_staleness": {
@@ -118,6 +143,7 @@ class Spec:
     kubeconfig: Path = field(default_factory=default_kubeconfig)
     cache_path: Path = field(default_factory=default_cache_path)
     incremental: bool = False
+    follow: bool = False
     max_staleness: float = 600.0
     concurrency: int = 4
     batch_max_rows: int = 20_000
@@ -139,7 +165,8 @@ class Spec:
             data = {}
         if not isinstance(data, dict):
             raise SpecError(f"spec must be a mapping of fields, got {type(data).__name__}")
-        data = {**(defaults or {}), **data}
+        written = data
+        data = {**(defaults or {}), **_from_environment(data), **data}
         validator = jsonschema.Draft202012Validator(JSON_SCHEMA)
         errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
         if errors:
@@ -148,19 +175,54 @@ class Spec:
         given: dict[str, Any] = {}
         if "contexts" in data:
             given["contexts"] = tuple(data["contexts"])
-        if "tables" in data:
-            given["tables"] = _expand_tables(data["tables"])
+        if "tables" in data or "resources" in data:
+            where = "resources" if "resources" in written else ENV_FIELDS["resources"]
+            resources = [_resource_table(r, where) for r in data.get("resources", ())]
+            given["tables"] = _expand_tables([*data.get("tables", ()), *resources])
+        if "database_url" in data:
+            _warn_database_url()
         for key in ("kubeconfig", "cache_path"):
             if key in data:
                 given[key] = Path(os.path.expanduser(data[key]))
         if "incremental" in data:
             given["incremental"] = bool(data["incremental"])
+        if data.get("follow"):
+            if data.get("incremental") is False:
+                raise SpecError("follow: needs incremental (a follow sync sends changes since its cursor)")
+            given["follow"] = given["incremental"] = True
         if "max_staleness" in data:
             given["max_staleness"] = parse_duration(data["max_staleness"], field_name="max_staleness")
         for key in ("concurrency", "batch_max_rows"):
             if key in data:
                 given[key] = int(data[key])
         return cls(**given)
+
+
+def _from_environment(data: dict[str, Any]) -> dict[str, Any]:
+    """Fields the spec omits, from ``K8S_CONTEXTS`` / ``K8S_RESOURCES`` (comma lists)."""
+    found: dict[str, Any] = {}
+    for key, var in ENV_FIELDS.items():
+        items = [v.strip() for v in os.environ.get(var, "").split(",") if v.strip()]
+        if key not in data and items:
+            found[key] = items
+    return found
+
+
+def _resource_table(resource: str, where: str) -> str:
+    table = RESOURCE_ALIASES.get(resource, f"k8s_{resource}")
+    if table not in ALL_TABLES:
+        known = sorted([*RESOURCE_ALIASES, *(t.removeprefix("k8s_") for t in ALL_TABLES)])
+        raise SpecError(f"{where}: {resource!r} is not a resource (known: {', '.join(known)})")
+    return table
+
+
+@functools.cache
+def _warn_database_url() -> None:
+    """Once per process: a daemon parses the spec of every sync it serves."""
+    log.warning(
+        "spec.database_url is ignored: the CloudQuery destination writes the data "
+        "(configure its connection_string instead)"
+    )
 
 
 def _describe(error: jsonschema.ValidationError) -> str:

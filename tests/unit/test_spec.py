@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+import watcher.spec as spec_module
 from watcher.resources import (
     CUSTOM_OBJECTS_TABLE,
 )
@@ -128,3 +130,56 @@ def test_nan_is_not_a_duration_even_from_a_json_spec() -> None:
     # json.loads accepts the NaN literal, so a spec can carry one
     with pytest.raises(SpecError, match="max_staleness"):
         Spec.parse(b'{"max_staleness": NaN}')
+
+
+# --------------------------------------------------------------------------- the original design's configs
+
+
+def test_resources_of_the_original_design_map_to_their_tables(clean_env: Path) -> None:
+    spec = Spec.parse({"resources": ["clusters", "namespaces", "pods", "deployments", "services", "crds"]})
+    assert spec.tables == (
+        "k8s_clusters", "k8s_namespaces", "k8s_pods", "k8s_deployments", "k8s_services", "k8s_custom_resources",
+    )  # fmt: skip
+
+
+def test_resources_combine_with_tables_without_duplicates(clean_env: Path) -> None:
+    spec = Spec.parse({"tables": ["k8s_*roles", "k8s_pods"], "resources": ["pods", "configmaps"]})
+    assert spec.tables == ("k8s_roles", "k8s_clusterroles", "k8s_pods", "k8s_configmaps")
+
+
+def test_an_unknown_resource_is_refused_naming_where_it_came_from(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SpecError, match=r"resources: 'gadgets' is not a resource \(known: .*crds"):
+        Spec.parse({"resources": ["pods", "gadgets"]})
+    monkeypatch.setenv("K8S_RESOURCES", "pods,gadgets")
+    with pytest.raises(SpecError, match="K8S_RESOURCES: 'gadgets' is not a resource"):
+        Spec.parse({})
+
+
+def test_contexts_and_resources_come_from_the_environment_when_the_spec_omits_them(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("K8S_CONTEXTS", " dev, prod ,")
+    monkeypatch.setenv("K8S_RESOURCES", "pods,crds")
+    from_env = Spec.parse({}, defaults={"contexts": ["daemon-ctx"]})
+    assert from_env.contexts == ("dev", "prod")
+    assert from_env.tables == ("k8s_pods", "k8s_custom_resources")
+    written = Spec.parse({"contexts": ["stage"], "resources": ["services"]})
+    assert written.contexts == ("stage",)
+    assert written.tables == ("k8s_services",)
+
+
+def test_database_url_is_accepted_ignored_and_warned_about_once(
+    clean_env: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "watcher.spec")
+    spec_module._warn_database_url.cache_clear()
+    first = Spec.parse({"database_url": "postgres://u@db/k8s"})
+    Spec.parse({"database_url": "postgres://u@db/k8s"})
+    assert first == Spec.parse({})
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        "spec.database_url is ignored: the CloudQuery destination writes the data "
+        "(configure its connection_string instead)"
+    ]
