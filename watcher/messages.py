@@ -10,6 +10,7 @@ no class for the protocol's delete-record message.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -70,6 +71,8 @@ class SyncOptions:
     backend: StateBackend | None = None
     supports_checkpoints: bool = False
     with_error_messages: bool = False
+    #: Set when the CLI went away (or the server stops): a ``follow`` sync ends.
+    stop: threading.Event | None = None
 
 
 SyncMessage = SyncMigrateTable | SyncInsert | SyncDeleteRecord | SyncError | SyncCheckpoint

@@ -6,6 +6,8 @@ daemon's informers, or the fallback relist outside a daemon), then opens one rea
 snapshot of the cache and yields plain messages (``watcher.messages``): every selected
 table as large record batches (snapshot mode), or only what changed since the cursor
 kept in CloudQuery's state backend, plus delete-record messages (incremental mode).
+With ``follow`` the sync then stays open and sends each change as the cache commits
+it, each batch followed by the cursor (see docs/streaming.md).
 ``watcher.server`` turns them into protocol v3 messages; this module speaks no
 protobuf.
 """
@@ -14,11 +16,15 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from watcher import state
 from watcher.clusters import CLUSTERS_TABLE
+from watcher.errors import CacheError
 from watcher.kubeconfig import KubeconfigError, resolve_contexts
 from watcher.messages import (
     StateBackend,
@@ -42,6 +48,26 @@ log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "k8s-watcher"
 CURSOR_KEY = "k8s-watcher|cursor"
+#: How often a follow sync looks for new changes (one indexed max(seq) read).
+FOLLOW_POLL_SECONDS = 0.1
+#: How often a follow sync re-sends k8s_clusters (informer states, staleness): those
+#: rows are computed, not logged in the change sequence.
+FOLLOW_CLUSTERS_SECONDS = 30.0
+
+
+@dataclass
+class FollowStatus:
+    """What the follow syncs of this plugin are doing, for the daemon's metrics."""
+
+    streams: int = 0
+    sent_seq: int = 0
+    #: Changes committed to the cache but not yet sent: since when (monotonic), or None.
+    pending_since: float | None = None
+    last_error: str = ""
+    last_error_at: float = 0.0
+
+    def lag_seconds(self) -> float:
+        return 0.0 if self.pending_since is None else time.monotonic() - self.pending_since
 
 
 class Plugin:
@@ -66,6 +92,8 @@ class Plugin:
         self.on_sync_done = on_sync_done
         self.spec: Spec | None = None
         self.contexts: list[str] = []
+        self.follow_status = FollowStatus()
+        self._follow_lock = threading.Lock()
 
     def init(self, raw_spec: bytes, *, no_connection: bool) -> None:
         spec = Spec.parse(raw_spec, defaults=self.defaults)
@@ -108,6 +136,8 @@ class Plugin:
             since = cursor.since(snap) if cursor else None
             for table in tables:
                 yield SyncMigrateTable(schema_for(table))
+            if spec.follow and cursor is not None and (migrate := cursor.in_band_table()) is not None:
+                yield migrate
             rows = deletes = 0
             # A context that could not be refreshed still sends what the cache holds for
             # it (k8s_clusters says how stale): skipping it would let delete-stale wipe
@@ -136,14 +166,84 @@ class Plugin:
             if self.on_sync_done is not None:
                 self.on_sync_done(elapsed, rows)
             if cursor is not None:
-                checkpoint = cursor.commit(snap)
+                checkpoint = cursor.commit(snap.cache_id, snap.seq, in_band=spec.follow)
                 if checkpoint is not None:
                     yield checkpoint
+            start = (snap.cache_id, snap.seq)
+        if spec.follow and cursor is not None:
+            yield from self._follow(spec, tables, cursor, start, options.stop or threading.Event())
+
+    def _follow(
+        self,
+        spec: Spec,
+        tables: tuple[str, ...],
+        cursor: _Cursor,
+        start: tuple[str, int],
+        stop: threading.Event,
+    ) -> Iterator[SyncMessage]:
+        """Send what the cache commits after ``start``, until ``stop``: per batch the
+        deletions, then the rows, then the cursor, so the destination commits the cursor
+        no earlier than the changes it covers (a stopped CLI resumes from it)."""
+        cache_id, last = start
+        selected = set(tables) - {CLUSTERS_TABLE}
+        engine = state.open_reader(spec.cache_path)
+        status = self.follow_status
+        with self._follow_lock:
+            status.streams += 1
+        clusters_due = time.monotonic() + FOLLOW_CLUSTERS_SECONDS
+        log.info("follow: streaming changes after seq %d", last)
+        try:
+            while not stop.wait(FOLLOW_POLL_SECONDS):
+                with engine.connect() as conn:
+                    newest = state.max_seq(conn)
+                refresh_clusters = CLUSTERS_TABLE in tables and time.monotonic() >= clusters_due
+                if newest <= last and not refresh_clusters:
+                    continue
+                if newest > last and status.pending_since is None:
+                    status.pending_since = time.monotonic()
+                with SnapshotReader(engine, batch_max_rows=spec.batch_max_rows) as snap:
+                    if snap.cache_id != cache_id or snap.purged_seq > last:
+                        raise CacheError(
+                            f"follow: the cache moved under the stream (cache id {snap.cache_id}, purged "
+                            f"up to seq {snap.purged_seq}, stream at {last}); restart the sync"
+                        )
+                    yield from _changes(snap, selected, self.contexts, last)
+                    if refresh_clusters:
+                        clusters_due = time.monotonic() + FOLLOW_CLUSTERS_SECONDS
+                        for ctx in self.contexts:
+                            yield from (SyncInsert(b) for b in snap.batches(CLUSTERS_TABLE, ctx))
+                    checkpoint = cursor.commit(snap.cache_id, snap.seq, in_band=True)
+                    if checkpoint is not None:
+                        yield checkpoint
+                    last = status.sent_seq = snap.seq
+                status.pending_since = None
+        except CacheError as exc:
+            status.last_error, status.last_error_at = str(exc), time.time()
+            raise
+        finally:
+            engine.dispose()
+            with self._follow_lock:
+                status.streams -= 1
+            log.info("follow: stream ended at seq %d", last)
 
     def _require_spec(self) -> Spec:
         if self.spec is None:
             raise SpecError("the plugin was not initialised with a spec")
         return self.spec
+
+
+def _changes(
+    snap: SnapshotReader, tables: set[str], contexts: list[str], since: int
+) -> Iterator[SyncMessage]:
+    """Deletions, then rows, changed after ``since`` in the selected tables and contexts
+    (grouped by kind: the destination flushes its batch at every switch of kind)."""
+    pairs = sorted(p for p in snap.changed(since) if p[0] in tables and p[1] in contexts)
+    for table, ctx in pairs:
+        for uid in snap.deleted_uids(table, ctx, since_seq=since):
+            yield SyncDeleteRecord(table, ctx, uid)
+    for table, ctx in pairs:
+        for batch in snap.batches(table, ctx, since_seq=since):
+            yield SyncInsert(batch)
 
 
 def resume_from(raw: str | None, *, cache_id: str, purged_seq: int, newest_seq: int) -> int | None:
@@ -198,16 +298,27 @@ class _Cursor:
         raw = self.client.get_key(CURSOR_KEY) if self.enabled else None
         return resume_from(raw, cache_id=snap.cache_id, purged_seq=snap.purged_seq, newest_seq=snap.seq)
 
-    def commit(self, snap: SnapshotReader) -> SyncCheckpoint | None:
-        """Advance the cursor to this sync's snapshot. With checkpoint support it goes on
-        the stream, and the CLI persists it only once the destination committed everything
-        before it; otherwise it is written to the backend at the end of the sync."""
+    def in_band_table(self) -> SyncMigrateTable | None:
+        """The state table, for a follow sync that writes its cursor as a row of the sync
+        stream (a CLI without checkpoint support: CLI 6.21.1 has none)."""
+        if not self.enabled or self.supports_checkpoints:
+            return None
+        return SyncMigrateTable(self.client.table.arrow_schema())
+
+    def commit(self, cache_id: str, seq: int, *, in_band: bool = False) -> SyncCheckpoint | SyncInsert | None:
+        """Advance the cursor to ``seq``. With checkpoint support it goes on the stream,
+        and the CLI persists it only once the destination committed everything before it.
+        ``in_band`` (a follow sync without checkpoints) sends it as a row of the state
+        table on the sync stream: the destination commits it in stream order, in the same
+        batch as the rows before it or a later one. Otherwise it is written to the backend
+        directly, at the end of the sync."""
         if not self.enabled:
             return None
-        value = f"{snap.cache_id}:{snap.seq}"
+        record = self.client.table.record([(CURSOR_KEY, f"{cache_id}:{seq}")])
         if self.supports_checkpoints:
-            record = self.client.table.record([(CURSOR_KEY, value)])
             return SyncCheckpoint(record)
-        self.client.set_key(CURSOR_KEY, value)
+        if in_band:
+            return SyncInsert(record)
+        self.client.set_key(CURSOR_KEY, f"{cache_id}:{seq}")
         self.client.flush()
         return None

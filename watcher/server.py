@@ -128,7 +128,7 @@ def to_protocol(msg: SyncMessage) -> plugin_pb2.Sync.Response:
     raise TypeError(f"not a sync message: {msg!r}")
 
 
-def sync_options(request: plugin_pb2.Sync.Request) -> SyncOptions:
+def sync_options(request: plugin_pb2.Sync.Request, stop: threading.Event | None = None) -> SyncOptions:
     backend = request.backend
     return SyncOptions(
         tables=tuple(request.tables),
@@ -136,6 +136,7 @@ def sync_options(request: plugin_pb2.Sync.Request) -> SyncOptions:
         backend=StateBackend(backend.connection, backend.table_name) if backend.table_name else None,
         supports_checkpoints=request.supports_checkpoints,
         with_error_messages=request.withErrorMessages,
+        stop=stop,
     )
 
 
@@ -169,12 +170,18 @@ class PluginServicer(plugin_pb2_grpc.PluginServicer):
         return plugin_pb2.GetTables.Response(tables=[arrow.schema_to_bytes(s) for s in schemas])
 
     def Sync(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        # A follow sync never ends by itself: it stops when the CLI cancels the call
+        # (exit, signal) or the server shuts down, both of which run this callback.
+        stop = threading.Event()
+        context.add_callback(stop.set)
         try:
-            for msg in self.plugin.sync(sync_options(request)):
+            for msg in self.plugin.sync(sync_options(request, stop)):
                 yield to_protocol(msg)
         except (ConfigError, CacheError) as exc:
             log.error("sync failed: %s", exc)
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"k8s-watcher: {exc}")
+        finally:
+            stop.set()
 
     def TestConnection(self, request: Any, context: Any) -> Any:
         try:

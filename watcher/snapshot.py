@@ -18,10 +18,11 @@ from sqlalchemy import Engine, func, select
 
 from watcher import state
 from watcher.clusters import CLUSTERS_SCHEMA, CLUSTERS_TABLE, ClusterFacts, cluster_batch
-from watcher.resources import BY_TABLE, CUSTOM_OBJECTS_TABLE, NODES
+from watcher.resources import BY_TABLE, CUSTOM_OBJECTS_TABLE, DERIVED_BY_TABLE, NODES
 from watcher.state import clusters, objects
 from watcher.tables import (
     custom_objects_schema,
+    derived_schema,
     descriptor_schema,
     rows_to_batch,
 )
@@ -32,6 +33,8 @@ def schema_for(table: str) -> pa.Schema:
         return CLUSTERS_SCHEMA
     if table == CUSTOM_OBJECTS_TABLE:
         return custom_objects_schema()
+    if table in DERIVED_BY_TABLE:
+        return derived_schema(DERIVED_BY_TABLE[table][1])
     return descriptor_schema(BY_TABLE[table])
 
 
@@ -147,6 +150,14 @@ class SnapshotReader:
             )
         )
         return [str(u) for (u,) in result]
+
+    def changed(self, since_seq: int) -> set[tuple[str, str]]:
+        """(table, context) pairs with a write or a deletion after ``since_seq``: one
+        range read of the seq index, so a follow sync reads only the tables that moved."""
+        result = self._conn.execute(
+            select(objects.c.table_name, objects.c.context).where(objects.c.seq > since_seq).distinct()
+        )
+        return {(str(t), str(c)) for t, c in result}
 
     def _cluster_batch(self, context: str) -> pa.RecordBatch:
         live = objects.c.deleted == False  # noqa: E712
