@@ -27,10 +27,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from watcher import state
+from watcher.credentials import DEFAULT_EXEC_TIMEOUT
 from watcher.informers import InformerManager
 from watcher.kube import KubeClient
 from watcher.kubeconfig import resolve_contexts
-from watcher.plugin import Plugin
+from watcher.plugin import FollowStatus, Plugin
 from watcher.refresh import DaemonInformers
 from watcher.server import serve_plugin
 from watcher.state import CacheStore
@@ -51,6 +52,8 @@ class DaemonConfig:
     #: Periodic full relist as a safety net against missed events (0 = off).
     relist_interval: float = 0
     heartbeat_interval: float = 5
+    #: An exec credential plugin still running after this long is killed.
+    exec_timeout: float = DEFAULT_EXEC_TIMEOUT
 
 
 #: The retention job never runs less often than this (seconds).
@@ -106,6 +109,28 @@ class _MetricsCollector:
         yield GaugeMetricFamily(
             "k8s_watcher_cache_seq", "Newest change sequence number", value=self.daemon.store.seq
         )
+        yield from _stream_metrics(self.daemon.plugin.follow_status)
+
+
+def _stream_metrics(status: FollowStatus) -> Iterator[Any]:
+    """The follow syncs (``follow: true``) this daemon serves."""
+    yield GaugeMetricFamily("k8s_watcher_stream_active", "Follow syncs open", value=status.streams)
+    yield GaugeMetricFamily(
+        "k8s_watcher_stream_seq",
+        "Change seq the last follow batch (and its cursor) carried",
+        value=status.sent_seq,
+    )
+    yield GaugeMetricFamily(
+        "k8s_watcher_stream_lag_seconds",
+        "Age of the oldest change committed to the cache and not yet sent on a follow sync",
+        value=status.lag_seconds(),
+    )
+    error = GaugeMetricFamily(
+        "k8s_watcher_stream_last_error", "Time of the last follow sync failure, by message", labels=["error"]
+    )
+    if status.last_error:
+        error.add_metric([status.last_error[:200]], status.last_error_at)
+    yield error
 
 
 def _http_handler(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
@@ -177,7 +202,8 @@ class Daemon:
         contexts = resolve_contexts(config.kubeconfig, config.contexts)
         self.store = CacheStore(config.cache_path)
         self.manager = InformerManager(
-            clients=[KubeClient(config.kubeconfig, c) for c in contexts], store=self.store
+            clients=[KubeClient(config.kubeconfig, c, exec_timeout=config.exec_timeout) for c in contexts],
+            store=self.store,
         )
         self.registry = CollectorRegistry()
         self.registry.register(_MetricsCollector(self))
