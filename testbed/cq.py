@@ -109,10 +109,7 @@ class CqResult:
     output: str
 
 
-def run_cloudquery(
-    args: list[str], *, workdir: Path, configs: list[dict[str, Any]] | None = None, timeout: float = 600
-) -> CqResult:
-    """Run the CLI with telemetry off; ``output`` holds its console output and log file."""
+def _cli_argv(args: list[str], workdir: Path, configs: list[dict[str, Any]] | None) -> list[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     files: list[str] = []
     if configs is not None:
@@ -121,14 +118,33 @@ def run_cloudquery(
         files = [str(config_file)]
     log_file = workdir / "cloudquery.log"
     log_file.unlink(missing_ok=True)
+    return [
+        str(cloudquery_binary()), *args, *files,
+        "--telemetry-level", "none", "--cq-dir", str(workdir / ".cq"),
+        "--log-file-name", str(log_file), "--log-level", "info",
+    ]  # fmt: skip
+
+
+def run_cloudquery(
+    args: list[str], *, workdir: Path, configs: list[dict[str, Any]] | None = None, timeout: float = 600
+) -> CqResult:
+    """Run the CLI with telemetry off; ``output`` holds its console output and log file."""
     env = {**os.environ, "CQ_TELEMETRY_LEVEL": "none"}
     proc = subprocess.run(
-        [
-            str(cloudquery_binary()), *args, *files,
-            "--telemetry-level", "none", "--cq-dir", str(workdir / ".cq"),
-            "--log-file-name", str(log_file), "--log-level", "info",
-        ],
+        _cli_argv(args, workdir, configs),
         cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
+    log_file = workdir / "cloudquery.log"
     log_text = log_file.read_text(errors="replace") if log_file.exists() else ""
     return CqResult(proc.returncode, proc.stdout + proc.stderr + log_text)
+
+
+def start_cloudquery(
+    args: list[str], *, workdir: Path, configs: list[dict[str, Any]] | None = None
+) -> subprocess.Popen[bytes]:
+    """The CLI as a running process (a ``follow`` sync never ends by itself); its console
+    output goes to ``workdir/console.log``, its log to ``workdir/cloudquery.log``."""
+    env = {**os.environ, "CQ_TELEMETRY_LEVEL": "none"}
+    argv = _cli_argv(args, workdir, configs)
+    with (workdir / "console.log").open("ab") as console:
+        return subprocess.Popen(argv, cwd=workdir, env=env, stdout=console, stderr=subprocess.STDOUT)
