@@ -1,4 +1,4 @@
-"""Command line: ``k8s-watcher serve | status | check | report`` and the ``k8s-watcher-plugin`` entry
+"""Command line: ``k8s-watcher serve | stream | status | check | report`` and the ``k8s-watcher-plugin`` entry
 that CloudQuery's ``registry: local`` starts (``<path> serve --network unix ...``)."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Options left out take DaemonConfig's defaults (written there, once).
     given = {
         key: getattr(args, key)
-        for key in ("grpc_address", "http_address", "relist_interval", "tombstone_retention")
+        for key in ("grpc_address", "http_address", "relist_interval", "tombstone_retention", "exec_timeout")
         if getattr(args, key) is not None
     }
     config = DaemonConfig(
@@ -134,6 +134,20 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from watcher.stream import cloudquery_command, supervise
+
+    setup_logging(args.log_level, "text")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    command = [args.cloudquery] if args.cloudquery else cloudquery_command()
+    return supervise([*command, "sync", *args.config, *args.cli_args], stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="k8s-watcher", description=__doc__)
     parser.add_argument("--version", action="version", version=f"k8s-watcher {__version__}")
@@ -152,9 +166,26 @@ def main(argv: list[str] | None = None) -> int:
         "--tombstone-retention", type=_duration(allow_zero=False), metavar="DURATION",
         help="keep deletions this long for incremental syncs; an older cursor gets a full snapshot (default 24h)",
     )  # fmt: skip
+    serve.add_argument(
+        "--exec-timeout", type=_duration(allow_zero=False), metavar="DURATION",
+        help="kill an exec credential plugin that runs longer than this (default 30s)",
+    )  # fmt: skip
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--log-format", default="text", choices=["text", "json"])
     serve.set_defaults(func=_serve)
+    stream = sub.add_parser(
+        "stream",
+        help="keep a follow sync running: cloudquery sync CONFIG, restarted with backoff when it exits",
+    )
+    stream.add_argument(
+        "--config", action="append", required=True, help="CloudQuery config file (repeatable)"
+    )
+    stream.add_argument(
+        "--cloudquery", help="the CLI (default: cloudquery on PATH, else python -m cloudquery)"
+    )
+    stream.add_argument("--log-level", default="info")
+    stream.add_argument("cli_args", nargs="*", help="more CLI arguments, after --")
+    stream.set_defaults(func=_stream)
     status = sub.add_parser("status", help="print each informer's state from the cache file")
     status.add_argument("--cache", help="cache file (default: ~/.local/state/k8s-watcher/cache.db)")
     status.add_argument("--json", action="store_true")
