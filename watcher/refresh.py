@@ -34,7 +34,7 @@ from watcher.informers import (
 )
 from watcher.kube import ApiError, KubeClient, probe_contexts
 from watcher.kubeconfig import KubeconfigError
-from watcher.resources import BY_TABLE, CRD, CUSTOM_OBJECTS_TABLE, NODES, ResourceDescriptor
+from watcher.resources import BY_TABLE, CRD, CUSTOM_OBJECTS_TABLE, DERIVED_BY_TABLE, NODES, ResourceDescriptor
 from watcher.snapshot import Freshness, SnapshotReader
 from watcher.spec import Spec
 from watcher.state import CacheStore, CacheUnusable
@@ -65,6 +65,8 @@ def needed_resources(tables: tuple[str, ...]) -> list[ResourceDescriptor]:
             needed += [BY_TABLE["k8s_namespaces"], NODES]
         elif table == CUSTOM_OBJECTS_TABLE:
             needed.append(CRD)
+        elif table in DERIVED_BY_TABLE:
+            needed.append(DERIVED_BY_TABLE[table][0])
         else:
             needed.append(BY_TABLE[table])
     return list(dict.fromkeys(needed))

@@ -9,11 +9,12 @@ this table. Custom resources get descriptors at run time from their CRDs
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-ColumnType = Literal["string", "int64", "bool", "json", "timestamp", "string_list"]
+ColumnType = Literal["string", "int64", "bool", "json", "timestamp", "string_list", "uuid"]
 Obj = Mapping[str, Any]
 
 
@@ -98,6 +99,21 @@ def flat_each(list_path: Callable[[Obj], Any], inner: Callable[[Obj], Any]) -> C
 
 
 @dataclass(frozen=True)
+class DerivedTable:
+    """Rows derived from each object of a resource (a pod's containers). They are cached
+    with the object, in the same transaction, and changed and tombstoned with it."""
+
+    table: str
+    #: The cache's resource key of these rows, apart from the parent's own.
+    key: str
+    description: str
+    #: The rows of one (sanitized) object: mappings with a ``uid`` (stable across writes
+    #: of the object) and a ``name``, which ``columns`` extract from.
+    rows: Callable[[Obj], list[dict[str, Any]]]
+    columns: tuple[Column, ...]
+
+
+@dataclass(frozen=True)
 class ResourceDescriptor:
     """One watchable API resource and the CloudQuery table it feeds."""
 
@@ -112,6 +128,7 @@ class ResourceDescriptor:
     metadata_only: bool = False
     #: Custom resource instances share one table; they carry their GVK as columns.
     custom: bool = False
+    derived: tuple[DerivedTable, ...] = ()
 
     @property
     def key(self) -> str:
@@ -138,6 +155,7 @@ def _d(
     namespaced: bool = True,
     columns: tuple[Column, ...] = (),
     metadata_only: bool = False,
+    derived: tuple[DerivedTable, ...] = (),
 ) -> ResourceDescriptor:
     return ResourceDescriptor(
         table=table,
@@ -148,6 +166,7 @@ def _d(
         namespaced=namespaced,
         columns=columns,
         metadata_only=metadata_only,
+        derived=derived,
     )
 
 
@@ -194,6 +213,78 @@ _WORKLOAD_REPLICAS = (
     Column("images", SL, each(lambda o: _containers(path("spec", "template")(o) or {}), path("image"))),
 )
 
+#: uuid5 namespace of derived rows' uids.
+_DERIVED_UID_NS = uuid.UUID("3b0f1c9e-7d4a-4f6e-9a61-2c5d8e0b4a17")
+_CONTAINER_KINDS = (
+    ("init", "initContainers", "initContainerStatuses"),
+    ("regular", "containers", "containerStatuses"),
+    ("ephemeral", "ephemeralContainers", "ephemeralContainerStatuses"),
+)
+
+
+def _pod_containers(pod: Obj) -> list[dict[str, Any]]:
+    """One row per init, regular and ephemeral container: its spec, its status, the pod."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    pod_uid = pod["metadata"]["uid"]
+    rows = []
+    for container_type, spec_key, status_key in _CONTAINER_KINDS:
+        statuses = {s.get("name"): s for s in status.get(status_key) or [] if isinstance(s, Mapping)}
+        for container in spec.get(spec_key) or []:
+            name = str(container.get("name"))
+            rows.append({
+                "uid": str(uuid.uuid5(_DERIVED_UID_NS, f"{pod_uid}/{container_type}/{name}")),
+                "name": name,
+                "type": container_type,
+                "container": container,
+                "status": statuses.get(name) or {},
+                "pod": pod,
+            })  # fmt: skip
+    return rows
+
+
+def _state(row: Obj) -> str | None:
+    """waiting, running or terminated: the key of the container's current state."""
+    return next(iter(path("status", "state")(row) or {}), None)
+
+
+def _state_reason(row: Obj) -> str | None:
+    state = _state(row)
+    return None if state is None else path("status", "state", state, "reason")(row)
+
+
+POD_CONTAINERS = DerivedTable(
+    table="k8s_pod_containers",
+    key="pods/containers",
+    description="One row per container (init, regular, ephemeral) of every pod",
+    rows=_pod_containers,
+    columns=(
+        Column("pod_uid", "uuid", path("pod", "metadata", "uid")),
+        Column("pod_name", S, path("pod", "metadata", "name")),
+        Column("namespace", S, path("pod", "metadata", "namespace")),
+        Column("node_name", S, path("pod", "spec", "nodeName")),
+        Column("name", S, path("name")),
+        Column("container_type", S, path("type")),
+        Column("image", S, path("container", "image")),
+        Column("image_id", S, path("status", "imageID")),
+        Column("ready", B, path("status", "ready")),
+        Column("restart_count", INT, path("status", "restartCount")),
+        Column("state", S, _state),
+        Column("state_reason", S, _state_reason),
+        Column("requests_cpu", S, path("container", "resources", "requests", "cpu")),
+        Column("requests_memory", S, path("container", "resources", "requests", "memory")),
+        Column("limits_cpu", S, path("container", "resources", "limits", "cpu")),
+        Column("limits_memory", S, path("container", "resources", "limits", "memory")),
+        Column("ports", J, path("container", "ports")),
+        Column("privileged", B, path("container", "securityContext", "privileged")),
+        # The container's own setting, else the pod's: what the kubelet enforces.
+        Column("run_as_non_root", B, first_of(path("container", "securityContext", "runAsNonRoot"),
+                                              path("pod", "spec", "securityContext", "runAsNonRoot"))),
+        Column("read_only_root_filesystem", B, path("container", "securityContext", "readOnlyRootFilesystem")),
+        Column("allow_privilege_escalation", B, path("container", "securityContext", "allowPrivilegeEscalation")),
+        Column("pod_created_at", T, path("pod", "metadata", "creationTimestamp")),
+    ),
+)  # fmt: skip
+
 _WEBHOOKS = (
     Column("webhooks", J, path("webhooks")),
     Column("webhook_names", SL, each(path("webhooks"), path("name"))),
@@ -214,7 +305,7 @@ RESOURCES: tuple[ResourceDescriptor, ...] = (
         Column("restart_count", INT, _restart_count),
         Column("ready", B, condition("Ready")),
         Column("start_time", T, path("status", "startTime")),
-    )),
+    ), derived=(POD_CONTAINERS,)),
     _d("k8s_deployments", "apps", "v1", "deployments", "Deployment", columns=(
         *_WORKLOAD_REPLICAS,
         Column("strategy", S, path("spec", "strategy", "type")),
@@ -505,6 +596,10 @@ def custom_object_columns(resource_key: str) -> tuple[Column, ...]:
 
 BY_KEY: dict[str, ResourceDescriptor] = {d.key: d for d in RESOURCES}
 BY_TABLE: dict[str, ResourceDescriptor] = {d.table: d for d in RESOURCES}
+#: Derived tables by name, with the resource whose objects they come from.
+DERIVED_BY_TABLE: dict[str, tuple[ResourceDescriptor, DerivedTable]] = {
+    x.table: (d, x) for d in RESOURCES for x in d.derived
+}
 
 
 def custom_object_descriptor(crd_row: Mapping[str, Any]) -> ResourceDescriptor | None:

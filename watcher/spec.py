@@ -26,7 +26,7 @@ from watcher.resources import CUSTOM_OBJECTS_TABLE, RESOURCES
 
 ALL_TABLES: tuple[str, ...] = (
     CLUSTERS_TABLE,
-    *(d.table for d in RESOURCES),
+    *(t for d in RESOURCES for t in (d.table, *(x.table for x in d.derived))),
     CUSTOM_OBJECTS_TABLE,
 )
 

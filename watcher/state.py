@@ -6,6 +6,10 @@ enqueued it, so an informer's checkpoint resourceVersion is never committed ahea
 of the events it covers. Readers open their own connection and get a consistent
 snapshot (one read transaction) without blocking the writer.
 
+Derived rows (a pod's containers, ``ResourceDescriptor.derived``) are objects rows of
+their own, under a resource key of their own, written and tombstoned in the same
+transaction as the object they come from and carrying its resourceVersion.
+
 Change sequence: every write of an object takes a new ``seq`` from one monotonic
 counter; a delete keeps the row as a tombstone (``deleted = 1``) with a new seq.
 ``seq > cursor`` is therefore exactly "changed or deleted since the cursor". The
@@ -52,12 +56,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from watcher.errors import CacheError
 from watcher.resources import ResourceDescriptor
-from watcher.tables import columns_of, decode_row, extract_row, sanitize
+from watcher.tables import columns_of, decode_row, derived_rows, extract_row, sanitize
 
 log = logging.getLogger(__name__)
 
 #: The row document format (see ``tables.encode_row``). 2: JSON columns stored as is.
-SCHEMA_VERSION = "2"
+#: 3: derived rows (a pod's containers) cached beside their object; a cache of format 2
+#: lacks them, and informers resuming from it would never write them.
+SCHEMA_VERSION = "3"
 
 metadata = MetaData()
 
@@ -444,12 +450,17 @@ class CacheStore:
         for obj in objs:
             clean = sanitize(obj, desc)
             m = clean["metadata"]
+            namespace, name, rv = m.get("namespace"), m.get("name") or "", m.get("resourceVersion") or ""
+            row = extract_row(clean, desc)
             rows.append(
-                (
-                    context, desc.key, m["uid"], desc.table, m.get("namespace"), m.get("name") or "",
-                    m.get("resourceVersion") or "", extract_row(clean, desc), self._next_seq(), gen,
-                )
-            )  # fmt: skip
+                (context, desc.key, m["uid"], desc.table, namespace, name, rv, row, self._next_seq(), gen)
+            )
+            # Derived rows carry their object's resourceVersion: they change (take a new
+            # seq) exactly when it does, and a relist generation tombstones them with it.
+            rows.extend(
+                (context, d.key, uid, d.table, namespace, f"{name}/{child}", rv, doc, self._next_seq(), gen)
+                for d, uid, child, doc in derived_rows(clean, desc)
+            )
         conn.exec_driver_sql(_UPSERT_OBJECT, rows)
 
     def _tombstone(
@@ -458,7 +469,11 @@ class CacheStore:
         rows = []
         for obj in objs:
             m = obj.get("metadata") or {}
-            rows.append((self._next_seq(), m.get("resourceVersion") or "", context, desc.key, m.get("uid")))
+            rv = m.get("resourceVersion") or ""
+            rows.append((self._next_seq(), rv, context, desc.key, m.get("uid")))
+            # A deleted object's last state names its derived rows (their uids are stable).
+            for derived in desc.derived:
+                rows.extend((self._next_seq(), rv, context, derived.key, r["uid"]) for r in derived.rows(obj))
         conn.exec_driver_sql(_TOMBSTONE_OBJECT, rows)
 
     def apply_events(
@@ -507,7 +522,7 @@ class CacheStore:
                 update(objects)
                 .where(
                     (objects.c.context == context)
-                    & (objects.c.resource == desc.key)
+                    & objects.c.resource.in_([desc.key, *(d.key for d in desc.derived)])
                     & (objects.c.deleted == False)  # noqa: E712
                     & ((objects.c.list_gen != gen) | objects.c.list_gen.is_(None))
                 )

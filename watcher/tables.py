@@ -25,6 +25,7 @@ from watcher.resources import (
     CUSTOM_OBJECTS_TABLE,
     Column,
     ColumnType,
+    DerivedTable,
     ResourceDescriptor,
     custom_object_columns,
 )
@@ -58,8 +59,9 @@ _STORAGE_TYPES: dict[ColumnType, pa.DataType] = {
     "json": pa.string(),  # JSON text; wrapped in the JSON extension type after reading
     "timestamp": _UTC_US,
     "string_list": pa.list_(pa.string()),
+    "uuid": pa.string(),  # canonical text; turned into the UUID extension type after reading
 }
-_OUTPUT_TYPES: dict[ColumnType, pa.DataType] = {**_STORAGE_TYPES, "json": JSONType()}
+_OUTPUT_TYPES: dict[ColumnType, pa.DataType] = {**_STORAGE_TYPES, "json": JSONType(), "uuid": UUIDType()}
 
 
 def columns_of(descriptor: ResourceDescriptor) -> tuple[Column, ...]:
@@ -89,6 +91,22 @@ def extract_row(obj: dict[str, Any], descriptor: ResourceDescriptor) -> bytes:
     """The cached row document of one object (``obj`` must already be sanitized)."""
     columns = columns_of(descriptor)
     return encode_row(obj["metadata"]["uid"], {c.name: c.extract(obj) for c in columns}, columns)
+
+
+def derived_rows(
+    obj: dict[str, Any], descriptor: ResourceDescriptor
+) -> list[tuple[DerivedTable, str, str, bytes]]:
+    """The rows derived from one (sanitized) object: (table, uid, name, row document)."""
+    return [
+        (
+            derived,
+            row["uid"],
+            row["name"],
+            encode_row(row["uid"], {c.name: c.extract(row) for c in derived.columns}, derived.columns),
+        )
+        for derived in descriptor.derived
+        for row in derived.rows(obj)
+    ]
 
 
 def encode_row(uid: Any, values: Mapping[str, Any], columns: Sequence[Column]) -> bytes:
@@ -146,6 +164,10 @@ def descriptor_schema(descriptor: ResourceDescriptor) -> pa.Schema:
     )
 
 
+def derived_schema(derived: DerivedTable) -> pa.Schema:
+    return table_schema(derived.table, derived.columns, derived.description)
+
+
 def custom_objects_schema() -> pa.Schema:
     return table_schema(
         CUSTOM_OBJECTS_TABLE,
@@ -173,15 +195,22 @@ def uuid_bytes(uids: pa.Array) -> pa.Array:
     if uids.type != pa.string():
         uids = uids.cast(pa.string())
     offsets = np.frombuffer(uids.buffers()[1], dtype=np.int32)[uids.offset : uids.offset + n + 1]
+    bitmap = None
     if uids.null_count or not np.all(np.diff(offsets) == 36):
-        raw = b"".join(uuid.UUID(u).bytes for u in uids.to_pylist())
+        values = uids.to_pylist()
+        raw = b"".join(uuid.UUID(u).bytes if u is not None else bytes(16) for u in values)
+        if uids.null_count:
+            valid = np.fromiter((u is not None for u in values), np.bool_, n)
+            bitmap = pa.py_buffer(np.packbits(valid, bitorder="little").tobytes())
     else:
         chars = np.frombuffer(uids.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[0] + 36 * n].reshape(
             n, 36
         )
         nibbles = _HEX[chars[:, UUID_HEX_POSITIONS]]
         raw = ((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).tobytes()
-    storage = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(raw)])
+    storage = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(16), n, [bitmap, pa.py_buffer(raw)], uids.null_count
+    )
     return pa.ExtensionArray.from_storage(UUIDType(), storage)
 
 

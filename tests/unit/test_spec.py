@@ -72,7 +72,9 @@ def test_fields_in_the_spec_override_the_callers_defaults(clean_env: Path) -> No
 
 def test_table_globs_expand_in_table_order_without_duplicates(clean_env: Path) -> None:
     spec = Spec.parse({"tables": ["k8s_pod*", "k8s_pods", "k8s_clusters"]})
-    assert spec.tables == ("k8s_pods", "k8s_poddisruptionbudgets", "k8s_podtemplates", "k8s_clusters")
+    assert spec.tables == (
+        "k8s_pods", "k8s_pod_containers", "k8s_poddisruptionbudgets", "k8s_podtemplates", "k8s_clusters",
+    )  # fmt: skip
     rbac = Spec.parse({"tables": ["k8s_*role*"]}).tables
     assert set(rbac) == {"k8s_roles", "k8s_rolebindings", "k8s_clusterroles", "k8s_clusterrolebindings"}
     assert Spec.parse({"tables": ["*"]}).tables == ALL_TABLES

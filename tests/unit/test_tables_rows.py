@@ -101,6 +101,13 @@ def test_uuid_bytes_handles_extreme_values_undashed_text_and_slices() -> None:
     assert uuid_bytes(arr.slice(1, 2)).storage.to_pylist() == [uuid.UUID(t).bytes for t in texts[1:3]]
 
 
+def test_uuid_bytes_keeps_nulls_null() -> None:
+    u = uuid.uuid4()
+    out = uuid_bytes(pa.array([str(u), None], pa.string()))
+    assert out.storage.to_pylist() == [u.bytes, None]
+    assert out.null_count == 1
+
+
 def test_uuid_bytes_of_nothing_is_an_empty_uuid_array() -> None:
     out = uuid_bytes(pa.array([], pa.string()))
     assert len(out) == 0
