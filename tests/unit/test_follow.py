@@ -1,0 +1,75 @@
+"""The follow loop (``Plugin.sync`` with ``follow: true``) on a real cache file: after the
+snapshot it sends each committed change, deletions before rows, and ends on stop."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tests.unit.builders import CMS, configmap, informer_status
+from watcher.messages import SyncDeleteRecord, SyncInsert, SyncMessage, SyncMigrateTable, SyncOptions
+from watcher.plugin import Plugin
+from watcher.spec import Spec
+from watcher.state import CacheStore
+
+
+class NoRefresh:
+    def refresh(self, spec: Spec, contexts: list[str], tables: tuple[str, ...]) -> dict[str, str]:
+        return {}
+
+    def test_connection(self, spec: Spec, contexts: list[str]) -> list[str]:
+        return []
+
+
+def _next(messages: queue.Queue[SyncMessage], timeout: float = 5) -> SyncMessage:
+    return messages.get(timeout=timeout)
+
+
+def _uids_and_versions(msg: SyncMessage) -> list[tuple[str, str]]:
+    assert isinstance(msg, SyncInsert)
+    return [(str(uuid.UUID(bytes=r["uid"])), r["resource_version"]) for r in msg.record.to_pylist()]
+
+
+def test_follow_sends_changes_as_they_commit_and_stops(store: CacheStore, tmp_path: Path) -> None:
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    status = informer_status(CMS)
+    store.apply_events(
+        "ctx", CMS, [("ADDED", configmap("a", a, "1")), ("ADDED", configmap("b", b, "2"))], status
+    )
+    store.flush()
+    plugin = Plugin(NoRefresh())
+    plugin.spec = Spec.parse(
+        {"follow": True, "cache_path": str(tmp_path / "cache.db"), "tables": ["k8s_configmaps"]}
+    )
+    plugin.contexts = ["ctx"]
+    stop = threading.Event()
+    messages: queue.Queue[SyncMessage] = queue.Queue()
+
+    def run() -> Any:
+        for msg in plugin.sync(SyncOptions(stop=stop)):
+            messages.put(msg)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert isinstance(_next(messages), SyncMigrateTable)
+        assert _next(messages) == SyncDeleteRecord("k8s_configmaps", "ctx")  # first run: full snapshot
+        assert sorted(_uids_and_versions(_next(messages))) == sorted([(a, "1"), (b, "2")])
+        assert messages.empty()
+        store.apply_events(
+            "ctx", CMS, [("MODIFIED", configmap("a", a, "3")), ("DELETED", configmap("b", b, "4"))], status
+        )
+        store.flush()
+        assert _next(messages) == SyncDeleteRecord("k8s_configmaps", "ctx", b)
+        assert _uids_and_versions(_next(messages)) == [(a, "3")]
+        assert plugin.follow_status.streams == 1
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert plugin.follow_status.streams == 0
+    assert plugin.follow_status.sent_seq == store.seq
+    assert plugin.follow_status.lag_seconds() == 0.0
