@@ -109,6 +109,7 @@ def _status(args: argparse.Namespace) -> int:
         heartbeat = float(state.read_meta(conn, "daemon_heartbeat") or 0)
         counts = state.count_rows(conn)
     now = time.time()
+    stream = _stream_status(args.daemon) if args.daemon else None
     if args.json:
         print(
             json.dumps(
@@ -116,11 +117,14 @@ def _status(args: argparse.Namespace) -> int:
                     "daemon_heartbeat_age": now - heartbeat if heartbeat else None,
                     "informers": rows,
                     "rows": counts,
+                    **({"stream": stream} if stream is not None else {}),
                 },
                 default=str,
             )
         )
         return 0
+    if stream is not None:
+        print("follow syncs: " + ", ".join(f"{k} {v}" for k, v in stream.items()))
     alive = f"{now - heartbeat:.0f}s ago" if heartbeat else "never"
     print(f"cache {path}: {sum(counts.values())} objects; daemon heartbeat {alive}")
     print(
@@ -146,6 +150,24 @@ def _stream(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     command = [args.cloudquery] if args.cloudquery else cloudquery_command()
     return supervise([*command, "sync", *args.config, *args.cli_args], stop)
+
+
+def _stream_status(address: str) -> dict[str, str]:
+    """The daemon's k8s_watcher_stream_* metrics (follow syncs: open, seq, lag, last error)."""
+    import urllib.request
+
+    url = address if "://" in address else f"http://{address}"
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError as exc:
+        return {"error": f"daemon metrics at {url} unreachable: {exc}"}
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("k8s_watcher_stream_"):
+            name, _, value = line.rpartition(" ")
+            found[name.removeprefix("k8s_watcher_stream_")] = value
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="print each informer's state from the cache file")
     status.add_argument("--cache", help="cache file (default: ~/.local/state/k8s-watcher/cache.db)")
     status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "--daemon", metavar="HOST:PORT", help="also show the daemon's follow syncs (its /metrics address)"
+    )
     status.set_defaults(func=_status)
     register_check_commands(sub)  # check, report
     args = parser.parse_args(argv)
