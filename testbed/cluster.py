@@ -245,6 +245,7 @@ class ApiServer:
     ca_file: Path
     proxy: TcpProxy | None = None
     audit_log: Path | None = None
+    token_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -272,6 +273,14 @@ class ApiServer:
 
     def admin(self) -> KubeHttp:
         return KubeHttp(self.url, self.admin_token, self.ca_file)
+
+    def restart_with_tokens(self, extra: dict[str, str]) -> None:
+        """Restart with a token file of the admin, the viewer and ``extra`` (token ->
+        user, each in system:masters) and nothing else: tokens not named stop working."""
+        assert self.token_file is not None
+        write_token_file(self.token_file, self.admin_token, self.viewer_token, extra)
+        self.stop()
+        self.start()
 
     def audit_events(self) -> list[dict[str, Any]]:
         """Audit events written so far (level Metadata, one JSON object a line)."""
@@ -434,6 +443,15 @@ _VIEWER_ROLE = {
 }
 
 
+def write_token_file(path: Path, admin_token: str, viewer_token: str, extra: dict[str, str]) -> None:
+    """kube-apiserver's --token-auth-file: the admin, the viewer, and ``extra`` (token ->
+    user, in system:masters)."""
+    lines = [f'{admin_token},admin,admin-uid,"system:masters"', f"{viewer_token},viewer,viewer-uid"]
+    lines += [f'{token},{user},{user}-uid,"system:masters"' for token, user in extra.items()]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+
+
 @dataclass
 class ControlPlanes:
     """One etcd plus one API server per context name, and the kubeconfig naming them."""
@@ -445,6 +463,8 @@ class ControlPlanes:
     etcd: Etcd | None = None
     kubeconfig: Path | None = None
     watch_cache_sizes: str = "configmaps#0"
+    #: More kube-apiserver flags (e.g. ``--client-ca-file=...``).
+    apiserver_args: tuple[str, ...] = ()
 
     def start(self) -> ControlPlanes:
         bindir = ensure_binaries()
@@ -484,10 +504,7 @@ class ControlPlanes:
         admin_token = base64.b32encode(os.urandom(15)).decode().lower()
         viewer_token = base64.b32encode(os.urandom(15)).decode().lower()
         tokens = self.workdir / f"{name}-tokens.csv"
-        tokens.write_text(
-            f'{admin_token},admin,admin-uid,"system:masters"\n{viewer_token},viewer,viewer-uid\n'
-        )
-        tokens.chmod(0o600)
+        write_token_file(tokens, admin_token, viewer_token, {})
         audit_log = self.workdir / f"{name}-audit.log"
         argv = [
             str(bindir / "kube-apiserver"),
@@ -520,6 +537,7 @@ class ControlPlanes:
             "--audit-log-mode=blocking",
             "--profiling=false",
             "--v=1",
+            *self.apiserver_args,
         ]
         proxy = TcpProxy(target_port=port) if self.with_proxy else None
         if proxy:
@@ -533,6 +551,7 @@ class ControlPlanes:
             ca_file=pki.ca_file,
             proxy=proxy,
             audit_log=audit_log,
+            token_file=tokens,
         )
 
     def write_kubeconfig(self, path: Path) -> Path:
@@ -573,11 +592,15 @@ class ControlPlanes:
 
 @contextmanager
 def control_planes(
-    names: list[str], *, workdir: Path | None = None, with_proxy: bool = False
+    names: list[str],
+    *,
+    workdir: Path | None = None,
+    with_proxy: bool = False,
+    apiserver_args: tuple[str, ...] = (),
 ) -> Iterator[ControlPlanes]:
     """Start etcd and one API server per name; stop them all on exit, error or not."""
     tmp = Path(tempfile.mkdtemp(prefix="k8s-watcher-testbed-")) if workdir is None else workdir
-    planes = ControlPlanes(workdir=tmp, names=names, with_proxy=with_proxy)
+    planes = ControlPlanes(workdir=tmp, names=names, with_proxy=with_proxy, apiserver_args=apiserver_args)
     try:
         planes.start()
         yield planes

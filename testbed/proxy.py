@@ -1,7 +1,9 @@
-"""A TCP proxy on loopback that can cut every open connection on demand.
+"""A TCP proxy on loopback that can cut every open connection on demand, and an
+HTTP CONNECT proxy (what a kubeconfig's ``proxy-url`` names).
 
-Used in front of an API server to break watch connections the way a flaky network
-or load balancer does (the TLS session ends abruptly; the server sees a reset).
+The TCP proxy stands in front of an API server to break watch connections the way a
+flaky network or load balancer does (the TLS session ends abruptly; the server sees
+a reset).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import contextlib
 import socket
 import threading
 
-__all__ = ["TcpProxy"]
+__all__ = ["ConnectProxy", "TcpProxy"]
 
 
 class TcpProxy:
@@ -90,3 +92,68 @@ class TcpProxy:
         self._stopped.set()
         self._listener.close()
         self.cut_all()
+
+
+class ConnectProxy:
+    """An HTTP proxy on loopback that only tunnels (``CONNECT host:port``), to loopback
+    targets only; ``tunnels`` lists the targets it connected."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.tunnels: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ConnectProxy:
+        threading.Thread(target=self._accept_loop, name=f"connect-proxy-{self.port}", daemon=True).start()
+        return self
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                client.close()
+                return
+            head += chunk
+        method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+        host, _, port = target.rpartition(":")
+        if method != "CONNECT" or host not in ("127.0.0.1", "localhost"):
+            client.sendall(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+            client.close()
+            return
+        try:
+            upstream = socket.create_connection((host, int(port)), timeout=5)
+            upstream.settimeout(None)
+        except OSError:
+            client.sendall(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+            client.close()
+            return
+        self.tunnels.append(target)
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
+
+    def stop(self) -> None:
+        self._listener.close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    """Copy one direction of a tunnel until either side closes."""
+    with contextlib.suppress(OSError):
+        while data := src.recv(65536):
+            dst.sendall(data)
+    for sock in (src, dst):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)

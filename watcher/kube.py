@@ -1,29 +1,40 @@
 """Kubeconfig contexts to API clients, and raw JSON requests.
 
-The ``kubernetes`` package loads the kubeconfig (TLS material, tokens, exec and
-auth-provider plugins); requests go through urllib3 directly with the response
-left unparsed until :mod:`orjson` reads it. No model objects are built: they are
-slow, memory-hungry and would hold secret data we never asked for.
+A context's kubeconfig entries (``watcher.kubeconfig``) give the server, its TLS
+settings and the user's credential sources (``watcher.credentials``); requests go
+through urllib3 directly with the response left unparsed until :mod:`orjson` reads
+it. No model objects are built: they are slow, memory-hungry and would hold secret
+data we never asked for.
+
+Credentials are consulted on every request: an expired exec or OIDC token is fetched
+again, a rotated token or certificate file is read again, and a 401 refreshes the
+credential and retries the request once. A new client certificate builds a new
+connection pool; connections already open (running watches) keep theirs.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
+import os
+import ssl
+import tempfile
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 import urllib3
-from kubernetes.client import Configuration
-from kubernetes.config.config_exception import ConfigException
-from kubernetes.config.kube_config import load_kube_config
 
 from watcher import __version__
-from watcher.kubeconfig import KubeconfigError, named, read_kubeconfig
+from watcher.credentials import DEFAULT_EXEC_TIMEOUT, ClientCert, CredentialError, Credentials
+from watcher.kubeconfig import ContextEntry, KubeconfigError, context_entry
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +58,23 @@ class ApiError(Exception):
         self.message = message
 
 
+class CredentialsUnavailable(ApiError):
+    """No request was sent: the context's credentials could not be obtained (an exec
+    plugin missing, failing, hanging or printing garbage; an unreadable file; an OIDC
+    refresh refused)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, "credentials unavailable", message)
+
+
+def is_credentials_unavailable(exc: ApiError) -> bool:
+    """The credentials could not be obtained; retried with backoff, not a server fault."""
+    return isinstance(exc, CredentialsUnavailable)
+
+
 def is_transport(exc: ApiError) -> bool:
     """No HTTP answer: connection refused, reset, timed out, TLS failure."""
-    return exc.status == 0
+    return exc.status == 0 and not is_credentials_unavailable(exc)
 
 
 def is_forbidden(exc: ApiError) -> bool:
@@ -99,85 +124,199 @@ class ClusterInfo:
     namespace: str | None
 
 
+#: Contexts already warned about insecure-skip-tls-verify (once per process).
+_warned_insecure: set[str] = set()
+
+
+def _load_client_cert(ctx: ssl.SSLContext, cert: ClientCert) -> None:
+    """Load PEM certificate and key from memory: through a memfd where there is one
+    (nothing on disk), else a private temporary file removed at once."""
+    if hasattr(os, "memfd_create"):
+        fds = [os.memfd_create("k8s-watcher-cert"), os.memfd_create("k8s-watcher-key")]
+        try:
+            for fd, data in zip(fds, (cert.cert_pem, cert.key_pem), strict=True):
+                os.write(fd, data)
+            ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="k8s-watcher-") as tmp:
+        cert_path, key_path = Path(tmp, "cert"), Path(tmp, "key")
+        for path, data in ((cert_path, cert.cert_pem), (key_path, cert.key_pem)):
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.write(fd, data)
+            os.close(fd)
+        ctx.load_cert_chain(str(cert_path), str(key_path))
+
+
+class Transport:
+    """The connection pool of one context, rebuilt when its TLS material changes (a new
+    client certificate, a rewritten CA file)."""
+
+    def __init__(self, entry: ContextEntry) -> None:
+        cluster = entry.cluster
+        self.context = entry.name
+        self.server = str(cluster.get("server") or "")
+        if not self.server.startswith(("https://", "http://")):
+            raise KubeconfigError(
+                f"context {entry.name}: cluster server {self.server or '(none)'} is not an http(s) URL"
+            )
+        self.insecure = bool(cluster.get("insecure-skip-tls-verify"))
+        self.server_name = cluster.get("tls-server-name")
+        self.ca_file = (
+            entry.path(cluster["certificate-authority"]) if cluster.get("certificate-authority") else None
+        )
+        self.ca_data: str | None = None
+        if cluster.get("certificate-authority-data"):
+            try:
+                self.ca_data = base64.b64decode(cluster["certificate-authority-data"], validate=True).decode()
+            except (binascii.Error, ValueError):
+                raise KubeconfigError(
+                    f"context {entry.name}: certificate-authority-data is not valid base64"
+                ) from None
+        self.proxy_url = cluster.get("proxy-url")
+        if self.proxy_url and urlsplit(self.proxy_url).scheme not in ("http", "https", "socks5", "socks5h"):
+            raise KubeconfigError(
+                f"context {entry.name}: proxy-url {self.proxy_url} is not http(s) or socks5"
+            )
+        self._key: tuple[Any, ...] | None = None
+        self._pool: urllib3.PoolManager | None = None
+        self._lock = threading.Lock()
+        if self.insecure and entry.name not in _warned_insecure:
+            _warned_insecure.add(entry.name)
+            log.warning(
+                "%s: insecure-skip-tls-verify is set: the API server's certificate is not verified",
+                entry.name,
+            )
+        self.pool(None)  # a bad CA file or proxy is reported now, not at the first request
+
+    def _ssl_context(self, cert: ClientCert | None) -> ssl.SSLContext:
+        try:
+            ctx = ssl.create_default_context(
+                cafile=str(self.ca_file) if self.ca_file else None, cadata=self.ca_data
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise KubeconfigError(
+                f"context {self.context}: certificate authority {self.ca_file or '(data)'} cannot be used: {exc}"
+            ) from exc
+        if self.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if cert is not None:
+            try:
+                _load_client_cert(ctx, cert)
+            except (OSError, ssl.SSLError) as exc:
+                raise CredentialError(
+                    f"context {self.context}: the client certificate or key cannot be used: {exc}"
+                ) from None
+        return ctx
+
+    def _ca_stamp(self) -> float | None:
+        try:
+            return self.ca_file.stat().st_mtime if self.ca_file else None
+        except OSError:
+            return None
+
+    def pool(self, cert: ClientCert | None) -> urllib3.PoolManager:
+        key = (cert, self._ca_stamp())
+        if key == self._key and self._pool is not None:
+            return self._pool
+        with self._lock:
+            if key != self._key or self._pool is None:
+                old = self._pool
+                self._pool = self._build(self._ssl_context(cert))
+                self._key = key
+                if old is not None:
+                    log.info("%s: TLS material changed; new connections use it", self.context)
+                    old.clear()  # idle connections only: running watches keep theirs
+            return self._pool
+
+    def _build(self, ctx: ssl.SSLContext) -> urllib3.PoolManager:
+        kw: dict[str, Any] = {
+            "num_pools": 4,
+            "maxsize": 64,
+            "ssl_context": ctx,
+            "cert_reqs": "CERT_NONE" if self.insecure else "CERT_REQUIRED",
+            "retries": False,
+        }
+        if self.server_name:
+            kw["server_hostname"] = self.server_name
+            kw["assert_hostname"] = self.server_name
+        if self.insecure:
+            kw["assert_hostname"] = False
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        if not self.proxy_url:
+            return urllib3.PoolManager(**kw)
+        if self.proxy_url.startswith("socks"):
+            try:
+                from urllib3.contrib.socks import SOCKSProxyManager
+            except ImportError:
+                raise KubeconfigError(
+                    f"context {self.context}: proxy-url {self.proxy_url} needs the PySocks package"
+                ) from None
+            return SOCKSProxyManager(self.proxy_url, **kw)
+        return urllib3.ProxyManager(self.proxy_url, **kw)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.clear()
+
+
 class KubeClient:
     """Raw JSON access to one context's API server."""
 
-    def __init__(self, kubeconfig: Path, context: str) -> None:
-        config = read_kubeconfig(kubeconfig)
-        ctx = named(config, "contexts", context)
-        if ctx is None:
-            raise KubeconfigError(f"context {context} not found in kubeconfig {kubeconfig}")
-        cluster = named(config, "clusters", ctx.get("cluster")) or {}
-        self.configuration = Configuration()
-        try:
-            load_kube_config(
-                config_file=str(kubeconfig),
-                context=context,
-                client_configuration=self.configuration,
-                persist_config=False,
-            )
-        except (ConfigException, OSError, ValueError) as exc:
-            raise KubeconfigError(f"context {context} in kubeconfig {kubeconfig}: {exc}") from exc
+    def __init__(self, kubeconfig: Path, context: str, *, exec_timeout: float = DEFAULT_EXEC_TIMEOUT) -> None:
+        entry = context_entry(kubeconfig, context)
+        self.entry = entry
         self.context = context
-        user = named(config, "users", ctx.get("user")) or {}
-        # A projected service-account token (in-cluster) is rotated on disk about hourly;
-        # the kubernetes client reads tokenFile once, so we re-read it when it changes.
-        self._token_file = Path(user["tokenFile"]) if user.get("tokenFile") else None
-        self._token_cache: tuple[float, str] = (0.0, "")
+        try:
+            self.credentials = Credentials.for_entry(entry, exec_timeout=exec_timeout)
+            self.transport = Transport(entry)
+        except KubeconfigError as exc:
+            raise KubeconfigError(f"{exc} (kubeconfig {kubeconfig})") from exc
         self.info = ClusterInfo(
             context=context,
-            cluster_name=ctx.get("cluster"),
-            server=self.configuration.host,
-            ca_file=cluster.get("certificate-authority"),
-            insecure_skip_verify=bool(cluster.get("insecure-skip-tls-verify")),
-            namespace=ctx.get("namespace"),
+            cluster_name=entry.cluster_name,
+            server=self.transport.server,
+            ca_file=entry.cluster.get("certificate-authority"),
+            insecure_skip_verify=self.transport.insecure,
+            namespace=entry.namespace,
         )
-        c = self.configuration
-        self._pool = urllib3.PoolManager(
-            num_pools=4,
-            maxsize=64,
-            cert_reqs="CERT_REQUIRED" if c.verify_ssl else "CERT_NONE",
-            ca_certs=c.ssl_ca_cert,
-            cert_file=c.cert_file,
-            key_file=c.key_file,
-            retries=False,
-        )
-        if not c.verify_ssl:
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
-    def _headers(self, accept: str) -> dict[str, str]:
+    def _send(self, url: str, accept: str, timeout: urllib3.Timeout) -> tuple[Any, float]:
+        """One request with the current credentials; returns the response and the
+        monotonic time the credentials were taken (for :meth:`Credentials.refresh`)."""
+        try:
+            cred = self.credentials.get()
+            pool = self.transport.pool(cred.client_cert)
+        except CredentialError as exc:
+            raise CredentialsUnavailable(str(exc)) from exc
+        taken = time.monotonic()
         headers = {"Accept": accept, "User-Agent": f"k8s-watcher/{__version__}"}
-        token = (
-            self._file_token()
-            if self._token_file
-            else self.configuration.get_api_key_with_prefix("BearerToken")
-        )
-        if token:
-            headers["Authorization"] = token
-        return headers
-
-    def _file_token(self) -> str:
-        assert self._token_file is not None
+        if cred.authorization:
+            headers["Authorization"] = cred.authorization
         try:
-            mtime = self._token_file.stat().st_mtime
-        except OSError as exc:
-            raise ApiError(0, "token file unreadable", f"{self._token_file}: {exc.strerror}") from exc
-        if mtime != self._token_cache[0]:
-            self._token_cache = (mtime, "Bearer " + self._token_file.read_text().strip())
-        return self._token_cache[1]
-
-    def _open(self, path: str, query: Mapping[str, Any], *, accept: str, timeout: urllib3.Timeout) -> Any:
-        url = self.configuration.host.rstrip("/") + path
-        if query:
-            url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
-        try:
-            resp = self._pool.request(
-                "GET", url, headers=self._headers(accept), timeout=timeout, preload_content=False
-            )
+            resp = pool.request("GET", url, headers=headers, timeout=timeout, preload_content=False)
         except urllib3.exceptions.SSLError as exc:
             raise ApiError(0, "TLS error", str(exc)) from exc
         except urllib3.exceptions.HTTPError as exc:
             raise ApiError(0, "connection error", str(exc)) from exc
+        return resp, taken
+
+    def _open(self, path: str, query: Mapping[str, Any], *, accept: str, timeout: urllib3.Timeout) -> Any:
+        url = self.transport.server.rstrip("/") + path
+        if query:
+            url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+        resp, taken = self._send(url, accept, timeout)
+        if resp.status == 401:
+            # Expired, revoked or rotated: fetch the credential again (once for all the
+            # requests it failed) and retry this request once.
+            resp.drain_conn()
+            resp.release_conn()
+            log.debug("%s: 401 from the API server; refreshing the credentials and retrying", self.context)
+            self.credentials.refresh(taken)
+            resp, _ = self._send(url, accept, timeout)
         if resp.status >= 400:
             body = resp.read()
             resp.release_conn()
@@ -213,7 +352,7 @@ class KubeClient:
         return WatchStream(resp)
 
     def close(self) -> None:
-        self._pool.clear()
+        self.transport.close()
 
 
 class WatchStream:

@@ -16,6 +16,7 @@ PREDICATES = {
     "server_error": kube.is_server_error,
     "retryable": kube.is_retryable,
     "unsupported_request": kube.is_unsupported_request,
+    "credentials_unavailable": kube.is_credentials_unavailable,
 }
 
 # status -> the predicates that hold for it (every other one is false)
@@ -44,10 +45,16 @@ def test_error_predicates_by_status(status: int, true: set[str]) -> None:
     assert {name for name, predicate in PREDICATES.items() if predicate(exc)} == true
 
 
+def test_credentials_that_cannot_be_obtained_are_neither_transport_nor_retried_unchanged() -> None:
+    exc = kube.CredentialsUnavailable("exec credential plugin 'aws' not found")
+    assert {name for name, predicate in PREDICATES.items() if predicate(exc)} == {"credentials_unavailable"}
+    assert str(exc) == "credentials unavailable: exec credential plugin 'aws' not found"
+
+
 def test_the_table_covers_every_predicate_of_kube() -> None:
     public = {name.removeprefix("is_") for name in dir(kube) if name.startswith("is_")}
     assert public == set(PREDICATES)
-    assert set().union(*(true for _, true in TABLE)) == set(PREDICATES)
+    assert set().union(*(true for _, true in TABLE)) | {"credentials_unavailable"} == set(PREDICATES)
 
 
 @pytest.mark.parametrize(
