@@ -11,7 +11,6 @@ import base64
 import stat
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from testbed.certs import ClientCa
 from testbed.cluster import ApiServer, ControlPlanes, control_planes
 from testbed.daemon import DaemonProcess
 from testbed.proxy import ConnectProxy
+from tests.audit import accepted, list_requests, watcher_events
 from tests.conftest import (
     CMS,
     cache_matches,
@@ -34,7 +34,6 @@ from tests.conftest import (
     unique,
 )
 from watcher.kube import ApiError, KubeClient
-from watcher.resources import RESOURCES
 
 V1 = "client.authentication.k8s.io/v1"
 
@@ -93,34 +92,6 @@ def cluster_of(server: ApiServer) -> dict[str, Any]:
 def runs(directory: Path) -> int:
     path = directory / "runs"
     return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-def received(event: dict[str, Any]) -> float:
-    return datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
-
-
-def watcher_events(server: ApiServer, since: float) -> list[dict[str, Any]]:
-    """Audit events of k8s-watcher's requests for resources since ``since``."""
-    plurals = {d.plural for d in RESOURCES}
-    return [
-        e
-        for e in server.audit_events()
-        if e.get("userAgent", "").startswith("k8s-watcher/")
-        and received(e) >= since
-        and e.get("objectRef", {}).get("resource") in plurals
-    ]
-
-
-def accepted(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The events of requests the server authenticated (not refused with 401)."""
-    return [e for e in events if e.get("responseStatus", {}).get("code", 200) != 401]
-
-
-def list_requests(events: list[dict[str, Any]]) -> list[str]:
-    """LISTs and streaming lists (watches with sendInitialEvents) among the events."""
-    return [
-        e["requestURI"] for e in events if e["verb"] == "list" or "sendInitialEvents=true" in e["requestURI"]
-    ]
 
 
 def informer_lists(daemon: DaemonProcess, context: str) -> dict[str, tuple[int, int]]:

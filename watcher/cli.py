@@ -76,7 +76,14 @@ def _serve(args: argparse.Namespace) -> int:
     # Options left out take DaemonConfig's defaults (written there, once).
     given = {
         key: getattr(args, key)
-        for key in ("grpc_address", "http_address", "relist_interval", "tombstone_retention", "exec_timeout")
+        for key in (
+            "grpc_address",
+            "http_address",
+            "relist_interval",
+            "tombstone_retention",
+            "exec_timeout",
+            "kubeconfig_check_interval",
+        )
         if getattr(args, key) is not None
     }
     config = DaemonConfig(
@@ -108,6 +115,12 @@ def _status(args: argparse.Namespace) -> int:
         rows = state.read_checkpoints(conn)
         heartbeat = float(state.read_meta(conn, "daemon_heartbeat") or 0)
         counts = state.count_rows(conn)
+        clusters = state.read_clusters(conn)
+        retired = state.read_retired_contexts(conn)
+        kubeconfig = {
+            key: state.read_meta(conn, f"kubeconfig_{key}")
+            for key in ("path", "generation", "loaded_at", "checked_at", "error")
+        }
     now = time.time()
     stream = _stream_status(args.daemon) if args.daemon else None
     if args.json:
@@ -115,6 +128,9 @@ def _status(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "daemon_heartbeat_age": now - heartbeat if heartbeat else None,
+                    "kubeconfig": kubeconfig,
+                    "contexts": clusters,
+                    "removed_contexts": retired,
                     "informers": rows,
                     "rows": counts,
                     **({"stream": stream} if stream is not None else {}),
@@ -127,6 +143,7 @@ def _status(args: argparse.Namespace) -> int:
         print("follow syncs: " + ", ".join(f"{k} {v}" for k, v in stream.items()))
     alive = f"{now - heartbeat:.0f}s ago" if heartbeat else "never"
     print(f"cache {path}: {sum(counts.values())} objects; daemon heartbeat {alive}")
+    _print_contexts(kubeconfig, clusters, retired, now)
     print(
         f"{'CONTEXT':<20} {'RESOURCE':<45} {'STATE':<10} {'RV':<12} {'EVENTS':>8} {'LISTS':>6} {'RELISTS':>8} {'ERRORS':>7}  LAST ERROR"
     )
@@ -136,6 +153,36 @@ def _status(args: argparse.Namespace) -> int:
             f"{r['events']:>8} {r['lists']:>6} {r['relists']:>8} {r['errors']:>7}  {(r['last_error'] or '')[:80]}"
         )
     return 0
+
+
+def _print_contexts(
+    kubeconfig: dict[str, str | None],
+    clusters: list[dict[str, Any]],
+    retired: list[dict[str, Any]],
+    now: float,
+) -> None:
+    """The contexts section of ``status``: the kubeconfig the daemon reads, each context's
+    server, version and last error, and the contexts removed from the kubeconfig."""
+
+    def ago(stamp: str | float | None) -> str:
+        return f"{now - float(stamp):.0f}s ago" if stamp else "never"
+
+    if kubeconfig["path"]:
+        line = (
+            f"kubeconfig {kubeconfig['path']}: generation {kubeconfig['generation']}, "
+            f"loaded {ago(kubeconfig['loaded_at'])}, checked {ago(kubeconfig['checked_at'])}"
+        )
+        print(line + (f"; not reloaded: {kubeconfig['error']}" if kubeconfig["error"] else ""))
+    print(f"{'CONTEXT':<20} {'SERVER':<40} {'VERSION':<14} LAST ERROR")
+    for c in clusters:
+        print(
+            f"{c['context']:<20} {c['server'] or '-':<40} {c['kubernetes_version'] or '-':<14} {(c['last_error'] or '')[:200]}"
+        )
+    for r in retired:
+        print(
+            f"{r['context']:<20} removed from the kubeconfig {ago(r['retired_at'])}; its objects are tombstoned"
+        )
+    print()
 
 
 def _stream(args: argparse.Namespace) -> int:
@@ -187,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--tombstone-retention", type=_duration(allow_zero=False), metavar="DURATION",
         help="keep deletions this long for incremental syncs; an older cursor gets a full snapshot (default 24h)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--kubeconfig-check-interval", type=_duration(allow_zero=True), metavar="DURATION",
+        help="how often to look for kubeconfig changes (default 30s; 0: only on SIGHUP)",
     )  # fmt: skip
     serve.add_argument(
         "--exec-timeout", type=_duration(allow_zero=False), metavar="DURATION",

@@ -33,6 +33,7 @@ from watcher.kube import KubeClient
 from watcher.kubeconfig import resolve_contexts
 from watcher.plugin import FollowStatus, Plugin
 from watcher.refresh import DaemonInformers
+from watcher.reload import KubeconfigReloader, KubeconfigWatch
 from watcher.server import serve_plugin
 from watcher.state import CacheStore
 
@@ -54,6 +55,8 @@ class DaemonConfig:
     heartbeat_interval: float = 5
     #: An exec credential plugin still running after this long is killed.
     exec_timeout: float = DEFAULT_EXEC_TIMEOUT
+    #: Seconds between checks of the kubeconfig for changes (0: on SIGHUP only).
+    kubeconfig_check_interval: float = 30
 
 
 #: The retention job never runs less often than this (seconds).
@@ -212,18 +215,29 @@ class Daemon:
         )
         # The daemon's informers and store are the cache's one writer: a sync served
         # here waits for them and never relists by itself.
+        self._plugin_defaults: dict[str, Any] = {
+            "kubeconfig": str(config.kubeconfig),
+            "cache_path": str(config.cache_path),
+            "contexts": contexts,
+        }
         self.plugin = Plugin(
-            DaemonInformers(self.manager),
-            defaults={
-                "kubeconfig": str(config.kubeconfig),
-                "cache_path": str(config.cache_path),
-                "contexts": contexts,
-            },
-            on_sync_done=self._sync_done,
+            DaemonInformers(self.manager), defaults=self._plugin_defaults, on_sync_done=self._sync_done
+        )
+        self.reloader = KubeconfigReloader(
+            KubeconfigWatch(config.kubeconfig, config.contexts, contexts),
+            manager=self.manager,
+            store=self.store,
+            make_client=lambda ctx: KubeClient(config.kubeconfig, ctx, exec_timeout=config.exec_timeout),
+            on_contexts=self._contexts_changed,
+            interval=config.kubeconfig_check_interval,
         )
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._seq_samples: deque[tuple[float, int]] = deque()
         self._stopped = threading.Event()
+
+    def _contexts_changed(self, contexts: list[str]) -> None:
+        """A kubeconfig reload changed the watched contexts: syncs default to them."""
+        self._plugin_defaults["contexts"] = contexts
 
     def _sync_done(self, seconds: float, _rows: int) -> None:
         self.sync_seconds.observe(seconds)
@@ -290,6 +304,7 @@ class Daemon:
         self.manager.start()
         self.store.heartbeat()
         self._start_jobs()
+        self.reloader.start()
         # The initial lists parse every object once; hand that memory back as soon as
         # they are in, not at the next periodic trim.
         threading.Thread(
@@ -310,6 +325,7 @@ class Daemon:
         self._stopped.set()
         log.info("stopping: closing watches and flushing the cache")
         self.scheduler.shutdown(wait=False)
+        self.reloader.stop()
         self.grpc.stop(grace=5).wait(10)
         self.http.shutdown()
         self.manager.stop()
@@ -317,10 +333,12 @@ class Daemon:
         log.info("stopped cleanly")
 
     def run_forever(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop with everything flushed."""
+        """Run until SIGTERM or SIGINT, then stop with everything flushed; SIGHUP
+        reloads the kubeconfig."""
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reloader.request())
         self.start()
         done.wait()
         self.stop()

@@ -604,6 +604,11 @@ class InformerManager:
             for c in clients
         ]
         self.reconcile_interval = reconcile_interval
+        self._descriptors = descriptors
+        self._watch_custom_objects = watch_custom_objects
+        #: Held while reconciling and while the context list changes (a kubeconfig
+        #: reload), so a removed context is never reconciled after it stopped.
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -625,11 +630,39 @@ class InformerManager:
                 relisted_for = self.store.dropped_batches
                 log.error("cache writes were dropped: relisting every informer to resynchronise")
                 self.request_relist_all()
-            for ctx in self.contexts:
-                try:
-                    ctx.reconcile()
-                except Exception:
-                    log.exception("%s: reconcile failed", ctx.context)
+            with self._lock:
+                for ctx in self.contexts:
+                    try:
+                        ctx.reconcile()
+                    except Exception:
+                        log.exception("%s: reconcile failed", ctx.context)
+
+    def add(self, client: KubeClient) -> None:
+        """Start watching one more context (a kubeconfig reload); its informers resume
+        from the resourceVersions stored for it, if any."""
+        self.store.flush()  # the checkpoints of a context just removed are committed
+        ctx = ContextInformers(
+            client=client,
+            store=self.store,
+            descriptors=self._descriptors,
+            options=self.options,
+            watch_custom_objects=self._watch_custom_objects,
+        )
+        ctx.start()
+        with self._lock:
+            self.contexts = [*self.contexts, ctx]
+
+    def remove(self, name: str) -> bool:
+        """Stop watching a context and wait for its informers to end; False if not watched."""
+        with self._lock:
+            found = [c for c in self.contexts if c.context == name]
+            self.contexts = [c for c in self.contexts if c.context != name]
+        for ctx in found:
+            ctx.stop()
+        for ctx in found:
+            ctx.join()
+            ctx.client.close()
+        return bool(found)
 
     def request_relist_all(self) -> None:
         for ctx in self.contexts:

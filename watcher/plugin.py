@@ -139,6 +139,11 @@ class Plugin:
             if spec.follow and cursor is not None and (migrate := cursor.in_band_table()) is not None:
                 yield migrate
             rows = deletes = 0
+            if cursor is not None:
+                for ctx in _retired_since(snap, since, watched=self.contexts):
+                    for table in tables:
+                        deletes += 1
+                        yield SyncDeleteRecord(table, ctx)
             # A context that could not be refreshed still sends what the cache holds for
             # it (k8s_clusters says how stale): skipping it would let delete-stale wipe
             # its rows, and would move the incremental cursor past changes never sent.
@@ -244,6 +249,16 @@ def _changes(
     for table, ctx in pairs:
         for batch in snap.batches(table, ctx, since_seq=since):
             yield SyncInsert(batch)
+
+
+def _retired_since(snap: SnapshotReader, since: int | None, *, watched: list[str]) -> list[str]:
+    """Contexts removed from the kubeconfig (their objects tombstoned) since the cursor,
+    or at all for a full snapshot: an incremental sync deletes all their rows."""
+    with snap.engine.connect() as conn:
+        retired = state.read_retired_contexts(conn)
+    return [
+        r["context"] for r in retired if r["context"] not in watched and (since is None or r["seq"] > since)
+    ]
 
 
 def resume_from(raw: str | None, *, cache_id: str, purged_seq: int, newest_seq: int) -> int | None:

@@ -126,6 +126,17 @@ meta = Table(
     Column("value", String, nullable=False),
 )
 
+#: Contexts removed from the kubeconfig while a daemon ran: their objects were
+#: tombstoned at ``seq``, so an incremental sync deletes their rows. Purged with the
+#: tombstones.
+retired_contexts = Table(
+    "retired_contexts",
+    metadata,
+    Column("context", String, primary_key=True),
+    Column("retired_at", Float, nullable=False),
+    Column("seq", Integer, nullable=False),
+)
+
 
 # The hot write statements, as plain SQL run with executemany: building SQLAlchemy
 # constructs per batch cost more than SQLite itself.
@@ -554,6 +565,37 @@ class CacheStore:
 
         self._submit(apply)
 
+    def drop_context(self, context: str) -> None:
+        """A context removed from the kubeconfig: tombstone all its objects, forget its
+        checkpoints and cluster row, and record it as retired."""
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            seq = store._next_seq()
+            conn.execute(
+                update(objects)
+                .where((objects.c.context == context) & (objects.c.deleted == False))  # noqa: E712
+                .values(deleted=True, seq=seq)
+            )
+            conn.execute(checkpoints.delete().where(checkpoints.c.context == context))
+            conn.execute(clusters.delete().where(clusters.c.context == context))
+            stmt = sqlite_insert(retired_contexts).values(context=context, retired_at=time.time(), seq=seq)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[retired_contexts.c.context],
+                    set_={"retired_at": stmt.excluded.retired_at, "seq": stmt.excluded.seq},
+                )
+            )
+
+        self._submit(apply)
+
+    def unretire_context(self, context: str) -> None:
+        """A context (re)added to the kubeconfig is no longer retired."""
+        self._submit(
+            lambda conn, _store: conn.execute(
+                retired_contexts.delete().where(retired_contexts.c.context == context)
+            )
+        )
+
     # -- status --------------------------------------------------------------
 
     @staticmethod
@@ -580,6 +622,20 @@ class CacheStore:
 
     # -- maintenance ---------------------------------------------------------
 
+    def write_meta(self, **values: str) -> None:
+        """Set ``meta`` keys (what the daemon tells ``status``, e.g. the kubeconfig generation)."""
+
+        def apply(conn: Any, _store: CacheStore) -> None:
+            for key, value in values.items():
+                stmt = sqlite_insert(meta).values(key=key, value=value)
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[meta.c.key], set_={"value": stmt.excluded.value}
+                    )
+                )
+
+        self._submit(apply)
+
     def heartbeat(self) -> None:
         """Record that a daemon is alive and keeping the cache warm."""
         now = str(time.time())
@@ -600,6 +656,7 @@ class CacheStore:
             gone = conn.execute(
                 objects.delete().where((objects.c.deleted == True) & (objects.c.seq <= older_than_seq))  # noqa: E712
             ).rowcount
+            conn.execute(retired_contexts.delete().where(retired_contexts.c.seq <= older_than_seq))
             stmt = sqlite_insert(meta).values(key="purged_seq", value=str(older_than_seq))
             conn.execute(
                 stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value})
@@ -679,6 +736,17 @@ def live_names(conn: Any, context: str, resource: str, namespace: str | None = N
     if namespace is not None:
         query = query.where(objects.c.namespace == namespace)
     return [str(n) for (n,) in conn.execute(query)]
+
+
+def read_clusters(conn: Any) -> list[dict[str, Any]]:
+    """What the cache knows about each context (kubeconfig entry, server version, last error)."""
+    return [dict(r._mapping) for r in conn.execute(select(clusters).order_by(clusters.c.context))]
+
+
+def read_retired_contexts(conn: Any) -> list[dict[str, Any]]:
+    """Contexts removed from the kubeconfig whose tombstones are still kept."""
+    query = select(retired_contexts).order_by(retired_contexts.c.context)
+    return [dict(r._mapping) for r in conn.execute(query)]
 
 
 def read_meta(conn: Any, key: str) -> str | None:

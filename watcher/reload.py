@@ -1,0 +1,198 @@
+"""Noticing an edited kubeconfig while the daemon runs.
+
+:class:`KubeconfigWatch` keeps what the daemon's contexts were built from (each
+context's cluster and user entries, fingerprinted) and, when asked, says which
+contexts were added, removed or changed; it only reads. :class:`KubeconfigReloader`
+asks it on SIGHUP and periodically, and applies the answer: informers started for a
+new context, stopped for a removed one (whose objects are tombstoned, so incremental
+syncs delete them), rebuilt for a changed one (resuming from the stored RVs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watcher.informers import InformerManager
+from watcher.kube import KubeClient
+from watcher.kubeconfig import KubeconfigError, context_entries, read_kubeconfig
+from watcher.state import CacheStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ContextChanges:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    #: Contexts whose cluster, user or namespace changed: rebuilt, resuming from their RVs.
+    changed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
+def _stamp(path: Path) -> str:
+    """Changes when the file's content may have: mtime and size, then a hash of the
+    bytes (an editor that restores the mtime, or a ConfigMap's symlink swap, is caught
+    by the hash on the next forced check). A missing file (in-cluster) hashes what
+    stands in for it."""
+    try:
+        data = path.read_bytes()
+        stat = path.stat()
+        return f"{stat.st_mtime_ns}:{stat.st_size}:{hashlib.sha256(data).hexdigest()}"
+    except FileNotFoundError:
+        return "missing:" + hashlib.sha256(repr(read_kubeconfig(path)).encode()).hexdigest()
+
+
+class KubeconfigWatch:
+    """The contexts of ``path`` the daemon watches (``wanted``: names, or ``["*"]``)."""
+
+    def __init__(self, path: Path, wanted: list[str], contexts: list[str]) -> None:
+        self.path = path
+        self.wanted = wanted
+        self.stamp = _stamp(path)
+        entries = context_entries(path)
+        self.fingerprints = {name: entries[name].fingerprint for name in contexts}
+        #: Bumped by every reload that changed the watched contexts.
+        self.generation = 1
+
+    @property
+    def contexts(self) -> list[str]:
+        return list(self.fingerprints)
+
+    def selected(self, available: list[str]) -> list[str]:
+        if "*" in self.wanted:
+            return available
+        return [c for c in self.wanted if c in available]
+
+    def check(self) -> ContextChanges:
+        """What changed since the last check (raises KubeconfigError when the file
+        cannot be used: the daemon keeps watching what it watches and says so)."""
+        stamp = _stamp(self.path)
+        if stamp == self.stamp:
+            return ContextChanges()
+        entries = context_entries(self.path)
+        new = {name: entries[name].fingerprint for name in self.selected(list(entries))}
+        old = self.fingerprints
+        changes = ContextChanges(
+            added=tuple(c for c in new if c not in old),
+            removed=tuple(c for c in old if c not in new),
+            changed=tuple(c for c in new if c in old and new[c] != old[c]),
+        )
+        self.stamp, self.fingerprints = stamp, new
+        if changes:
+            self.generation += 1
+        return changes
+
+
+class KubeconfigReloader:
+    """Applies kubeconfig changes to the daemon's informers, on :meth:`request`
+    (SIGHUP) and every ``interval`` seconds (0: on request only). A kubeconfig that
+    cannot be read leaves everything running as it is, and says so in ``status``."""
+
+    def __init__(
+        self,
+        watch: KubeconfigWatch,
+        *,
+        manager: InformerManager,
+        store: CacheStore,
+        make_client: Callable[[str], KubeClient],
+        on_contexts: Callable[[list[str]], None],
+        interval: float,
+    ) -> None:
+        self.watch = watch
+        self.manager = manager
+        self.store = store
+        self.make_client = make_client
+        self.on_contexts = on_contexts
+        self.interval = interval
+        self._requested = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._record(error="")
+        self._thread = threading.Thread(target=self._loop, name="kubeconfig-reload", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        """Check now (signal-handler safe: only sets an event)."""
+        self._requested.set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._requested.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            forced = self._requested.wait(self.interval if self.interval > 0 else None)
+            self._requested.clear()
+            if self._stopped.is_set():
+                return
+            try:
+                self.reload(reason="SIGHUP" if forced else "periodic check")
+            except Exception:
+                log.exception("kubeconfig reload failed")
+
+    def reload(self, *, reason: str) -> ContextChanges:
+        try:
+            changes = self.watch.check()
+        except KubeconfigError as exc:
+            log.error(
+                "kubeconfig not reloaded (%s): %s; the %d watched contexts go on",
+                reason,
+                exc,
+                len(self.watch.contexts),
+            )
+            self._record(error=str(exc))
+            return ContextChanges()
+        if not changes:
+            self._record(error="")
+            return changes
+        log.info(
+            "kubeconfig %s changed (%s): added %s, removed %s, changed %s",
+            self.watch.path, reason, list(changes.added), list(changes.removed), list(changes.changed),
+        )  # fmt: skip
+        for ctx in changes.removed:
+            self.manager.remove(ctx)
+            self.store.drop_context(ctx)
+            log.info("%s: removed from the kubeconfig; informers stopped, objects tombstoned", ctx)
+        for ctx in changes.changed:
+            self.manager.remove(ctx)
+            self._start(ctx, "rebuilt with its new cluster/user entries")
+        for ctx in changes.added:
+            self.store.unretire_context(ctx)
+            self._start(ctx, "added: watching it")
+        self.on_contexts(self.watch.contexts)
+        self._record(error="", loaded=True)
+        return changes
+
+    def _start(self, ctx: str, what: str) -> None:
+        try:
+            client = self.make_client(ctx)
+        except KubeconfigError as exc:
+            log.error("%s: cannot be watched: %s", ctx, exc)
+            self.store.write_cluster(ctx, last_error=str(exc))
+            return
+        self.manager.add(client)
+        log.info("%s: %s", ctx, what)
+
+    def _record(self, *, error: str, loaded: bool = False) -> None:
+        now = str(time.time())
+        values = {
+            "kubeconfig_path": str(self.watch.path),
+            "kubeconfig_checked_at": now,
+            "kubeconfig_error": error,
+        }
+        values["kubeconfig_generation"] = str(self.watch.generation)
+        if loaded or self._thread is None:
+            values["kubeconfig_loaded_at"] = now
+        self.store.write_meta(**values)
