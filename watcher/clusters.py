@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from watcher.resources import Column
+from watcher.state import UNSERVED
 from watcher.tables import document, rows_to_batch, table_schema
 
 CLUSTERS_TABLE = "k8s_clusters"
@@ -72,7 +73,8 @@ def _ts(value: float | None) -> Any:
 
 def cluster_batch(facts: ClusterFacts, now: float) -> pa.RecordBatch:
     """The context's ``k8s_clusters`` row as a one-row record batch."""
-    info, cps = facts.info, facts.checkpoints
+    info = facts.info
+    cps = [c for c in facts.checkpoints if c["state"] != UNSERVED]
     last_event = max((c["last_event_at"] or 0 for c in cps), default=0) or None
     last_list = max((c["last_list_at"] or 0 for c in cps), default=0) or None
     newest = max([c["updated_at"] for c in cps] + [facts.daemon_heartbeat], default=0)

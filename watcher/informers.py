@@ -24,9 +24,11 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from watcher.discovery import EXCLUDED, REDISCOVER_SECONDS, Served, discover, plan_builtins, plan_discovered
 from watcher.kube import (
     JSON,
     PARTIAL_LIST,
@@ -42,7 +44,7 @@ from watcher.kube import (
     is_unsupported_request,
 )
 from watcher.resources import CRD, RESOURCES, ResourceDescriptor, custom_object_descriptor
-from watcher.state import CacheStore, InformerStatus
+from watcher.state import UNSERVED, CacheStore, InformerStatus
 
 log = logging.getLogger(__name__)
 
@@ -487,13 +489,39 @@ def cached_custom_descriptors(store: CacheStore, context: str) -> list[ResourceD
     return [d for d in (custom_object_descriptor(c) for c in crds) if d is not None]
 
 
+def watchable_builtins(
+    client: KubeClient,
+    store: CacheStore,
+    descriptors: Iterable[ResourceDescriptor],
+    exclude: Iterable[str] = (),
+) -> tuple[list[ResourceDescriptor], dict[str, Served] | None]:
+    """The descriptors the context's server serves (all when its discovery cannot be
+    read), and what it serves. Each one skipped is logged once; one the server does not
+    serve gets an ``unserved`` checkpoint, so that a sync does not take it for cold."""
+    descriptors = list(descriptors)
+    served = discover(client)
+    if served is None:
+        return descriptors, None
+    run, skipped = plan_builtins(served, descriptors, exclude)
+    tables = {d.key: d.table for d in descriptors}
+    for key, why in skipped.items():
+        log.info("%s: %s %s; skipped", client.context, key, why)
+        if why != EXCLUDED:
+            store.write_status(
+                InformerStatus(context=client.context, resource=key, table_name=tables[key], state=UNSERVED)
+            )
+    return run, served
+
+
 class ContextInformers:
     """Every informer of one kubeconfig context, plus custom-resource discovery.
 
-    CRDs are themselves watched into the cache; :meth:`reconcile` reads the cached
-    CRDs and starts an informer for each one's instances, and stops the informer and
-    tombstones the objects of a CRD that is gone. Reading the cache rather than
-    hooking the CRD informer keeps the data flowing one way.
+    The built-in descriptors the server serves are watched from the start (discovery
+    says which). CRDs are themselves watched into the cache; :meth:`reconcile` reads the
+    cached CRDs and starts an informer for each one's instances, and, with ``discovery``,
+    one for every other served resource without a descriptor; it stops the informer and
+    tombstones the objects of a CRD or resource that is gone. Reading the cache rather
+    than hooking the CRD informer keeps the data flowing one way.
     """
 
     def __init__(
@@ -504,16 +532,21 @@ class ContextInformers:
         descriptors: tuple[ResourceDescriptor, ...],
         options: InformerOptions,
         watch_custom_objects: bool = True,
+        discovery: bool = True,
     ) -> None:
         self.client = client
         self.store = store
         self.options = options
         self.descriptors = descriptors
         self.watch_custom_objects = watch_custom_objects
+        self.discovery = discovery
         self.informers: dict[str, ResourceInformer] = {}
         self.streaming = False
         self.kubernetes_version: str | None = None
         self._resume = store.resource_versions(client.context)
+        self._served: dict[str, Served] | None = None
+        self._served_at = 0.0
+        self._skips_logged: set[str] = set()
 
     @property
     def context(self) -> str:
@@ -529,7 +562,9 @@ class ContextInformers:
 
     def start(self) -> None:
         self.refresh_cluster_info()
-        for desc in self.descriptors:
+        builtins, self._served = watchable_builtins(self.client, self.store, self.descriptors)
+        self._served_at = time.monotonic()
+        for desc in builtins:
             self._start_informer(desc)
 
     def _start_informer(self, desc: ResourceDescriptor) -> None:
@@ -545,7 +580,8 @@ class ContextInformers:
         informer.start()
 
     def reconcile(self) -> None:
-        """Start informers for new CRDs, stop and tombstone those of deleted ones."""
+        """Start informers for new CRDs and newly served resources, stop and tombstone
+        those of deleted CRDs and of resources no longer served."""
         if self.kubernetes_version is None:
             self.refresh_cluster_info()
         if not self.watch_custom_objects or CRD.key not in self.informers:
@@ -553,18 +589,40 @@ class ContextInformers:
         if self.informers[CRD.key].status.lists == 0 and CRD.key not in self._resume:
             return  # CRDs not listed yet: absence of a CRD means nothing so far
         wanted = {d.key: d for d in cached_custom_descriptors(self.store, self.context)}
-        running = {k for k, inf in self.informers.items() if inf.descriptor.custom}
+        if self.discovery:
+            discovered = self._discovered(set(wanted))
+            if discovered is None:
+                return  # what the server serves is unknown: change nothing
+            wanted.update((d.key, d) for d in discovered)
+        builtin = {d.key for d in self.descriptors}
+        running = set(self.informers) - builtin
         for key in running - wanted.keys():
-            log.info("%s: CRD for %s is gone; stopping its informer", self.context, key)
+            log.info("%s: %s is no longer served (CRD deleted?); stopping its informer", self.context, key)
             self.informers.pop(key).stop()
             self.store.drop_resource(self.context, key)
         for key in wanted.keys() - running:
-            log.info("%s: watching custom resource %s", self.context, key)
+            log.info("%s: watching %s", self.context, key)
             self._start_informer(wanted[key])
-        # Custom resources cached by an earlier run whose CRD vanished meanwhile.
-        for key in set(self._resume) - wanted.keys() - {d.key for d in self.descriptors}:
+        # Resources cached by an earlier run that are gone meanwhile.
+        for key in set(self._resume) - wanted.keys() - builtin:
             self.store.drop_resource(self.context, key)
             self._resume.pop(key)
+
+    def _discovered(self, custom: set[str]) -> list[ResourceDescriptor] | None:
+        """Descriptors for the served resources that have none and are not custom
+        resources; discovery is read again every REDISCOVER_SECONDS (a tenth of it while
+        it cannot be read). None while what the server serves is unknown."""
+        wait = REDISCOVER_SECONDS if self._served is not None else REDISCOVER_SECONDS / 10
+        if time.monotonic() - self._served_at > wait:
+            self._served = discover(self.client) or self._served
+            self._served_at = time.monotonic()
+        if self._served is None:
+            return None
+        found, skipped = plan_discovered(self._served, self.descriptors, custom)
+        for key in skipped.keys() - self._skips_logged:
+            log.info("%s: %s %s; skipped", self.context, key, skipped[key])
+        self._skips_logged.update(skipped)
+        return found
 
     def statuses(self) -> list[InformerStatus]:
         return [inf.status for inf in list(self.informers.values())]

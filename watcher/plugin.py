@@ -37,7 +37,7 @@ from watcher.messages import (
     SyncOptions,
 )
 from watcher.snapshot import SnapshotReader, schema_for
-from watcher.spec import ALL_TABLES, JSON_SCHEMA, Spec, SpecError
+from watcher.spec import ALL_TABLES, JSON_SCHEMA, Spec, SpecError, excluded
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -104,14 +104,28 @@ class Plugin:
         if not self.contexts:
             raise KubeconfigError(f"kubeconfig {spec.kubeconfig} defines no context")
 
-    def select_tables(self, patterns: list[str], skip: list[str]) -> tuple[str, ...]:
-        allowed = self.spec.tables if self.spec else ALL_TABLES
+    def select_tables(
+        self, patterns: list[str], skip: list[str], allowed: tuple[str, ...] | None = None
+    ) -> tuple[str, ...]:
+        if allowed is None:
+            allowed = self.spec.tables if self.spec else ALL_TABLES
         chosen = [
             t for t in allowed
             if any(fnmatch.fnmatchcase(t, p) for p in (patterns or ["*"]))
             and not any(fnmatch.fnmatchcase(t, p) for p in skip)
         ]  # fmt: skip
         return tuple(chosen)
+
+    def discovered_tables(self, snap: SnapshotReader, options: SyncOptions) -> tuple[str, ...]:
+        """The tables of resources found in discovery that the cache holds for the
+        synced contexts, selected as the CLI asks and not excluded by the spec."""
+        spec = self._require_spec()
+        found = {
+            table: key
+            for table, key in snap.cached_tables(self.contexts).items()
+            if table not in ALL_TABLES and not excluded(spec.exclude, table, key, key.partition(".")[0])
+        }
+        return self.select_tables(list(options.tables), list(options.skip_tables), tuple(sorted(found)))
 
     def table_schemas(self, patterns: list[str], skip: list[str]) -> list[pa.Schema]:
         return [schema_for(t) for t in self.select_tables(patterns, skip)]
@@ -133,6 +147,8 @@ class Plugin:
                 yield SyncError(CLUSTERS_TABLE, f"{ctx}: {why}")
         cursor = _Cursor(options) if spec.incremental else None
         with SnapshotReader.open(spec.cache_path, batch_max_rows=spec.batch_max_rows) as snap:
+            if spec.discovery:
+                tables += self.discovered_tables(snap, options)
             since = cursor.since(snap) if cursor else None
             for table in tables:
                 yield SyncMigrateTable(schema_for(table))

@@ -26,18 +26,28 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 from watcher.clusters import CLUSTERS_TABLE
+from watcher.discovery import plan_discovered
 from watcher.informers import (
     InformerOptions,
     ResourceInformer,
     cached_custom_descriptors,
     record_cluster_info,
+    watchable_builtins,
 )
 from watcher.kube import ApiError, KubeClient, probe_contexts
 from watcher.kubeconfig import KubeconfigError
-from watcher.resources import BY_TABLE, CRD, CUSTOM_OBJECTS_TABLE, DERIVED_BY_TABLE, NODES, ResourceDescriptor
+from watcher.resources import (
+    BY_TABLE,
+    CRD,
+    CUSTOM_OBJECTS_TABLE,
+    DERIVED_BY_TABLE,
+    NODES,
+    RESOURCES,
+    ResourceDescriptor,
+)
 from watcher.snapshot import Freshness, SnapshotReader
-from watcher.spec import Spec
-from watcher.state import CacheStore, CacheUnusable
+from watcher.spec import ALL_TABLES, Spec
+from watcher.state import UNSERVED, CacheStore, CacheUnusable
 
 if TYPE_CHECKING:
     from watcher.informers import InformerManager
@@ -57,9 +67,10 @@ class Refresher(Protocol):
         ...
 
 
-def needed_resources(tables: tuple[str, ...]) -> list[ResourceDescriptor]:
-    """The built-in resources the selected tables are made from."""
-    needed: list[ResourceDescriptor] = []
+def needed_resources(tables: tuple[str, ...], *, discovery: bool = False) -> list[ResourceDescriptor]:
+    """The built-in resources the selected tables are made from (and the CRDs, which
+    tell discovered resources from custom ones, with ``discovery``)."""
+    needed: list[ResourceDescriptor] = [CRD] if discovery else []
     for table in tables:
         if table == CLUSTERS_TABLE:
             needed += [BY_TABLE["k8s_namespaces"], NODES]
@@ -88,6 +99,12 @@ def stale_resources(
     for ctx in contexts:
         for desc in resources:
             f = by_key.get((ctx, desc.key))
+            if (
+                f is not None
+                and f.state == UNSERVED
+                and (daemon_alive or now - f.updated_at <= max_staleness)
+            ):
+                continue  # the server does not serve it: nothing to list
             if f is None or not f.listed:
                 reason = "cold (never listed)"
             elif f.state == "watching" and daemon_alive:
@@ -105,7 +122,7 @@ class Relister:
     """The fallback relist outside the daemon: the cache's only writer while it runs."""
 
     def refresh(self, spec: Spec, contexts: list[str], tables: tuple[str, ...]) -> dict[str, str]:
-        resources = needed_resources(tables)
+        resources = needed_resources(tables, discovery=spec.discovery)
         try:
             with SnapshotReader.open(spec.cache_path) as snap:
                 todo = stale_resources(
@@ -166,23 +183,29 @@ def _relist_context(
             # The server does not answer /version (unreachable, hanging, bad TLS or
             # credentials): listing 30 resources would fail 30 times more slowly.
             return error
-        with ThreadPoolExecutor(max_workers=spec.concurrency) as pool:
-            for desc, error in zip(
-                descs, pool.map(lambda d: _relist_one(client, store, d, options), descs), strict=True
-            ):
-                if error:
-                    errors.append(f"{desc.key}: {error}")
+        descs, served = watchable_builtins(client, store, descs, spec.exclude)
+
+        def relist_all(todo: list[ResourceDescriptor]) -> list[str]:
+            with ThreadPoolExecutor(max_workers=spec.concurrency) as pool:
+                results = pool.map(lambda d: _relist_one(client, store, d, options), todo)
+                return [f"{d.key}: {e}" for d, e in zip(todo, results, strict=True) if e]
+
+        builtin_errors = relist_all(descs)
+        errors += builtin_errors
+        store.flush()
+        custom = cached_custom_descriptors(store, ctx)
         if with_custom and CRD in descs:
-            store.flush()
-            for desc in cached_custom_descriptors(store, ctx):
-                error = _relist_one(client, store, desc, options)
-                if error:
-                    errors.append(f"{desc.key}: {error}")
+            errors += relist_all(custom)
+        if spec.discovery and served is not None:
+            discovered, skipped = plan_discovered(served, RESOURCES, {d.key for d in custom}, spec.exclude)
+            for key, why in skipped.items():
+                log.info("%s: %s %s; skipped", ctx, key, why)
+            errors += relist_all(discovered)
     finally:
         client.close()
     store.flush()
-    if errors and len(errors) == len(descs):
-        return "; ".join(errors[:3])
+    if builtin_errors and len(builtin_errors) == len(descs):
+        return "; ".join(builtin_errors[:3])
     for e in errors:
         log.warning("%s: relist failed for %s", ctx, e)
     return None
@@ -216,13 +239,14 @@ class DaemonInformers:
             if ctx not in watched
         }
         wanted = {d.key for d in needed_resources(tables)}
+        static = set(ALL_TABLES)
         deadline = time.monotonic() + self.wait
         for ctx in (c for c in contexts if c in watched):
             while True:
                 cold = [
                     s.resource
                     for s in watched[ctx].statuses()
-                    if s.resource in wanted
+                    if (s.resource in wanted or (spec.discovery and s.table_name not in static))
                     and not s.resource_version
                     and s.state not in ("forbidden", "error")
                 ]

@@ -583,6 +583,13 @@ def _str(value: Any) -> str | None:
 
 CUSTOM_OBJECTS_TABLE = "k8s_custom_objects"
 
+#: Top-level fields of an object besides these go to the ``fields`` column of a
+#: discovered resource's table (``watcher.discovery``): its typed columns, generically.
+_ENVELOPE = ("apiVersion", "kind", "metadata", "spec", "status")
+DISCOVERED_COLUMNS = (
+    Column("fields", J, lambda o: {k: v for k, v in o.items() if k not in _ENVELOPE} or None),
+)
+
 
 def custom_object_columns(resource_key: str) -> tuple[Column, ...]:
     """Columns of ``k8s_custom_objects``: which custom resource a row is an instance of."""

@@ -24,6 +24,7 @@ from watcher.tables import (
     custom_objects_schema,
     derived_schema,
     descriptor_schema,
+    discovered_schema,
     rows_to_batch,
 )
 
@@ -35,7 +36,9 @@ def schema_for(table: str) -> pa.Schema:
         return custom_objects_schema()
     if table in DERIVED_BY_TABLE:
         return derived_schema(DERIVED_BY_TABLE[table][1])
-    return descriptor_schema(BY_TABLE[table])
+    if table in BY_TABLE:
+        return descriptor_schema(BY_TABLE[table])
+    return discovered_schema(table)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,16 @@ class SnapshotReader:
             )
             for r in state.read_checkpoints(self._conn)
         ]
+
+    def cached_tables(self, contexts: list[str]) -> dict[str, str]:
+        """table -> resource key of what the informers of these contexts write (the
+        resources found in discovery included)."""
+        return {
+            str(r["table_name"]): str(r["resource"])
+            for ctx in contexts
+            for r in state.read_checkpoints(self._conn, ctx)
+            if r["state"] != state.UNSERVED
+        }
 
     def daemon_heartbeat(self) -> float:
         return float(state.read_meta(self._conn, "daemon_heartbeat") or 0)

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import jsonschema
 from watcher.clusters import CLUSTERS_TABLE
 from watcher.errors import ConfigError
 from watcher.kubeconfig import default_kubeconfig
-from watcher.resources import CUSTOM_OBJECTS_TABLE, RESOURCES
+from watcher.resources import BY_TABLE, CUSTOM_OBJECTS_TABLE, DERIVED_BY_TABLE, RESOURCES
 
 ALL_TABLES: tuple[str, ...] = (
     CLUSTERS_TABLE,
@@ -63,6 +64,18 @@ JSON_SCHEMA: dict[str, Any] = {
             "type": "array",
             "items": {"type": "string", "minLength": 1},
             "minItems": 1,
+        },
+        "discovery": {
+            "description": "Also inventory every resource the API server serves (list and watch) that has no "
+            "table of its own, into k8s_<group>_<plural> tables with generic columns. Default: true when "
+            "tables and resources are not given, false otherwise.",
+            "type": "boolean",
+        },
+        "exclude": {
+            "description": "Kinds not to watch or sync: resource names (events), resource keys "
+            "(events.events.k8s.io) or table names, globs allowed.",
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
         },
         "database_url": {
             "description": "Accepted for configs of the original design and ignored: the destination writes.",
@@ -147,6 +160,8 @@ class Spec:
     max_staleness: float = 600.0
     concurrency: int = 4
     batch_max_rows: int = 20_000
+    discovery: bool = True
+    exclude: tuple[str, ...] = ()
 
     @classmethod
     def parse(
@@ -175,10 +190,17 @@ class Spec:
         given: dict[str, Any] = {}
         if "contexts" in data:
             given["contexts"] = tuple(data["contexts"])
+        exclude = tuple(data.get("exclude", ()))
         if "tables" in data or "resources" in data:
             where = "resources" if "resources" in written else ENV_FIELDS["resources"]
             resources = [_resource_table(r, where) for r in data.get("resources", ())]
             given["tables"] = _expand_tables([*data.get("tables", ()), *resources])
+            given["discovery"] = False
+        if exclude:
+            given["exclude"] = exclude
+            given["tables"] = tuple(t for t in given.get("tables", ALL_TABLES) if not _excluded(t, exclude))
+        if "discovery" in data:
+            given["discovery"] = bool(data["discovery"])
         if "database_url" in data:
             _warn_database_url()
         for key in ("kubeconfig", "cache_path"):
@@ -196,6 +218,18 @@ class Spec:
             if key in data:
                 given[key] = int(data[key])
         return cls(**given)
+
+
+def excluded(exclude: Iterable[str], *names: str) -> bool:
+    """Whether a pattern of ``exclude`` matches one of the names of a kind (its plural,
+    its key, its table)."""
+    return any(fnmatch.fnmatchcase(n, p) for p in exclude for n in names)
+
+
+def _excluded(table: str, exclude: tuple[str, ...]) -> bool:
+    """Whether ``exclude`` names the table or the resource it is made from."""
+    desc = BY_TABLE.get(table) or DERIVED_BY_TABLE.get(table, (None,))[0]
+    return excluded(exclude, table, *(() if desc is None else (desc.plural, desc.key)))
 
 
 def _from_environment(data: dict[str, Any]) -> dict[str, Any]:

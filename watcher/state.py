@@ -279,6 +279,11 @@ class _Op:
     done: threading.Event | None = None
 
 
+#: The checkpoint state of a built-in resource the API server does not serve: no
+#: informer runs for it, and a sync does not count it as cold.
+UNSERVED = "unserved"
+
+
 @dataclass
 class InformerStatus:
     """What an informer reports about itself; persisted in ``checkpoints``."""

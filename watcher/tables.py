@@ -23,6 +23,7 @@ from cloudquery.sdk.types import JSONType, UUIDType
 
 from watcher.resources import (
     CUSTOM_OBJECTS_TABLE,
+    DISCOVERED_COLUMNS,
     Column,
     ColumnType,
     DerivedTable,
@@ -166,6 +167,14 @@ def descriptor_schema(descriptor: ResourceDescriptor) -> pa.Schema:
 
 def derived_schema(derived: DerivedTable) -> pa.Schema:
     return table_schema(derived.table, derived.columns, derived.description)
+
+
+def discovered_schema(table: str) -> pa.Schema:
+    return table_schema(
+        table,
+        COMMON_COLUMNS + DISCOVERED_COLUMNS,
+        "Objects of a resource found in the API server's discovery (generic columns)",
+    )
 
 
 def custom_objects_schema() -> pa.Schema:

@@ -185,3 +185,32 @@ def test_database_url_is_accepted_ignored_and_warned_about_once(
         "spec.database_url is ignored: the CloudQuery destination writes the data "
         "(configure its connection_string instead)"
     ]
+
+
+# --------------------------------------------------------------------------- discovery and exclusions
+
+
+def test_discovery_is_on_for_an_unrestricted_inventory_and_off_when_tables_are_chosen(
+    clean_env: Path,
+) -> None:
+    assert Spec.parse({}).discovery is True
+    assert Spec.parse({"tables": ["k8s_pods"]}).discovery is False
+    assert Spec.parse({"resources": ["pods"]}).discovery is False
+    assert Spec.parse({"tables": ["k8s_pods"], "discovery": True}).discovery is True
+    assert Spec.parse({"discovery": False}).discovery is False
+
+
+def test_exclude_drops_tables_by_resource_name_key_or_table_glob(clean_env: Path) -> None:
+    spec = Spec.parse({"exclude": ["events", "replicasets.apps", "k8s_*roles", "pods"]})
+    assert spec.exclude == ("events", "replicasets.apps", "k8s_*roles", "pods")
+    gone = {
+        "k8s_events",
+        "k8s_replicasets",
+        "k8s_roles",
+        "k8s_clusterroles",
+        "k8s_pods",
+        "k8s_pod_containers",
+    }
+    assert set(ALL_TABLES) - set(spec.tables) == gone
+    assert spec.discovery is True
+    assert Spec.parse({"tables": ["k8s_pods", "k8s_events"], "exclude": ["events"]}).tables == ("k8s_pods",)
