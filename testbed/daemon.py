@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +24,26 @@ def console_script(name: str) -> str:
 
 
 class DaemonProcess:
-    """``k8s-watcher serve`` for ``contexts`` of ``kubeconfig``, writing ``cache``; its
+    """``k8s-watcher serve`` for ``contexts`` of ``kubeconfig`` (None: the default one, or
+    in a pod the pod's service account, as ``env`` says), writing ``cache``; its
     output goes to ``log``. ``start`` may be called again after ``kill`` or ``terminate``
     (same ports, same cache: a restart)."""
 
     def __init__(
         self,
-        kubeconfig: Path,
+        kubeconfig: Path | None,
         cache: Path,
         log: Path,
         contexts: str = "*",
         *,
         extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.kubeconfig, self.cache, self.log = kubeconfig, cache, log
         self.contexts = contexts
         self.extra_args = list(extra_args)
+        #: The daemon's whole environment (None: this process's).
+        self.env = dict(env) if env is not None else None
         self.grpc_port, self.http_port = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -52,12 +56,13 @@ class DaemonProcess:
         is still starting or listing."""
         self.proc = subprocess.Popen(
             [
-                console_script("k8s-watcher"), "serve", "--kubeconfig", str(self.kubeconfig),
+                console_script("k8s-watcher"), "serve",
+                *(["--kubeconfig", str(self.kubeconfig)] if self.kubeconfig else []),
                 "--contexts", self.contexts, "--cache", str(self.cache),
                 "--grpc-address", self.grpc_address, "--http-address", f"127.0.0.1:{self.http_port}",
                 *self.extra_args,
             ],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=self.env,
         )  # fmt: skip
         self.wait_until(lambda: self._healthy(synced), timeout=timeout, what="daemon healthy")
         return self

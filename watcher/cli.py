@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -73,6 +74,9 @@ def _serve(args: argparse.Namespace) -> int:
     from watcher.spec import default_cache_path
 
     setup_logging(args.log_level, args.log_format)
+    if args.in_cluster_context:
+        # Read by watcher.kubeconfig wherever the kubeconfig is read, the plugin included.
+        os.environ["K8S_WATCHER_IN_CLUSTER_CONTEXT"] = args.in_cluster_context
     # Options left out take DaemonConfig's defaults (written there, once).
     given = {
         key: getattr(args, key)
@@ -234,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--tombstone-retention", type=_duration(allow_zero=False), metavar="DURATION",
         help="keep deletions this long for incremental syncs; an older cursor gets a full snapshot (default 24h)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--in-cluster-context", metavar="NAME",
+        help="with no kubeconfig, inside a pod: the name of the pod's own cluster context (default in-cluster)",
     )  # fmt: skip
     serve.add_argument(
         "--kubeconfig-check-interval", type=_duration(allow_zero=True), metavar="DURATION",

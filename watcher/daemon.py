@@ -30,7 +30,7 @@ from watcher import state
 from watcher.credentials import DEFAULT_EXEC_TIMEOUT
 from watcher.informers import InformerManager
 from watcher.kube import KubeClient
-from watcher.kubeconfig import resolve_contexts
+from watcher.kubeconfig import in_cluster_context_name, resolve_contexts, service_account_dir
 from watcher.plugin import FollowStatus, Plugin
 from watcher.refresh import DaemonInformers
 from watcher.reload import KubeconfigReloader, KubeconfigWatch
@@ -203,6 +203,11 @@ class Daemon:
         tune_memory()
         self.config = config
         contexts = resolve_contexts(config.kubeconfig, config.contexts)
+        if not config.kubeconfig.exists():
+            log.info(
+                "no kubeconfig at %s: watching the cluster this pod runs in, with its service account (%s), as context %s",
+                config.kubeconfig, service_account_dir(), in_cluster_context_name(),
+            )  # fmt: skip
         self.store = CacheStore(config.cache_path)
         self.manager = InformerManager(
             clients=[KubeClient(config.kubeconfig, c, exec_timeout=config.exec_timeout) for c in contexts],
