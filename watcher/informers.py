@@ -566,6 +566,8 @@ class ContextInformers:
         self._served_at = time.monotonic()
         for desc in builtins:
             self._start_informer(desc)
+        # Custom and discovered resources cached by an earlier run resume at once too.
+        self.reconcile()
 
     def _start_informer(self, desc: ResourceDescriptor) -> None:
         informer = ResourceInformer(
