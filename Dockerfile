@@ -1,13 +1,16 @@
 # k8s-watcher daemon: informers + gRPC plugin server (registry: grpc) + /healthz, /metrics.
 #
 #   docker build -t k8s-watcher:0.1.0 .
-#   docker run -d --name k8s-watcher -p 127.0.0.1:7777:7777 -p 127.0.0.1:9464:9464 \
+#   docker run -d --name k8s-watcher --read-only --tmpfs /tmp \
+#     -p 127.0.0.1:7777:7777 -p 127.0.0.1:9464:9464 \
 #     -v k8s-watcher-cache:/var/lib/k8s-watcher \
 #     -v "$HOME/.kube/config:/home/watcher/.kube/config:ro" k8s-watcher:0.1.0
 #
-# The kubeconfig is read inside the container: file paths it names must be mounted
-# too, 127.0.0.1 servers are the container's own, and exec credential plugins (aws,
-# gcloud, kubelogin...) are not in the image.
+# The root filesystem may be read-only: the cache volume is the one place written
+# (and /tmp, which Python may use). The kubeconfig is read inside the container: file
+# paths it names must be mounted too, 127.0.0.1 servers are the container's own, and
+# exec credential plugins (aws, gcloud, kubelogin...) are not in the image. In a pod
+# with no kubeconfig mounted, it watches the pod's own cluster (deploy/kubernetes).
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \

@@ -90,6 +90,9 @@ def _serve(args: argparse.Namespace) -> int:
         )
         if getattr(args, key) is not None
     }
+    given.update(
+        {key: Path(getattr(args, key)) for key in ("grpc_tls_cert", "grpc_tls_key") if getattr(args, key)}
+    )
     config = DaemonConfig(
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else default_kubeconfig(),
         contexts=args.contexts.split(",") if args.contexts else ["*"],
@@ -231,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--cache", help="cache file (default: ~/.local/state/k8s-watcher/cache.db)")
     serve.add_argument("--grpc-address", help="plugin server for registry: grpc (default 127.0.0.1:7777)")
     serve.add_argument("--http-address", help="/healthz and /metrics (default 127.0.0.1:9464)")
+    serve.add_argument(
+        "--grpc-tls-cert", metavar="FILE", help="serve gRPC over TLS with this certificate (PEM)"
+    )
+    serve.add_argument("--grpc-tls-key", metavar="FILE", help="the private key of --grpc-tls-cert (PEM)")
     serve.add_argument(
         "--relist-interval", type=_duration(allow_zero=True), metavar="DURATION",
         help="time between safety-net relists of every informer, e.g. 1h (default 0: off)",

@@ -28,13 +28,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from watcher import state
 from watcher.credentials import DEFAULT_EXEC_TIMEOUT
+from watcher.errors import ConfigError
 from watcher.informers import InformerManager
 from watcher.kube import KubeClient
 from watcher.kubeconfig import in_cluster_context_name, resolve_contexts, service_account_dir
 from watcher.plugin import FollowStatus, Plugin
 from watcher.refresh import DaemonInformers
 from watcher.reload import KubeconfigReloader, KubeconfigWatch
-from watcher.server import serve_plugin
+from watcher.server import ServerTls, serve_plugin
 from watcher.state import CacheStore
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ class DaemonConfig:
     heartbeat_interval: float = 5
     #: An exec credential plugin still running after this long is killed.
     exec_timeout: float = DEFAULT_EXEC_TIMEOUT
+    #: Serve gRPC over TLS with this certificate and key (both or neither).
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
     #: Seconds between checks of the kubeconfig for changes (0: on SIGHUP only).
     kubeconfig_check_interval: float = 30
 
@@ -198,6 +202,18 @@ def trim_memory() -> None:
         libc.malloc_trim(0)
 
 
+def grpc_tls(config: DaemonConfig) -> ServerTls | None:
+    """The gRPC server's TLS certificate and key, if given (both, or neither)."""
+    if (config.grpc_tls_cert is None) != (config.grpc_tls_key is None):
+        raise ConfigError("--grpc-tls-cert and --grpc-tls-key go together")
+    if config.grpc_tls_cert is None or config.grpc_tls_key is None:
+        return None
+    try:
+        return ServerTls(config.grpc_tls_cert, config.grpc_tls_key)
+    except OSError as exc:
+        raise ConfigError(f"gRPC TLS certificate or key cannot be read: {exc}") from exc
+
+
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         tune_memory()
@@ -236,6 +252,7 @@ class Daemon:
             on_contexts=self._contexts_changed,
             interval=config.kubeconfig_check_interval,
         )
+        self.grpc_tls = grpc_tls(config)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._seq_samples: deque[tuple[float, int]] = deque()
         self._stopped = threading.Event()
@@ -318,7 +335,7 @@ class Daemon:
             daemon=True,
         ).start()
         host, port = _split(self.config.grpc_address)
-        self.grpc = serve_plugin(self.plugin, f"{host}:{port}")
+        self.grpc = serve_plugin(self.plugin, f"{host}:{port}", tls=self.grpc_tls)
         log.info(
             "k8s-watcher daemon: %d contexts, cache %s, plugin on %s, health/metrics on http://%s",
             len(self.manager.contexts), self.config.cache_path, self.config.grpc_address, self.config.http_address,

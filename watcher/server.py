@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -43,8 +44,47 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class ServerTls:
+    """A certificate and key for serving gRPC over TLS, read again when either file
+    changes (a renewed certificate is used for the next connection, no restart)."""
+
+    def __init__(self, cert_file: Path, key_file: Path) -> None:
+        self.cert_file, self.key_file = cert_file, key_file
+        self._stamp = self._mtimes()
+        self.initial = self._configuration()
+
+    def _mtimes(self) -> tuple[float, float]:
+        return self.cert_file.stat().st_mtime, self.key_file.stat().st_mtime
+
+    def _configuration(self) -> Any:
+        pair = (self.key_file.read_bytes(), self.cert_file.read_bytes())
+        return grpc.ssl_server_certificate_configuration([pair])
+
+    def _fetch(self) -> Any:
+        """Called by gRPC for each new connection: a new configuration, or None (unchanged)."""
+        try:
+            stamp = self._mtimes()
+            if stamp == self._stamp:
+                return None
+            config = self._configuration()
+        except OSError as exc:
+            log.warning("gRPC TLS certificate not reloaded: %s", exc)
+            return None
+        self._stamp = stamp
+        log.info("gRPC TLS certificate %s reloaded", self.cert_file)
+        return config
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(self.initial, self._fetch)
+
+
 def serve_servicer(
-    servicer: plugin_pb2_grpc.PluginServicer, address: str, *, network: str = "tcp", max_workers: int = 10
+    servicer: plugin_pb2_grpc.PluginServicer,
+    address: str,
+    *,
+    network: str = "tcp",
+    max_workers: int = 10,
+    tls: ServerTls | None = None,
 ) -> grpc.Server:
     """Start a gRPC server for a protocol v3 servicer (plus discovery v1) and return it.
 
@@ -58,10 +98,11 @@ def serve_servicer(
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
     discovery_pb2_grpc.add_DiscoveryServicer_to_server(DiscoveryServicer([3]), server)
     plugin_pb2_grpc.add_PluginServicer_to_server(servicer, server)
-    if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
+    port = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
+    if port == 0 and not address.startswith("unix:"):
         raise OSError(f"cannot listen on {address}")
     server.start()
-    log.info("plugin server listening on %s", address)
+    log.info("plugin server listening on %s%s", address, " (TLS)" if tls else "")
     return server
 
 
@@ -207,5 +248,7 @@ class PluginServicer(plugin_pb2_grpc.PluginServicer):
         return plugin_pb2.Close.Response()
 
 
-def serve_plugin(plugin: Plugin, address: str, *, network: str = "tcp") -> grpc.Server:
-    return serve_servicer(PluginServicer(plugin), address, network=network)
+def serve_plugin(
+    plugin: Plugin, address: str, *, network: str = "tcp", tls: ServerTls | None = None
+) -> grpc.Server:
+    return serve_servicer(PluginServicer(plugin), address, network=network, tls=tls)
