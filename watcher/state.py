@@ -81,7 +81,8 @@ objects = Table(
     Column("seq", Integer, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
     Column("list_gen", Integer),
-    Index("objects_by_table", "table_name", "context", "deleted"),
+    # seq last: an incremental or follow read of one table and context is a range scan.
+    Index("objects_by_table", "table_name", "context", "deleted", "seq"),
     Index("objects_by_seq", "seq"),
 )
 
