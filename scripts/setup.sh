@@ -2,6 +2,8 @@
 # Installs and builds everything the demo and the tests need, caching what it can:
 #   - Debian's postgresql server binaries and chromium (apt, only when missing;
 #     the report test opens the HTML report in headless chromium)
+#   - Debian's buildah, podman, runc and debootstrap (apt, only when missing; the
+#     image test builds the Dockerfile and runs it read-only, see testbed/image.py)
 #   - a virtualenv in .venv with the package and its test extras (skipped when
 #     pyproject.toml is unchanged since the last install)
 #   - kube-apiserver and etcd from the Go module proxy (testbed/build.sh; cached
@@ -12,6 +14,7 @@ cd "$(dirname "$0")/.."
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v chromium >/dev/null || missing+=(chromium)
+for tool in buildah podman runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian's ${missing[*]}"
   sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
