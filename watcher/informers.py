@@ -547,6 +547,7 @@ class ContextInformers:
         self._served: dict[str, Served] | None = None
         self._served_at = 0.0
         self._skips_logged: set[str] = set()
+        self._crd_versions: dict[str, str] = {}
 
     @property
     def context(self) -> str:
@@ -590,7 +591,14 @@ class ContextInformers:
             return
         if self.informers[CRD.key].status.lists == 0 and CRD.key not in self._resume:
             return  # CRDs not listed yet: absence of a CRD means nothing so far
-        wanted = {d.key: d for d in cached_custom_descriptors(self.store, self.context)}
+        # The list's pages were queued before it counted: once committed, the cached CRDs
+        # are complete (a custom resource missing here would pass for a discovered one).
+        self.store.flush()
+        crds = self.store.live_rows(self.context, CRD)
+        wanted = {d.key: d for d in (custom_object_descriptor(c) for c in crds) if d is not None}
+        self._follow_crd_changes(
+            {f"{c['plural']}.{c['group']}": str(c["resource_version"]) for c in crds}, wanted
+        )
         if self.discovery:
             discovered = self._discovered(set(wanted))
             if discovered is None:
@@ -609,6 +617,24 @@ class ContextInformers:
         for key in set(self._resume) - wanted.keys() - builtin:
             self.store.drop_resource(self.context, key)
             self._resume.pop(key)
+
+    def _follow_crd_changes(self, versions: dict[str, str], wanted: dict[str, ResourceDescriptor]) -> None:
+        """A changed CRD: its objects are relisted (the API server serves them from new
+        storage, and a watch on the old one may hear of nothing more until it times out),
+        through a new informer if the version to watch changed."""
+        for key, informer in list(self.informers.items()):
+            if not informer.descriptor.custom or self._crd_versions.get(
+                key, versions.get(key)
+            ) == versions.get(key):
+                continue
+            if key in wanted and wanted[key] != informer.descriptor:
+                log.info("%s: CRD for %s changed its version; restarting its informer", self.context, key)
+                self.informers.pop(key).stop()
+                self._start_informer(wanted[key])
+            elif key in wanted:
+                log.info("%s: CRD for %s changed; relisting its objects", self.context, key)
+                informer.request_relist()
+        self._crd_versions = versions
 
     def _discovered(self, custom: set[str]) -> list[ResourceDescriptor] | None:
         """Descriptors for the served resources that have none and are not custom

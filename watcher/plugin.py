@@ -36,6 +36,7 @@ from watcher.messages import (
     SyncMigrateTable,
     SyncOptions,
 )
+from watcher.resources import CUSTOM_OBJECTS_TABLE
 from watcher.snapshot import SnapshotReader, schema_for
 from watcher.spec import ALL_TABLES, JSON_SCHEMA, Spec, SpecError, excluded
 
@@ -116,6 +117,24 @@ class Plugin:
         ]  # fmt: skip
         return tuple(chosen)
 
+    def _with_custom_tables(
+        self, snap: SnapshotReader, options: SyncOptions, tables: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        """``tables`` plus the typed table of every cached CRD (selected as the CLI asks,
+        not excluded), without k8s_custom_objects when the spec wants typed tables only."""
+        spec = self._require_spec()
+        for resource, problems in snap.load_custom_tables(self.contexts).items():
+            log.warning("custom resource %s: %s", resource, "; ".join(problems))
+        typed = tuple(
+            t
+            for t in self.select_tables(
+                list(options.tables), list(options.skip_tables), tuple(sorted(snap.custom))
+            )
+            if not excluded(spec.exclude, t, snap.custom[t].resource)
+        )
+        kept = tuple(t for t in tables if spec.custom_objects == "both" or t != CUSTOM_OBJECTS_TABLE)
+        return kept + typed
+
     def discovered_tables(self, snap: SnapshotReader, options: SyncOptions) -> tuple[str, ...]:
         """The tables of resources found in discovery that the cache holds for the
         synced contexts, selected as the CLI asks and not excluded by the spec."""
@@ -140,7 +159,10 @@ class Plugin:
         spec = self._require_spec()
         tables = self.select_tables(list(options.tables), list(options.skip_tables))
         started = time.monotonic()
-        failures = self.refresher.refresh(spec, self.contexts, tables)
+        # The CRDs' typed tables are made from the cached custom objects.
+        typed = CUSTOM_OBJECTS_TABLE in spec.tables and spec.custom_objects != "generic"
+        needed = tables if not typed or CUSTOM_OBJECTS_TABLE in tables else (*tables, CUSTOM_OBJECTS_TABLE)
+        failures = self.refresher.refresh(spec, self.contexts, needed)
         for ctx, why in failures.items():
             log.error("context %s could not be synced: %s", ctx, why)
             if options.with_error_messages:
@@ -149,9 +171,11 @@ class Plugin:
         with SnapshotReader.open(spec.cache_path, batch_max_rows=spec.batch_max_rows) as snap:
             if spec.discovery:
                 tables += self.discovered_tables(snap, options)
+            if typed:
+                tables = self._with_custom_tables(snap, options, tables)
             since = cursor.since(snap) if cursor else None
             for table in tables:
-                yield SyncMigrateTable(schema_for(table))
+                yield SyncMigrateTable(snap.schema(table))
             if spec.follow and cursor is not None and (migrate := cursor.in_band_table()) is not None:
                 yield migrate
             rows = deletes = 0
@@ -228,6 +252,8 @@ class Plugin:
                             f"follow: the cache moved under the stream (cache id {snap.cache_id}, purged "
                             f"up to seq {snap.purged_seq}, stream at {last}); restart the sync"
                         )
+                    if CUSTOM_OBJECTS_TABLE in spec.tables and spec.custom_objects != "generic":
+                        snap.load_custom_tables(self.contexts)  # the CRDs' typed tables, as of now
                     yield from _changes(snap, selected, self.contexts, last)
                     if refresh_clusters:
                         clusters_due = time.monotonic() + FOLLOW_CLUSTERS_SECONDS

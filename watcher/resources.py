@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-ColumnType = Literal["string", "int64", "bool", "json", "timestamp", "string_list", "uuid"]
+ColumnType = Literal["string", "int64", "float64", "bool", "json", "timestamp", "string_list", "uuid"]
 Obj = Mapping[str, Any]
 
 

@@ -18,15 +18,30 @@ from sqlalchemy import Engine, func, select
 
 from watcher import state
 from watcher.clusters import CLUSTERS_SCHEMA, CLUSTERS_TABLE, ClusterFacts, cluster_batch
-from watcher.resources import BY_TABLE, CUSTOM_OBJECTS_TABLE, DERIVED_BY_TABLE, NODES
+from watcher.crdtables import CustomTable, custom_tables
+from watcher.resources import (
+    BY_TABLE,
+    CRD,
+    CUSTOM_OBJECTS_TABLE,
+    DERIVED_BY_TABLE,
+    NODES,
+    custom_object_columns,
+)
+from watcher.spec import ALL_TABLES
 from watcher.state import clusters, objects
 from watcher.tables import (
+    COMMON_COLUMNS,
+    columns_of,
     custom_objects_schema,
+    decode_row,
     derived_schema,
     descriptor_schema,
     discovered_schema,
     rows_to_batch,
 )
+
+#: The cached columns of a custom object (k8s_custom_objects).
+CUSTOM_OBJECT_COLUMNS = COMMON_COLUMNS + custom_object_columns("")
 
 
 def schema_for(table: str) -> pa.Schema:
@@ -67,6 +82,8 @@ class SnapshotReader:
         self.batch_max_rows = batch_max_rows
         self.batch_max_bytes = batch_max_bytes
         self._owns_engine = owns_engine
+        #: The CRDs' typed tables this snapshot reads (load_custom_tables).
+        self.custom: dict[str, CustomTable] = {}
 
     @classmethod
     def open(cls, path: Path, **kwargs: Any) -> SnapshotReader:
@@ -113,6 +130,25 @@ class SnapshotReader:
             if r["state"] != state.UNSERVED
         }
 
+    def load_custom_tables(self, contexts: list[str]) -> dict[str, list[str]]:
+        """Make the typed table of every CRD cached for these contexts readable through
+        this snapshot (:mod:`watcher.crdtables`); returns the problems per resource."""
+        query = select(objects.c.row).where(
+            (objects.c.resource == CRD.key) & objects.c.context.in_(contexts) & (objects.c.deleted == False)  # noqa: E712
+        )
+        crds = [decode_row(row, columns_of(CRD)) for (row,) in self._conn.execute(query)]
+        self.custom, problems = custom_tables(crds, set(ALL_TABLES) | set(self.cached_tables(contexts)))
+        return problems
+
+    def schema(self, table: str) -> pa.Schema:
+        custom = self.custom.get(table)
+        return custom.schema() if custom is not None else schema_for(table)
+
+    def _rows_of(self, table: str) -> Any:
+        """Which cached rows a table is made of: a CRD's typed table, of its custom objects."""
+        custom = self.custom.get(table)
+        return objects.c.resource == custom.resource if custom is not None else objects.c.table_name == table
+
     def daemon_heartbeat(self) -> float:
         return float(state.read_meta(self._conn, "daemon_heartbeat") or 0)
 
@@ -124,9 +160,12 @@ class SnapshotReader:
         if table == CLUSTERS_TABLE:
             yield self._cluster_batch(context)
             return
-        schema = schema_for(table)
-        query = select(objects.c.row).where(
-            (objects.c.table_name == table) & (objects.c.context == context) & (objects.c.deleted == False)  # noqa: E712
+        schema = self.schema(table)
+        custom = self.custom.get(table)
+        # The uid only for a typed table's projection: the hot path reads row documents alone.
+        query = select(objects.c.row, objects.c.uid) if custom is not None else select(objects.c.row)
+        query = query.where(
+            self._rows_of(table) & (objects.c.context == context) & (objects.c.deleted == False)  # noqa: E712
         )
         if since_seq is not None:
             query = query.where(objects.c.seq > since_seq)
@@ -139,7 +178,12 @@ class SnapshotReader:
         rows: list[bytes] = []
         size = 0
         while chunk := cursor.fetchmany(4096):
-            for (row,) in chunk:
+            for found in chunk:
+                row = (
+                    found[0]
+                    if custom is None
+                    else custom.document(found[1], decode_row(found[0], CUSTOM_OBJECT_COLUMNS))
+                )
                 rows.append(row)
                 size += len(row)
                 if len(rows) >= self.batch_max_rows or size >= self.batch_max_bytes:
@@ -156,7 +200,7 @@ class SnapshotReader:
         """uids of objects deleted after ``since_seq`` (tombstones)."""
         result = self._conn.execute(
             select(objects.c.uid).where(
-                (objects.c.table_name == table)
+                self._rows_of(table)
                 & (objects.c.context == context)
                 & (objects.c.deleted == True)  # noqa: E712
                 & (objects.c.seq > since_seq)
@@ -168,9 +212,17 @@ class SnapshotReader:
         """(table, context) pairs with a write or a deletion after ``since_seq``: one
         range read of the seq index, so a follow sync reads only the tables that moved."""
         result = self._conn.execute(
-            select(objects.c.table_name, objects.c.context).where(objects.c.seq > since_seq).distinct()
+            select(objects.c.table_name, objects.c.context, objects.c.resource)
+            .where(objects.c.seq > since_seq)
+            .distinct()
         )
-        return {(str(t), str(c)) for t, c in result}
+        typed = {c.resource: t for t, c in self.custom.items()}
+        pairs = set()
+        for table, context, resource in result:
+            pairs.add((str(table), str(context)))
+            if resource in typed:
+                pairs.add((typed[resource], str(context)))
+        return pairs
 
     def _cluster_batch(self, context: str) -> pa.RecordBatch:
         live = objects.c.deleted == False  # noqa: E712

@@ -71,6 +71,11 @@ JSON_SCHEMA: dict[str, Any] = {
             "tables and resources are not given, false otherwise.",
             "type": "boolean",
         },
+        "custom_objects": {
+            "description": "Custom objects as the generic k8s_custom_objects table, as one typed table per "
+            "CRD (k8s_<group>_<plural>, columns from its schema and printer columns), or both.",
+            "enum": ["generic", "typed", "both"],
+        },
         "exclude": {
             "description": "Kinds not to watch or sync: resource names (events), resource keys "
             "(events.events.k8s.io) or table names, globs allowed.",
@@ -162,6 +167,7 @@ class Spec:
     batch_max_rows: int = 20_000
     discovery: bool = True
     exclude: tuple[str, ...] = ()
+    custom_objects: str = "both"
 
     @classmethod
     def parse(
@@ -201,6 +207,8 @@ class Spec:
             given["tables"] = tuple(t for t in given.get("tables", ALL_TABLES) if not _excluded(t, exclude))
         if "discovery" in data:
             given["discovery"] = bool(data["discovery"])
+        if "custom_objects" in data:
+            given["custom_objects"] = str(data["custom_objects"])
         if "database_url" in data:
             _warn_database_url()
         for key in ("kubeconfig", "cache_path"):

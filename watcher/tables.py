@@ -56,6 +56,7 @@ _UTC_US = pa.timestamp("us", tz="UTC")
 _STORAGE_TYPES: dict[ColumnType, pa.DataType] = {
     "string": pa.string(),
     "int64": pa.int64(),
+    "float64": pa.float64(),
     "bool": pa.bool_(),
     "json": pa.string(),  # JSON text; wrapped in the JSON extension type after reading
     "timestamp": _UTC_US,

@@ -214,3 +214,10 @@ def test_exclude_drops_tables_by_resource_name_key_or_table_glob(clean_env: Path
     assert set(ALL_TABLES) - set(spec.tables) == gone
     assert spec.discovery is True
     assert Spec.parse({"tables": ["k8s_pods", "k8s_events"], "exclude": ["events"]}).tables == ("k8s_pods",)
+
+
+def test_custom_objects_are_generic_typed_or_both_and_both_by_default(clean_env: Path) -> None:
+    assert Spec.parse({}).custom_objects == "both"
+    assert Spec.parse({"custom_objects": "typed"}).custom_objects == "typed"
+    with pytest.raises(SpecError, match="custom_objects: 'tabular' is not one of"):
+        Spec.parse({"custom_objects": "tabular"})
