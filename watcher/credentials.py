@@ -9,7 +9,8 @@ key files), or when the API server answered 401 to it (:meth:`Credentials.refres
 called once per rejected credential however many requests it failed).
 
 Nothing here logs or formats a secret: errors name the command, the file or the
-endpoint, never what it printed or returned.
+endpoint, never what a plugin printed on stdout or an issuer returned (a failing
+plugin's last line of stderr is shown: that is where plugins say what to do).
 """
 
 from __future__ import annotations
@@ -162,28 +163,23 @@ class _Cached:
     """A credential fetched by ``fetch`` and kept until it expires or is refused; a
     failure is held for :data:`FAILURE_HOLD` seconds. One fetch at a time."""
 
-    def __init__(
-        self, name: str, fetch: Callable[[], Credential], *, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, name: str, fetch: Callable[[], Credential]) -> None:
         self.name = name
         self._fetch = fetch
-        self._clock = clock
         self._lock = threading.Lock()
         self._credential: Credential | None = None
         self._fetched_at = float("-inf")  # monotonic
         self._failure: tuple[float, CredentialError] | None = None
-        self.fetches = 0
 
     def get(self) -> Credential:
         with self._lock:
             cred = self._credential
             if cred is not None and (
-                cred.expires_at is None or cred.expires_at - EXPIRY_MARGIN > self._clock()
+                cred.expires_at is None or cred.expires_at - EXPIRY_MARGIN > time.time()
             ):
                 return cred
             if self._failure is not None and time.monotonic() < self._failure[0]:
                 raise self._failure[1]
-            self.fetches += 1
             try:
                 cred = self._fetch()
             except CredentialError as exc:
