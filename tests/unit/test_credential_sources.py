@@ -112,7 +112,9 @@ def test_an_exec_token_and_certificate_files_are_merged(tmp_path: Path) -> None:
 
 
 def test_auth_providers_other_than_oidc_are_refused_with_the_way_out(tmp_path: Path) -> None:
-    with pytest.raises(KubeconfigError, match=r"auth-provider 'gcp' is not supported.*gke-gcloud-auth-plugin"):
+    with pytest.raises(
+        KubeconfigError, match=r"auth-provider 'gcp' is not supported.*gke-gcloud-auth-plugin"
+    ):
         Credentials.for_entry(entry(tmp_path, **{"auth-provider": {"name": "gcp"}}))
 
 
