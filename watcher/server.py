@@ -2,8 +2,8 @@
 place that builds protocol messages from the plugin's plain ones, and the server.
 
 It imports no part of the plugin at run time (only its plain types), so serving costs
-only grpc and the SDK's generated code: the benchmark's null source starts with it on
-every sync, and importing the plugin (SQLAlchemy, the kubernetes client) took 0.8 s.
+only grpc, pyarrow and the SDK's generated code: the benchmark's null source starts with
+it on every sync without importing the plugin (SQLAlchemy, the cache, the informers).
 """
 
 from __future__ import annotations
