@@ -257,7 +257,15 @@ def emission_rate(cache: Path, *, passes: int = 4) -> tuple[float, float, int, P
         batches: list[pa.RecordBatch] = []
         started = time.perf_counter()
         with SnapshotReader.open(cache) as snap:
-            for table in ALL_TABLES:
+            # Every table a default sync sends: the built-in ones, what discovery found,
+            # and each CRD's typed table.
+            snap.load_custom_tables(CONTEXTS)
+            tables = [
+                *ALL_TABLES,
+                *sorted(set(snap.cached_tables(CONTEXTS)) - set(ALL_TABLES)),
+                *sorted(snap.custom),
+            ]
+            for table in tables:
                 for ctx in CONTEXTS:
                     for batch in snap.batches(table, ctx):
                         rows += batch.num_rows
