@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from testbed.cluster import KubeHttp
-from testbed.postgres import Postgres
 from tests.conftest import unique
 
 EAST, WEST = "east", "west"
@@ -409,13 +405,6 @@ def populate(admin: KubeHttp) -> tuple[dict[str, str], list[Case]]:
     b.create("RoleBinding", good, {"metadata": {"name": "app"}, "roleRef": _ref("Role", "read-cm"),
              "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": good}]})  # fmt: skip
     return ns, b.cases
-
-
-def new_database(pg: Postgres) -> str:
-    name = "hard_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return pg.dsn.replace("/postgres?", f"/{name}?")
 
 
 def k8s_watcher(*args: str) -> subprocess.CompletedProcess[str]:

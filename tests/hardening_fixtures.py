@@ -18,8 +18,8 @@ import pytest
 
 from testbed.cluster import ControlPlanes, control_planes
 from testbed.postgres import Postgres
-from tests.conftest import sync
-from tests.hardening import EAST, WEST, Hardened, new_database, populate
+from tests.conftest import new_dsn, sync
+from tests.hardening import EAST, WEST, Hardened, populate
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,7 @@ def hardened(
     admin = hardened_planes.servers[EAST].admin()
     namespaces, cases = populate(admin)
     assert hardened_planes.kubeconfig is not None
-    dsn = new_database(pg_server)
+    dsn = new_dsn(pg_server)
     tmp = tmp_path_factory.mktemp("hardened-sync")
     spec = {
         "kubeconfig": str(hardened_planes.kubeconfig),

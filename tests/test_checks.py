@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from testbed.postgres import Postgres, pg_bin
-from tests.conftest import sync, unique
+from tests.conftest import new_dsn, sync, unique
 from tests.hardening import (
     EAST,
     ENFORCE,
@@ -26,7 +26,6 @@ from tests.hardening import (
     collection,
     good_pod_spec,
     k8s_watcher,
-    new_database,
     pod_manifest,
 )
 from watcher.checks import FRAMEWORKS, RESULT_COLUMNS, SQL_DIR, CheckFileError, load_checks, parse_check
@@ -263,7 +262,7 @@ def test_json_and_csv_list_the_offending_objects(hardened: Hardened, json_run: d
 def test_checks_over_tables_that_were_not_synced_are_skipped(
     hardened: Hardened, pg_server: Postgres, tmp_path: Path
 ) -> None:
-    dsn = new_database(pg_server)
+    dsn = new_dsn(pg_server)
     spec = {
         "kubeconfig": str(hardened.kubeconfig),
         "contexts": [EAST],

@@ -11,6 +11,7 @@ no class for the protocol's delete-record message.
 from __future__ import annotations
 
 import threading
+import zlib
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -63,6 +64,27 @@ class StateBackend:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """``cloudquery sync --shard num/total``: this sync sends one shard's tables.
+
+    A shard is a set of whole tables, not of (context, table) pairs: each sharded CLI run
+    has its own sync time, and ``overwrite-delete-stale`` deletes a table's rows of this
+    source older than it, so a table written by two shards would lose the other shard's
+    rows. A table belongs to the shard its name hashes to (CRC-32, stable across runs and
+    whatever else the table list holds), so n runs write every table exactly once.
+    """
+
+    num: int
+    total: int
+
+    def owns(self, table: str) -> bool:
+        return zlib.crc32(table.encode()) % self.total == self.num - 1
+
+    def __str__(self) -> str:
+        return f"{self.num}/{self.total}"
+
+
+@dataclass(frozen=True)
 class SyncOptions:
     """What the CLI asks of one sync, as plain values."""
 
@@ -73,6 +95,7 @@ class SyncOptions:
     with_error_messages: bool = False
     #: Set when the CLI went away (or the server stops): a ``follow`` sync ends.
     stop: threading.Event | None = None
+    shard: Shard | None = None
 
 
 SyncMessage = SyncMigrateTable | SyncInsert | SyncDeleteRecord | SyncError | SyncCheckpoint

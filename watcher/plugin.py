@@ -173,6 +173,10 @@ class Plugin:
                 tables += self.discovered_tables(snap, options)
             if typed:
                 tables = self._with_custom_tables(snap, options, tables)
+            if options.shard is not None:
+                owned = tuple(t for t in tables if options.shard.owns(t))
+                log.info("shard %s: %d of %d tables", options.shard, len(owned), len(tables))
+                tables = owned
             since = cursor.since(snap) if cursor else None
             for table in tables:
                 yield SyncMigrateTable(snap.schema(table))
@@ -335,6 +339,8 @@ class _Cursor:
     with the destination: ``<cache id>:<seq>`` of the last completed sync."""
 
     def __init__(self, options: SyncOptions) -> None:
+        # A shard's tables move on their own: each shard keeps a cursor of its own.
+        self.key = CURSOR_KEY if options.shard is None else f"{CURSOR_KEY}|shard {options.shard}"
         # Imported here: the SDK's state client pulls in pandas (~60 MB), which a daemon
         # serving snapshot syncs never needs.
         from cloudquery.sdk.plugin.plugin import BackendOptions
@@ -352,7 +358,7 @@ class _Cursor:
             )
 
     def since(self, snap: SnapshotReader) -> int | None:
-        raw = self.client.get_key(CURSOR_KEY) if self.enabled else None
+        raw = self.client.get_key(self.key) if self.enabled else None
         return resume_from(raw, cache_id=snap.cache_id, purged_seq=snap.purged_seq, newest_seq=snap.seq)
 
     def in_band_table(self) -> SyncMigrateTable | None:
@@ -371,11 +377,11 @@ class _Cursor:
         directly, at the end of the sync."""
         if not self.enabled:
             return None
-        record = self.client.table.record([(CURSOR_KEY, f"{cache_id}:{seq}")])
+        record = self.client.table.record([(self.key, f"{cache_id}:{seq}")])
         if self.supports_checkpoints:
             return SyncCheckpoint(record)
         if in_band:
             return SyncInsert(record)
-        self.client.set_key(CURSOR_KEY, f"{cache_id}:{seq}")
+        self.client.set_key(self.key, f"{cache_id}:{seq}")
         self.client.flush()
         return None

@@ -28,6 +28,7 @@ from cloudquery.sdk.types import UUIDType
 from watcher import __version__
 from watcher.errors import CacheError, ConfigError
 from watcher.messages import (
+    Shard,
     StateBackend,
     SyncCheckpoint,
     SyncDeleteRecord,
@@ -178,6 +179,7 @@ def sync_options(request: plugin_pb2.Sync.Request, stop: threading.Event | None 
         supports_checkpoints=request.supports_checkpoints,
         with_error_messages=request.withErrorMessages,
         stop=stop,
+        shard=Shard(request.shard.num, request.shard.total) if request.shard.total > 1 else None,
     )
 
 
