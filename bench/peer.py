@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 
-from testbed.cluster import ControlPlanes, control_planes
+from testbed.cluster import ControlPlanes, control_planes, crd_manifest
 from testbed.cq import (
     OFFICIAL_K8S_VERSION,
     CqResult,
@@ -245,7 +245,10 @@ def seed(planes: ControlPlanes, namespaces: int = 2) -> None:
     pod_spec = {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
     for ctx in planes.names:
         admin = planes.servers[ctx].admin()
-        admin.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", _crd())
+        admin.create(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            crd_manifest("peer.k8s-watcher.io", "gadgets", kind="Gadget"),
+        )
         for i in range(namespaces):
             ns = f"peer-{i}"
             admin.create("/api/v1/namespaces", {"metadata": {"name": ns}})
@@ -283,28 +286,6 @@ def _event(meta: dict[str, Any], ns: str) -> dict[str, Any]:
         "reportingController": "peer",
         "reportingInstance": "peer-1",
         "regarding": {"kind": "Pod", "namespace": ns, "name": meta["name"]},
-    }
-
-
-def _crd() -> dict[str, Any]:
-    group = "peer.k8s-watcher.io"
-    return {
-        "metadata": {"name": f"gadgets.{group}"},
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget", "listKind": "GadgetList"},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                    },
-                }
-            ],
-        },
     }
 
 

@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from bench.etcd_load import etcd_blast
 from bench.peer import official_sync
-from testbed.cluster import ApiServer, ControlPlanes, control_planes
+from testbed.cluster import ApiServer, ControlPlanes, control_planes, crd_manifest
 from testbed.cq import destination_config, run_cloudquery, source_config
 from testbed.daemon import DaemonProcess
 from testbed.postgres import postgres_server
@@ -113,19 +113,6 @@ def _conn(server: ApiServer) -> Conn:
     return conns[server.name]
 
 
-def _crd() -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"widgets.{GROUP}"},
-        "spec": {
-            "group": GROUP, "scope": "Namespaced",
-            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
-            "versions": [{"name": "v1", "served": True, "storage": True,
-                          "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-        },
-    }  # fmt: skip
-
-
 def _object(kind: str, i: int, ns: str) -> tuple[str, dict[str, Any]]:
     labels = {"app": f"app-{i % 50}", "tier": ("web", "db", "cache")[i % 3]}
     meta = {"name": f"{kind[:-1]}-{i}", "labels": labels, "annotations": {"bench/owner": f"team-{i % 7}"}}
@@ -186,7 +173,10 @@ def populate(planes: ControlPlanes, n: int) -> dict[str, int]:
     for ctx in CONTEXTS:
         server = planes.servers[ctx]
         admin = server.admin()
-        admin.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", _crd())
+        admin.create(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            crd_manifest(GROUP, "widgets", kind="Widget"),
+        )
         for j in range(n_ns):
             admin.create(
                 "/api/v1/namespaces", {"metadata": {"name": f"ns-{j}", "labels": {"team": f"t{j % 5}"}}}

@@ -43,6 +43,39 @@ KUBE_VERSION = "v1.37.2"
 REPO = Path(__file__).resolve().parent.parent
 
 
+#: A custom resource schema that accepts anything (what most test CRDs need).
+ANY_OBJECT: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+def crd_manifest(
+    group: str,
+    plural: str,
+    schema: dict[str, Any] | None = None,
+    printer_columns: list[dict[str, Any]] | None = None,
+    *,
+    kind: str | None = None,
+) -> dict[str, Any]:
+    """A namespaced CustomResourceDefinition serving and storing ``v1`` of ``plural``
+    (kind: ``plural`` capitalised unless given)."""
+    kind = kind or plural.capitalize()
+    version: dict[str, Any] = {
+        "name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema or ANY_OBJECT},
+    }  # fmt: skip
+    if printer_columns:
+        version["additionalPrinterColumns"] = printer_columns
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": plural[:-1], "kind": kind, "listKind": f"{kind}List"},
+            "versions": [version],
+        },
+    }
+
+
 def binary_dir() -> Path:
     """Where ``testbed/build.sh`` puts kube-apiserver and etcd (kept in sync with it)."""
     env = os.environ.get("K8S_WATCHER_TESTBED_BIN")

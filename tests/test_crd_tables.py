@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from testbed.cluster import ControlPlanes, KubeHttp
+from testbed.cluster import ControlPlanes, KubeHttp, crd_manifest
 from tests.conftest import eventually, namespace, pg_tables, pg_uids, sync, unique
 
 CTX = "prod"
@@ -35,24 +35,6 @@ def _spec_properties(extra: dict[str, Any] | None = None) -> dict[str, Any]:
                      "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}},
         "tags": {"type": "array", "items": {"type": "string"}},
         **(extra or {}),
-    }  # fmt: skip
-
-
-def _crd(
-    group: str, plural: str, schema: dict[str, Any], printers: list[dict[str, Any]] | None = None
-) -> Any:
-    kind = plural.capitalize()
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{group}"},
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {"plural": plural, "singular": plural[:-1], "kind": kind, "listKind": f"{kind}List"},
-            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema},
-                          "additionalPrinterColumns": printers or []}],
-        },
     }  # fmt: skip
 
 
@@ -87,10 +69,12 @@ class Bed:
         self.clash = f"things{suffix}"  # in two groups whose table names collide
         self.ns = namespace(self.admin, unique("typed"))
         self.crds = [
-            _crd(self.group, self.plural, _typed_schema(), PRINTERS),
-            _crd(self.group, self.loose, {"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
-            _crd("clash-a.k8s-watcher.io", self.clash, _typed_schema()),
-            _crd("clash.a-k8s-watcher.io", self.clash, _typed_schema()),
+            crd_manifest(self.group, self.plural, _typed_schema(), PRINTERS),
+            crd_manifest(
+                self.group, self.loose, {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+            ),
+            crd_manifest("clash-a.k8s-watcher.io", self.clash, _typed_schema()),
+            crd_manifest("clash.a-k8s-watcher.io", self.clash, _typed_schema()),
         ]
         for crd in self.crds:
             self.admin.create(CRDS, crd)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from testbed.cluster import ControlPlanes
+from testbed.cluster import ControlPlanes, crd_manifest
 from tests.conftest import (
     cache_matches,
     cached,
@@ -259,31 +259,7 @@ def test_crd_created_and_deleted_at_run_time(planes: ControlPlanes, run_informer
     plural = unique("widgets").replace("-", "")
     group = "testbed.k8s-watcher.io"
     manager = run_informers(planes.kubeconfig, ["dev"])
-    crd = {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{group}"},
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {
-                "plural": plural,
-                "singular": plural[:-1],
-                "kind": plural.capitalize(),
-                "listKind": plural.capitalize() + "List",
-            },
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                    },
-                }
-            ],
-        },
-    }
+    crd = crd_manifest(group, plural)
     admin.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
     ns = namespace(admin, unique("crs"))
     path = f"/apis/{group}/v1/namespaces/{ns}/{plural}"
