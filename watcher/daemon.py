@@ -272,6 +272,10 @@ class Daemon:
         by_state: dict[str, int] = {}
         for s in statuses:
             by_state[s.state] = by_state.get(s.state, 0) + 1
+        # A context whose CRDs are listed but whose custom and discovered resources have
+        # no informers yet is still starting, whatever its other informers say.
+        if pending := self.manager.contexts_starting():
+            by_state["starting"] = by_state.get("starting", 0) + pending
         detail = ", ".join(f"{k}={v}" for k, v in sorted(by_state.items())) or "starting"
         # Healthy while the process works: the writer is alive. A forbidden or
         # unreachable cluster is reported, not fatal (the others still sync).

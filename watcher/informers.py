@@ -548,6 +548,9 @@ class ContextInformers:
         self._served_at = 0.0
         self._skips_logged: set[str] = set()
         self._crd_versions: dict[str, str] = {}
+        #: Set by the first reconcile that saw the CRDs listed: from then on every custom
+        #: and discovered resource has its informer (until then the context is starting).
+        self.complete = False
 
     @property
     def context(self) -> str:
@@ -588,6 +591,7 @@ class ContextInformers:
         if self.kubernetes_version is None:
             self.refresh_cluster_info()
         if not self.watch_custom_objects or CRD.key not in self.informers:
+            self.complete = True  # nothing more will be started
             return
         if self.informers[CRD.key].status.lists == 0 and CRD.key not in self._resume:
             return  # CRDs not listed yet: absence of a CRD means nothing so far
@@ -602,7 +606,8 @@ class ContextInformers:
         if self.discovery:
             discovered = self._discovered(set(wanted))
             if discovered is None:
-                return  # what the server serves is unknown: change nothing
+                self.complete = True  # unknown what else the server serves: nothing to wait for
+                return  # change nothing
             wanted.update((d.key, d) for d in discovered)
         builtin = {d.key for d in self.descriptors}
         running = set(self.informers) - builtin
@@ -617,6 +622,7 @@ class ContextInformers:
         for key in set(self._resume) - wanted.keys() - builtin:
             self.store.drop_resource(self.context, key)
             self._resume.pop(key)
+        self.complete = True
 
     def _follow_crd_changes(self, versions: dict[str, str], wanted: dict[str, ResourceDescriptor]) -> None:
         """A changed CRD: its objects are relisted (the API server serves them from new
@@ -654,6 +660,14 @@ class ContextInformers:
 
     def statuses(self) -> list[InformerStatus]:
         return [inf.status for inf in list(self.informers.values())]
+
+    @property
+    def starting(self) -> bool:
+        """The CRDs are listed but the informers of custom and discovered resources are
+        not started yet (the next reconcile starts them): not synced."""
+        crd = self.informers.get(CRD.key)
+        listed = crd is not None and (crd.status.lists > 0 or CRD.key in self._resume)
+        return listed and not self.complete
 
     def stop(self) -> None:
         for informer in self.informers.values():
@@ -758,11 +772,15 @@ class InformerManager:
     def statuses(self) -> list[InformerStatus]:
         return [s for ctx in self.contexts for s in ctx.statuses()]
 
+    def contexts_starting(self) -> int:
+        """Contexts whose custom and discovered resources are not all watched yet."""
+        return sum(1 for ctx in self.contexts if ctx.starting)
+
     def wait_synced(self, timeout: float = 60) -> bool:
         """Wait until every informer has listed (or resumed) and is watching."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(s.state == "watching" for s in self.statuses()):
+            if not self.contexts_starting() and all(s.state == "watching" for s in self.statuses()):
                 return True
             time.sleep(0.1)
         return False
