@@ -1,7 +1,7 @@
 """Build the Dockerfile and run the image, with Debian's buildah and podman, here.
 
 No container registry is reachable, so ``FROM python:3.11-slim`` is satisfied by a
-local stand-in: a Debian bookworm root filesystem from ``debootstrap`` (Python 3.11,
+local substitute: a Debian bookworm root filesystem from ``debootstrap`` (Python 3.11,
 pip) imported as ``docker.io/library/python:3.11-slim``. Everything lives in a private
 containers/storage root (vfs driver), so the machine's own store is never touched; the
 build runs with chroot isolation. Containers run under podman with runc, cgroupfs and

@@ -1,5 +1,5 @@
 """The container image: built from the Dockerfile with buildah (chroot isolation, vfs
-storage, a debootstrap stand-in for the python base image, see testbed/image.py) and run
+storage, a debootstrap substitute for the python base image, see testbed/image.py) and run
 with podman on a read-only root filesystem."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from watcher.state import UNSERVED
 
 
 class Documents:
-    """A KubeClient stand-in: GET answers from ``docs`` by path (an ApiError when the
+    """A fake KubeClient: GET answers from ``docs`` by path (an ApiError when the
     answer is one); records each path and Accept header."""
 
     context = "ctx"

@@ -21,7 +21,7 @@ FIRST_BACKOFF = (0.8, 1.6)  # client-go's first backoff delay, with up to 100 % 
 
 @pytest.fixture
 def monotonic(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The informers' monotonic clock, standing still until a test moves ``[0]``."""
+    """The informers' monotonic clock, frozen until a test moves ``[0]``."""
     now = [1000.0]
     monkeypatch.setattr(informers, "time", types.SimpleNamespace(monotonic=lambda: now[0], time=time.time))
     return now
