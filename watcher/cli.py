@@ -67,6 +67,15 @@ def _duration(*, allow_zero: bool) -> Callable[[str], float]:
     return parse
 
 
+#: A database URL carries a password: $K8S_WATCHER_CACHE_URL keeps it out of argv (ps).
+_CACHE_URL: dict[str, Any] = {
+    "default": os.environ.get("K8S_WATCHER_CACHE_URL"),
+    "metavar": "URL",
+    "help": "the cache as a database URL instead of --cache: postgresql://user@host/db (shared by "
+    "replicas; password from the URL, $PGPASSWORD or ~/.pgpass) (default: $K8S_WATCHER_CACHE_URL)",
+}
+
+
 def _serve(args: argparse.Namespace) -> int:
     from watcher.daemon import Daemon, DaemonConfig
     from watcher.errors import CacheError, ConfigError
@@ -97,6 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else default_kubeconfig(),
         contexts=args.contexts.split(",") if args.contexts else ["*"],
         cache_path=Path(args.cache) if args.cache else default_cache_path(),
+        cache_url=args.cache_url or None,
         **given,
     )
     try:
@@ -112,7 +122,7 @@ def _status(args: argparse.Namespace) -> int:
     from watcher import state
     from watcher.spec import default_cache_path
 
-    path = Path(args.cache) if args.cache else default_cache_path()
+    path = args.cache_url or (Path(args.cache) if args.cache else default_cache_path())
     try:
         engine = state.open_reader(path)
     except state.CacheUnusable as exc:
@@ -124,6 +134,7 @@ def _status(args: argparse.Namespace) -> int:
         counts = state.count_rows(conn)
         clusters = state.read_clusters(conn)
         retired = state.read_retired_contexts(conn)
+        owners = {ctx: log.owner for ctx, log in state.read_context_logs(conn).items()}
         kubeconfig = {
             key: state.read_meta(conn, f"kubeconfig_{key}")
             for key in ("path", "generation", "loaded_at", "checked_at", "error")
@@ -138,6 +149,7 @@ def _status(args: argparse.Namespace) -> int:
                     "kubeconfig": kubeconfig,
                     "contexts": clusters,
                     "removed_contexts": retired,
+                    "writers": owners,
                     "informers": rows,
                     "rows": counts,
                     **({"stream": stream} if stream is not None else {}),
@@ -149,7 +161,7 @@ def _status(args: argparse.Namespace) -> int:
     if stream is not None:
         print("follow syncs: " + ", ".join(f"{k} {v}" for k, v in stream.items()))
     alive = f"{now - heartbeat:.0f}s ago" if heartbeat else "never"
-    print(f"cache {path}: {sum(counts.values())} objects; daemon heartbeat {alive}")
+    print(f"cache {state.CacheLocation.of(path)}: {sum(counts.values())} objects; daemon heartbeat {alive}")
     _print_contexts(kubeconfig, clusters, retired, now)
     print(
         f"{'CONTEXT':<20} {'RESOURCE':<45} {'STATE':<10} {'RV':<12} {'EVENTS':>8} {'LISTS':>6} {'RELISTS':>8} {'ERRORS':>7}  LAST ERROR"
@@ -232,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     serve.add_argument("--contexts", help="comma-separated context names (default: all)")
     serve.add_argument("--cache", help="cache file (default: ~/.local/state/k8s-watcher/cache.db)")
+    serve.add_argument("--cache-url", **_CACHE_URL)
     serve.add_argument("--grpc-address", help="plugin server for registry: grpc (default 127.0.0.1:7777)")
     serve.add_argument("--http-address", help="/healthz and /metrics (default 127.0.0.1:9464)")
     serve.add_argument(
@@ -276,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     stream.set_defaults(func=_stream)
     status = sub.add_parser("status", help="print each informer's state from the cache file")
     status.add_argument("--cache", help="cache file (default: ~/.local/state/k8s-watcher/cache.db)")
+    status.add_argument("--cache-url", **_CACHE_URL)
     status.add_argument("--json", action="store_true")
     status.add_argument(
         "--daemon", metavar="HOST:PORT", help="also show the daemon's follow syncs (its /metrics address)"

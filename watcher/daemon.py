@@ -36,7 +36,7 @@ from watcher.plugin import FollowStatus, Plugin
 from watcher.refresh import DaemonInformers
 from watcher.reload import KubeconfigReloader, KubeconfigWatch
 from watcher.server import ServerTls, serve_plugin
-from watcher.state import CacheStore
+from watcher.state import CacheLocation, CacheStore
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,12 @@ class DaemonConfig:
     grpc_tls_key: Path | None = None
     #: Seconds between checks of the kubeconfig for changes (0: on SIGHUP only).
     kubeconfig_check_interval: float = 30
+    #: The cache as a database URL (PostgreSQL: shared by replicas); wins over cache_path.
+    cache_url: str | None = None
+
+    @property
+    def cache(self) -> CacheLocation:
+        return CacheLocation.of(self.cache_url or self.cache_path)
 
 
 #: The retention job never runs less often than this (seconds).
@@ -113,20 +119,28 @@ class _MetricsCollector:
             for table, n in state.count_rows(conn).items():
                 rows.add_metric([table], n)
         yield rows
-        yield GaugeMetricFamily(
-            "k8s_watcher_cache_seq", "Newest change sequence number", value=self.daemon.store.seq
+        seqs = GaugeMetricFamily(
+            "k8s_watcher_cache_seq",
+            "Newest change sequence number of each context written here",
+            labels=["context"],
         )
+        for ctx, seq in self.daemon.store.owned_positions().items():
+            seqs.add_metric([ctx], seq)
+        yield seqs
         yield from _stream_metrics(self.daemon.plugin.follow_status)
 
 
 def _stream_metrics(status: FollowStatus) -> Iterator[Any]:
     """The follow syncs (``follow: true``) this daemon serves."""
     yield GaugeMetricFamily("k8s_watcher_stream_active", "Follow syncs open", value=status.streams)
-    yield GaugeMetricFamily(
+    sent = GaugeMetricFamily(
         "k8s_watcher_stream_seq",
         "Change seq the last follow batch (and its cursor) carried",
-        value=status.sent_seq,
+        labels=["context"],
     )
+    for ctx, seq in status.sent.items():
+        sent.add_metric([ctx], seq)
+    yield sent
     yield GaugeMetricFamily(
         "k8s_watcher_stream_lag_seconds",
         "Age of the oldest change committed to the cache and not yet sent on a follow sync",
@@ -224,7 +238,7 @@ class Daemon:
                 "no kubeconfig at %s: watching the cluster this pod runs in, with its service account (%s), as context %s",
                 config.kubeconfig, service_account_dir(), in_cluster_context_name(),
             )  # fmt: skip
-        self.store = CacheStore(config.cache_path)
+        self.store = CacheStore(config.cache)
         self.manager = InformerManager(
             clients=[KubeClient(config.kubeconfig, c, exec_timeout=config.exec_timeout) for c in contexts],
             store=self.store,
@@ -238,7 +252,11 @@ class Daemon:
         # here waits for them and never relists by itself.
         self._plugin_defaults: dict[str, Any] = {
             "kubeconfig": str(config.kubeconfig),
-            "cache_path": str(config.cache_path),
+            **(
+                {"cache_url": config.cache_url}
+                if config.cache_url
+                else {"cache_path": str(config.cache_path)}
+            ),
             "contexts": contexts,
         }
         self.plugin = Plugin(
@@ -254,7 +272,7 @@ class Daemon:
         )
         self.grpc_tls = grpc_tls(config)
         self.scheduler = BackgroundScheduler(timezone="UTC")
-        self._seq_samples: deque[tuple[float, int]] = deque()
+        self._seq_samples: deque[tuple[float, dict[str, int]]] = deque()
         self._stopped = threading.Event()
 
     def _contexts_changed(self, contexts: list[str]) -> None:
@@ -287,14 +305,20 @@ class Daemon:
     # -- jobs ----------------------------------------------------------------
 
     def _purge_tombstones(self) -> None:
+        """Purge, per context, the tombstones older than the retention: the samples say
+        which seq each context had reached that long ago."""
         now = time.time()
-        self._seq_samples.append((now, self.store.seq))
-        cutoff: int | None = None
+        self._seq_samples.append((now, self.store.owned_positions()))
+        cutoffs: dict[str, int] | None = None
         while self._seq_samples and now - self._seq_samples[0][0] > self.config.tombstone_retention:
-            cutoff = self._seq_samples.popleft()[1]
-        if cutoff:
-            purged = self.store.purge_tombstones(cutoff)
-            log.info("purged %d tombstones up to seq %d", purged, cutoff)
+            cutoffs = self._seq_samples.popleft()[1]
+        if cutoffs:
+            purged = self.store.purge_tombstones(cutoffs)
+            log.info(
+                "purged %d tombstones up to %s",
+                purged,
+                ", ".join(f"{c}@{s}" for c, s in sorted(cutoffs.items())),
+            )
 
     def _relist_all(self) -> None:
         log.info("periodic safety-net relist of every informer")
@@ -342,7 +366,7 @@ class Daemon:
         self.grpc = serve_plugin(self.plugin, f"{host}:{port}", tls=self.grpc_tls)
         log.info(
             "k8s-watcher daemon: %d contexts, cache %s, plugin on %s, health/metrics on http://%s",
-            len(self.manager.contexts), self.config.cache_path, self.config.grpc_address, self.config.http_address,
+            len(self.manager.contexts), self.config.cache, self.config.grpc_address, self.config.http_address,
         )  # fmt: skip
 
     def stop(self) -> None:

@@ -18,9 +18,11 @@ import fnmatch
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from watcher import state
 from watcher.clusters import CLUSTERS_TABLE
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "k8s-watcher"
 CURSOR_KEY = "k8s-watcher|cursor"
-#: How often a follow sync looks for new changes (one indexed max(seq) read).
+#: How often a follow sync looks for new changes (one read of the contexts' seqs).
 FOLLOW_POLL_SECONDS = 0.1
 #: How often a follow sync re-sends k8s_clusters (informer states, staleness): those
 #: rows are computed, not logged in the change sequence.
@@ -61,7 +63,8 @@ class FollowStatus:
     """What the follow syncs of this plugin are doing, for the daemon's metrics."""
 
     streams: int = 0
-    sent_seq: int = 0
+    #: context -> the change seq the last follow batch (and its cursor) carried.
+    sent: dict[str, int] = field(default_factory=dict)
     #: Changes committed to the cache but not yet sent: since when (monotonic), or None.
     pending_since: float | None = None
     last_error: str = ""
@@ -168,7 +171,7 @@ class Plugin:
             if options.with_error_messages:
                 yield SyncError(CLUSTERS_TABLE, f"{ctx}: {why}")
         cursor = _Cursor(options) if spec.incremental else None
-        with SnapshotReader.open(spec.cache_path, batch_max_rows=spec.batch_max_rows) as snap:
+        with SnapshotReader.open(spec.cache, batch_max_rows=spec.batch_max_rows) as snap:
             if spec.discovery:
                 tables += self.discovered_tables(snap, options)
             if typed:
@@ -177,25 +180,26 @@ class Plugin:
                 owned = tuple(t for t in tables if options.shard.owns(t))
                 log.info("shard %s: %d of %d tables", options.shard, len(owned), len(tables))
                 tables = owned
-            since = cursor.since(snap) if cursor else None
+            since = cursor.since(snap, self.contexts) if cursor else None
             for table in tables:
                 yield SyncMigrateTable(snap.schema(table))
             if spec.follow and cursor is not None and (migrate := cursor.in_band_table()) is not None:
                 yield migrate
             rows = deletes = 0
-            if cursor is not None:
-                for ctx in _retired_since(snap, since, watched=self.contexts):
-                    for table in tables:
-                        deletes += 1
-                        yield SyncDeleteRecord(table, ctx)
+            retired = _retired_since(snap, since, watched=self.contexts) if cursor is not None else []
+            for ctx in retired:
+                for table in tables:
+                    deletes += 1
+                    yield SyncDeleteRecord(table, ctx)
             # A context that could not be refreshed still sends what the cache holds for
             # it (k8s_clusters says how stale): skipping it would let delete-stale wipe
             # its rows, and would move the incremental cursor past changes never sent.
             for table in tables:
                 per_object = table != CLUSTERS_TABLE
                 for ctx in self.contexts:
-                    if since is not None and per_object:
-                        for uid in snap.deleted_uids(table, ctx, since_seq=since):
+                    after = since.get(ctx) if since is not None else None
+                    if after is not None and per_object:
+                        for uid in snap.deleted_uids(table, ctx, since_seq=after):
                             deletes += 1
                             yield SyncDeleteRecord(table, ctx, uid)
                     elif cursor is not None and per_object:
@@ -203,10 +207,10 @@ class Plugin:
                         # cursor): the destination does not delete stale rows in overwrite
                         # mode, so clear this context's rows first.
                         yield SyncDeleteRecord(table, ctx)
-                    for batch in snap.batches(table, ctx, since_seq=since if per_object else None):
+                    for batch in snap.batches(table, ctx, since_seq=after if per_object else None):
                         rows += batch.num_rows
                         yield SyncInsert(batch)
-            mode = "full snapshot" if since is None else f"changes since seq {since}"
+            mode = "full snapshot" if since is None else f"changes since {_describe(since)}"
             elapsed = time.monotonic() - started
             log.info(
                 "sync sent %d rows and %d deletions from %d tables, %d contexts (%s) in %.2fs",
@@ -214,11 +218,12 @@ class Plugin:
             )  # fmt: skip
             if self.on_sync_done is not None:
                 self.on_sync_done(elapsed, rows)
+            sent = {ctx: snap.position.get(ctx, 0) for ctx in [*self.contexts, *retired]}
             if cursor is not None:
-                checkpoint = cursor.commit(snap.cache_id, snap.seq, in_band=spec.follow)
+                checkpoint = cursor.commit(snap.cache_id, sent, in_band=spec.follow)
                 if checkpoint is not None:
                     yield checkpoint
-            start = (snap.cache_id, snap.seq)
+            start = (snap.cache_id, sent)
         if spec.follow and cursor is not None:
             yield from self._follow(spec, tables, cursor, start, options.stop or threading.Event())
 
@@ -227,46 +232,50 @@ class Plugin:
         spec: Spec,
         tables: tuple[str, ...],
         cursor: _Cursor,
-        start: tuple[str, int],
+        start: tuple[str, dict[str, int]],
         stop: threading.Event,
     ) -> Iterator[SyncMessage]:
         """Send what the cache commits after ``start``, until ``stop``: per batch the
         deletions, then the rows, then the cursor, so the destination commits the cursor
         no earlier than the changes it covers (a stopped CLI resumes from it)."""
         cache_id, last = start
+        last = {ctx: last.get(ctx, 0) for ctx in self.contexts}
         selected = set(tables) - {CLUSTERS_TABLE}
-        engine = state.open_reader(spec.cache_path)
+        engine = state.open_reader(spec.cache)
         status = self.follow_status
         with self._follow_lock:
             status.streams += 1
         clusters_due = time.monotonic() + FOLLOW_CLUSTERS_SECONDS
-        log.info("follow: streaming changes after seq %d", last)
+        log.info("follow: streaming changes after %s", _describe(last))
         try:
             while not stop.wait(FOLLOW_POLL_SECONDS):
                 with engine.connect() as conn:
-                    newest = state.max_seq(conn)
+                    newest = state.read_positions(conn)
+                moved = any(newest.get(ctx, 0) > seq for ctx, seq in last.items())
                 refresh_clusters = CLUSTERS_TABLE in tables and time.monotonic() >= clusters_due
-                if newest <= last and not refresh_clusters:
+                if not moved and not refresh_clusters:
                     continue
-                if newest > last and status.pending_since is None:
+                if moved and status.pending_since is None:
                     status.pending_since = time.monotonic()
                 with SnapshotReader(engine, batch_max_rows=spec.batch_max_rows) as snap:
-                    if snap.cache_id != cache_id or snap.purged_seq > last:
+                    purged = {c: snap.logs[c].purged_seq for c in last if c in snap.logs}
+                    if snap.cache_id != cache_id or any(p > last[c] for c, p in purged.items()):
                         raise CacheError(
                             f"follow: the cache moved under the stream (cache id {snap.cache_id}, purged "
-                            f"up to seq {snap.purged_seq}, stream at {last}); restart the sync"
+                            f"up to {_describe(purged)}, stream at {_describe(last)}); restart the sync"
                         )
                     if CUSTOM_OBJECTS_TABLE in spec.tables and spec.custom_objects != "generic":
                         snap.load_custom_tables(self.contexts)  # the CRDs' typed tables, as of now
-                    yield from _changes(snap, selected, self.contexts, last)
+                    yield from _changes(snap, selected, last)
                     if refresh_clusters:
                         clusters_due = time.monotonic() + FOLLOW_CLUSTERS_SECONDS
                         for ctx in self.contexts:
                             yield from (SyncInsert(b) for b in snap.batches(CLUSTERS_TABLE, ctx))
-                    checkpoint = cursor.commit(snap.cache_id, snap.seq, in_band=True)
+                    last = {ctx: snap.position.get(ctx, 0) for ctx in last}
+                    checkpoint = cursor.commit(snap.cache_id, last, in_band=True)
                     if checkpoint is not None:
                         yield checkpoint
-                    last = status.sent_seq = snap.seq
+                    status.sent = dict(last)
                 status.pending_since = None
         except CacheError as exc:
             status.last_error, status.last_error_at = str(exc), time.time()
@@ -275,7 +284,7 @@ class Plugin:
             engine.dispose()
             with self._follow_lock:
                 status.streams -= 1
-            log.info("follow: stream ended at seq %d", last)
+            log.info("follow: stream ended at %s", _describe(last))
 
     def _require_spec(self) -> Spec:
         if self.spec is None:
@@ -283,60 +292,88 @@ class Plugin:
         return self.spec
 
 
-def _changes(
-    snap: SnapshotReader, tables: set[str], contexts: list[str], since: int
-) -> Iterator[SyncMessage]:
-    """Deletions, then rows, changed after ``since`` in the selected tables and contexts
-    (grouped by kind: the destination flushes its batch at every switch of kind)."""
-    pairs = sorted(p for p in snap.changed(since) if p[0] in tables and p[1] in contexts)
+def _describe(position: Mapping[str, int | None]) -> str:
+    return ", ".join(f"{ctx}@{seq}" for ctx, seq in sorted(position.items())) or "nothing"
+
+
+def _changes(snap: SnapshotReader, tables: set[str], since: Mapping[str, int]) -> Iterator[SyncMessage]:
+    """Deletions, then rows, changed after ``since`` (context -> seq) in the selected
+    tables (grouped by kind: the destination flushes its batch at every switch of kind)."""
+    pairs = sorted(p for p in snap.changed(since) if p[0] in tables)
     for table, ctx in pairs:
-        for uid in snap.deleted_uids(table, ctx, since_seq=since):
+        for uid in snap.deleted_uids(table, ctx, since_seq=since[ctx]):
             yield SyncDeleteRecord(table, ctx, uid)
     for table, ctx in pairs:
-        for batch in snap.batches(table, ctx, since_seq=since):
+        for batch in snap.batches(table, ctx, since_seq=since[ctx]):
             yield SyncInsert(batch)
 
 
-def _retired_since(snap: SnapshotReader, since: int | None, *, watched: list[str]) -> list[str]:
+def _retired_since(
+    snap: SnapshotReader, since: Mapping[str, int | None] | None, *, watched: list[str]
+) -> list[str]:
     """Contexts removed from the kubeconfig (their objects tombstoned) since the cursor,
     or at all for a full snapshot: an incremental sync deletes all their rows."""
     with snap.engine.connect() as conn:
         retired = state.read_retired_contexts(conn)
-    return [
-        r["context"] for r in retired if r["context"] not in watched and (since is None or r["seq"] > since)
-    ]
+    found = []
+    for r in retired:
+        after = since.get(r["context"]) if since is not None else None
+        if r["context"] not in watched and (after is None or r["seq"] > after):
+            found.append(r["context"])
+    return found
 
 
-def resume_from(raw: str | None, *, cache_id: str, purged_seq: int, newest_seq: int) -> int | None:
-    """The change seq an incremental sync continues from, given the stored cursor
-    ``<cache id>:<seq>``; None means a full snapshot, and the log says why."""
+def encode_cursor(cache_id: str, position: Mapping[str, int]) -> str:
+    """``<cache id>:{"<context>": <seq>, ...}``: how far each context's changes were sent."""
+    return f"{cache_id}:{orjson.dumps(dict(position), option=orjson.OPT_SORT_KEYS).decode()}"
+
+
+def resume_from(
+    raw: str | None, *, cache_id: str, logs: Mapping[str, state.ContextLog], contexts: list[str]
+) -> dict[str, int | None] | None:
+    """Where an incremental sync continues, per context, from the stored cursor (see
+    :func:`encode_cursor`): the seq after which to send changes, or None for a full
+    snapshot of that context (its log was purged past the cursor, or the cursor is
+    ahead of it). A context the cursor does not name was never sent: from 0. None
+    overall: a full snapshot of everything. The log says why."""
     if not raw:
         log.info("incremental: no cursor yet, full snapshot")
         return None
-    cursor_cache, _, seq_text = raw.partition(":")
-    if cursor_cache != cache_id:
-        log.info("incremental: the cursor %r belongs to another cache file, full snapshot", raw)
+    cursor_cache, colon, body = raw.partition(":")
+    if colon and cursor_cache != cache_id:
+        log.info("incremental: the cursor %r belongs to another cache, full snapshot", raw[:80])
         return None
-    if not (seq_text.isascii() and seq_text.isdecimal()):
-        log.info("incremental: the cursor %r is malformed, full snapshot", raw)
+    try:
+        sent = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        sent = None
+    if not isinstance(sent, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in sent.values()
+    ):
+        log.info("incremental: the cursor %r is malformed or of an older version, full snapshot", raw[:80])
         return None
-    seq = int(seq_text)
-    if seq < purged_seq:
-        log.info(
-            "incremental: cursor %d is older than the retained change log (%d), full snapshot",
-            seq,
-            purged_seq,
-        )
-        return None
-    if seq > newest_seq:
-        log.info("incremental: cursor %d is ahead of the cache (%d), full snapshot", seq, newest_seq)
-        return None
-    return seq
+    since: dict[str, int | None] = {}
+    for ctx in {*contexts, *sent}:
+        seq = sent.get(ctx, 0)
+        found = logs.get(ctx)
+        if found is not None and seq < found.purged_seq:
+            log.info(
+                "incremental: %s: cursor %d is older than the retained change log (%d), full snapshot of it",
+                ctx, seq, found.purged_seq,
+            )  # fmt: skip
+            since[ctx] = None
+        elif seq > (found.seq if found is not None else 0):
+            log.info("incremental: %s: cursor %d is ahead of the cache, full snapshot of it", ctx, seq)
+            since[ctx] = None
+        else:
+            since[ctx] = seq
+    return since
 
 
 class _Cursor:
     """The incremental cursor, kept in CloudQuery's state backend so that it travels
-    with the destination: ``<cache id>:<seq>`` of the last completed sync."""
+    with the destination: how far each context's changes were sent by the last
+    completed sync (:func:`encode_cursor`)."""
 
     def __init__(self, options: SyncOptions) -> None:
         # A shard's tables move on their own: each shard keeps a cursor of its own.
@@ -357,9 +394,9 @@ class _Cursor:
                 "incremental mode without a state backend (backend_options): every sync is a full snapshot"
             )
 
-    def since(self, snap: SnapshotReader) -> int | None:
+    def since(self, snap: SnapshotReader, contexts: list[str]) -> dict[str, int | None] | None:
         raw = self.client.get_key(self.key) if self.enabled else None
-        return resume_from(raw, cache_id=snap.cache_id, purged_seq=snap.purged_seq, newest_seq=snap.seq)
+        return resume_from(raw, cache_id=snap.cache_id, logs=snap.logs, contexts=contexts)
 
     def in_band_table(self) -> SyncMigrateTable | None:
         """The state table, for a follow sync that writes its cursor as a row of the sync
@@ -368,8 +405,10 @@ class _Cursor:
             return None
         return SyncMigrateTable(self.client.table.arrow_schema())
 
-    def commit(self, cache_id: str, seq: int, *, in_band: bool = False) -> SyncCheckpoint | SyncInsert | None:
-        """Advance the cursor to ``seq``. With checkpoint support it goes on the stream,
+    def commit(
+        self, cache_id: str, position: Mapping[str, int], *, in_band: bool = False
+    ) -> SyncCheckpoint | SyncInsert | None:
+        """Advance the cursor to ``position``. With checkpoint support it goes on the stream,
         and the CLI persists it only once the destination committed everything before it.
         ``in_band`` (a follow sync without checkpoints) sends it as a row of the state
         table on the sync stream: the destination commits it in stream order, in the same
@@ -377,11 +416,12 @@ class _Cursor:
         directly, at the end of the sync."""
         if not self.enabled:
             return None
-        record = self.client.table.record([(self.key, f"{cache_id}:{seq}")])
+        value = encode_cursor(cache_id, position)
+        record = self.client.table.record([(self.key, value)])
         if self.supports_checkpoints:
             return SyncCheckpoint(record)
         if in_band:
             return SyncInsert(record)
-        self.client.set_key(self.key, f"{cache_id}:{seq}")
+        self.client.set_key(self.key, value)
         self.client.flush()
         return None

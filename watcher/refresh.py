@@ -124,7 +124,7 @@ class Relister:
     def refresh(self, spec: Spec, contexts: list[str], tables: tuple[str, ...]) -> dict[str, str]:
         resources = needed_resources(tables, discovery=spec.discovery)
         try:
-            with SnapshotReader.open(spec.cache_path) as snap:
+            with SnapshotReader.open(spec.cache) as snap:
                 todo = stale_resources(
                     snap.freshness(),
                     contexts,
@@ -147,7 +147,7 @@ class Relister:
         self, spec: Spec, todo: dict[str, list[ResourceDescriptor]], *, with_custom_objects: bool
     ) -> dict[str, str]:
         failures: dict[str, str] = {}
-        store = CacheStore(spec.cache_path)
+        store = CacheStore(spec.cache)
         options = InformerOptions(list_semaphore=threading.Semaphore(spec.concurrency))
         try:
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(todo)))) as pool:

@@ -1,14 +1,15 @@
 """SnapshotReader: one read transaction over the cache, out as Arrow record batches.
 
-Everything a sync emits comes from a single SQLite read transaction, so the tables
-of one sync agree with each other even while the daemon keeps writing (WAL readers
-see the database as of their first read).
+Everything a sync emits comes from a single read transaction, so the tables of one
+sync agree with each other and with the change positions read first, even while
+daemons keep writing (SQLite WAL readers see the database as of their first read;
+PostgreSQL reads in REPEATABLE READ, see ``cachedb.snapshot_connection``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 from sqlalchemy import Engine, func, select
 
-from watcher import state
+from watcher import cachedb, state
 from watcher.clusters import CLUSTERS_SCHEMA, CLUSTERS_TABLE, ClusterFacts, cluster_batch
 from watcher.crdtables import CustomTable, custom_tables
 from watcher.resources import (
@@ -86,17 +87,18 @@ class SnapshotReader:
         self.custom: dict[str, CustomTable] = {}
 
     @classmethod
-    def open(cls, path: Path, **kwargs: Any) -> SnapshotReader:
+    def open(cls, where: cachedb.CacheLocation | Path | str, **kwargs: Any) -> SnapshotReader:
         """A reader with an engine of its own, disposed on exit (a daemon serves many
         syncs: one pooled connection per sync would leak file descriptors)."""
-        return cls(state.open_reader(path), owns_engine=True, **kwargs)
+        return cls(state.open_reader(where), owns_engine=True, **kwargs)
 
     def __enter__(self) -> SnapshotReader:
-        self._conn = self.engine.connect()
+        self._conn = cachedb.snapshot_connection(self.engine)
         self._tx = self._conn.begin()
         # The first read pins the snapshot; every later read in this transaction sees it.
-        self.seq = state.max_seq(self._conn)
-        self.purged_seq = int(state.read_meta(self._conn, "purged_seq") or 0)
+        #: context -> its change sequence: the rows read here are exactly those up to ``seq``.
+        self.logs = state.read_context_logs(self._conn)
+        self.position = {ctx: log.seq for ctx, log in self.logs.items()}
         self.cache_id = state.read_meta(self._conn, "cache_id") or ""
         return self
 
@@ -169,12 +171,8 @@ class SnapshotReader:
         )
         if since_seq is not None:
             query = query.where(objects.c.seq > since_seq)
-        # The raw DB-API cursor of the same connection (same read transaction): SQLAlchemy's
-        # row objects cost more than the whole Arrow conversion.
         # No ORDER BY: any order is a snapshot, and sorting row blobs costs more than reading them.
-        compiled = query.compile(self._conn)
-        cursor = self._conn.connection.driver_connection.cursor()
-        cursor.execute(str(compiled), tuple(compiled.params[k] for k in compiled.positiontup or ()))
+        cursor = cachedb.stream_rows(self._conn, query)
         rows: list[bytes] = []
         size = 0
         while chunk := cursor.fetchmany(4096):
@@ -208,20 +206,24 @@ class SnapshotReader:
         )
         return [str(u) for (u,) in result]
 
-    def changed(self, since_seq: int) -> set[tuple[str, str]]:
-        """(table, context) pairs with a write or a deletion after ``since_seq``: one
-        range read of the seq index, so a follow sync reads only the tables that moved."""
-        result = self._conn.execute(
-            select(objects.c.table_name, objects.c.context, objects.c.resource)
-            .where(objects.c.seq > since_seq)
-            .distinct()
-        )
+    def changed(self, since: Mapping[str, int]) -> set[tuple[str, str]]:
+        """(table, context) pairs with a write or a deletion after ``since`` (context ->
+        seq; only those contexts): one range read of each moved context's seq index, so
+        a follow sync reads only the tables that moved."""
         typed = {c.resource: t for t, c in self.custom.items()}
         pairs = set()
-        for table, context, resource in result:
-            pairs.add((str(table), str(context)))
-            if resource in typed:
-                pairs.add((typed[resource], str(context)))
+        for context, seq in since.items():
+            if self.position.get(context, 0) <= seq:
+                continue
+            result = self._conn.execute(
+                select(objects.c.table_name, objects.c.resource)
+                .where((objects.c.context == context) & (objects.c.seq > seq))
+                .distinct()
+            )
+            for table, resource in result:
+                pairs.add((str(table), context))
+                if resource in typed:
+                    pairs.add((typed[resource], context))
         return pairs
 
     def _cluster_batch(self, context: str) -> pa.RecordBatch:

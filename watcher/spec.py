@@ -20,6 +20,7 @@ from typing import Any
 
 import jsonschema
 
+from watcher.cachedb import CacheLocation, CacheUnusable
 from watcher.clusters import CLUSTERS_TABLE
 from watcher.errors import ConfigError
 from watcher.kubeconfig import default_kubeconfig
@@ -91,6 +92,12 @@ JSON_SCHEMA: dict[str, Any] = {
             "type": "string",
         },
         "cache_path": {"description": "The SQLite cache file the daemon keeps warm.", "type": "string"},
+        "cache_url": {
+            "description": "The cache as a database URL instead of a file: postgresql://user:password@host/db "
+            "(a cache shared by daemon replicas) or sqlite:///path. Wins over cache_path.",
+            "type": "string",
+            "pattern": "^[a-z0-9+]+://",
+        },
         "incremental": {
             "description": "Emit only what changed (and deletions) since the last completed sync.",
             "type": "boolean",
@@ -160,6 +167,7 @@ class Spec:
     tables: tuple[str, ...] = ALL_TABLES
     kubeconfig: Path = field(default_factory=default_kubeconfig)
     cache_path: Path = field(default_factory=default_cache_path)
+    cache_url: str | None = None
     incremental: bool = False
     follow: bool = False
     max_staleness: float = 600.0
@@ -168,6 +176,11 @@ class Spec:
     discovery: bool = True
     exclude: tuple[str, ...] = ()
     custom_objects: str = "both"
+
+    @property
+    def cache(self) -> CacheLocation:
+        """Where the cache is: ``cache_url`` if given, else the ``cache_path`` file."""
+        return CacheLocation.of(self.cache_url or self.cache_path)
 
     @classmethod
     def parse(
@@ -214,6 +227,14 @@ class Spec:
         for key in ("kubeconfig", "cache_path"):
             if key in data:
                 given[key] = Path(os.path.expanduser(data[key]))
+        if "cache_url" in written and "cache_path" in written:
+            raise SpecError("cache_path and cache_url name two caches: give one")
+        if data.get("cache_url") and "cache_path" not in written:
+            given["cache_url"] = str(data["cache_url"])
+            try:
+                CacheLocation.of(given["cache_url"])
+            except CacheUnusable as exc:
+                raise SpecError(str(exc)) from None
         if "incremental" in data:
             given["incremental"] = bool(data["incremental"])
         if data.get("follow"):

@@ -1,40 +1,58 @@
-"""The on-disk cache: objects, per-informer checkpoints and the change sequence.
+"""The cache: objects, per-informer checkpoints and per-context change sequences.
 
-SQLite in WAL mode through SQLAlchemy Core. One writer thread (:class:`CacheStore`
-owns it) applies everything in batched transactions, in the order informers
-enqueued it, so an informer's checkpoint resourceVersion is never committed ahead
-of the events it covers. Readers open their own connection and get a consistent
+A SQLite file (WAL mode) or a PostgreSQL database, through SQLAlchemy Core; what
+differs between the two is in :mod:`watcher.cachedb`. One writer thread per process
+(:class:`CacheStore` owns it) applies everything in batched transactions, in the order
+informers enqueued it, so an informer's checkpoint resourceVersion is never committed
+ahead of the events it covers. Readers open their own connection and get a consistent
 snapshot (one read transaction) without blocking the writer.
 
 Derived rows (a pod's containers, ``ResourceDescriptor.derived``) are objects rows of
 their own, under a resource key of their own, written and tombstoned in the same
 transaction as the object they come from and carrying its resourceVersion.
 
-Change sequence: every write of an object takes a new ``seq`` from one monotonic
-counter; a delete keeps the row as a tombstone (``deleted = 1``) with a new seq.
-``seq > cursor`` is therefore exactly "changed or deleted since the cursor". The
-retention job purges old tombstones and records the highest purged seq, so a reader
-with an older cursor knows it must take a full snapshot instead.
+Change sequences, one per context: every write of an object takes the next ``seq`` of
+its context; a delete keeps the row as a tombstone (``deleted``) with a new seq. A
+context's counter lives in ``context_seqs`` beside the name of the one writer that owns
+the context, and every write transaction locks that row (``SELECT ... FOR UPDATE``)
+before it takes a seq and checks it still owns the context. Hence, per context:
+
+- commits happen in seq order: the next transaction waits for the row lock until the
+  previous one committed, so a reader never sees seq n+1 without seq n;
+- a reader's snapshot holds ``context_seqs.seq`` together with exactly the rows up to
+  it, so the incremental cursor (context -> seq) never skips a change, whichever
+  replica committed it;
+- a replica that lost a context (its Lease taken over after it stopped renewing) finds
+  another owner in the row and writes nothing more for it (fencing), while the new
+  owner continues the same counter, from the checkpoints the old one committed.
+
+One global counter could not give this with several writers: a seq taken by one
+replica may commit after a higher seq taken by another, and a cursor that moved past
+the higher one would skip the lower one forever.
+
+The retention job purges old tombstones of a context and records its purge point, so
+a reader with an older cursor for that context takes a full snapshot of it instead.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import queue
 import shutil
+import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Engine,
@@ -45,25 +63,27 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    create_engine,
-    event,
     func,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 
-from watcher.errors import CacheError
+from watcher import cachedb
+from watcher.cachedb import CacheLocation, CacheLocked, CacheUnusable
 from watcher.resources import ResourceDescriptor
 from watcher.tables import columns_of, decode_row, derived_rows, extract_row, sanitize
 
+__all__ = ["CacheLocation", "CacheLocked", "CacheStore", "CacheUnusable", "ContextFenced"]
+
 log = logging.getLogger(__name__)
 
-#: The row document format (see ``tables.encode_row``). 2: JSON columns stored as is.
-#: 3: derived rows (a pod's containers) cached beside their object; a cache of format 2
-#: lacks them, and informers resuming from it would never write them.
-SCHEMA_VERSION = "3"
+#: The cache format (see ``tables.encode_row``). 2: JSON columns stored as is.
+#: 3: derived rows (a pod's containers) cached beside their object. 4: one change
+#: sequence per context (``context_seqs``) instead of one for the whole cache.
+#: A SQLite cache of another format is moved aside and rebuilt (a relist).
+SCHEMA_VERSION = "4"
 
 metadata = MetaData()
 
@@ -78,12 +98,13 @@ objects = Table(
     Column("name", String, nullable=False),
     Column("resource_version", String, nullable=False),
     Column("row", LargeBinary, nullable=False),
-    Column("seq", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
-    Column("list_gen", Integer),
+    Column("list_gen", BigInteger),
     # seq last: an incremental or follow read of one table and context is a range scan.
     Index("objects_by_table", "table_name", "context", "deleted", "seq"),
-    Index("objects_by_seq", "seq"),
+    # What changed in a context since a cursor (a follow sync's poll).
+    Index("objects_by_context_seq", "context", "seq"),
 )
 
 checkpoints = Table(
@@ -127,38 +148,51 @@ meta = Table(
     Column("value", String, nullable=False),
 )
 
+#: Each context's change sequence and the writer that owns the context (module doc).
+context_seqs = Table(
+    "context_seqs",
+    metadata,
+    Column("context", String, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    #: Tombstones up to here are purged: an older cursor needs a full snapshot.
+    Column("purged_seq", BigInteger, nullable=False, default=0),
+    Column("owner", String),
+    Column("owned_since", Float),
+)
+
 #: Contexts removed from the kubeconfig while a daemon ran: their objects were
-#: tombstoned at ``seq``, so an incremental sync deletes their rows. Purged with the
-#: tombstones.
+#: tombstoned at ``seq`` (of the context's own sequence), so an incremental sync
+#: deletes their rows. Purged with the tombstones.
 retired_contexts = Table(
     "retired_contexts",
     metadata,
     Column("context", String, primary_key=True),
     Column("retired_at", Float, nullable=False),
-    Column("seq", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
 )
 
 
 # The hot write statements, as plain SQL run with executemany: building SQLAlchemy
-# constructs per batch cost more than SQLite itself.
+# constructs per batch cost more than the database itself. ``?`` placeholders, turned
+# into the driver's by ``cachedb.driver_sql``.
 _UPSERT_OBJECT = """
 INSERT INTO objects (context, resource, uid, table_name, namespace, name, resource_version, row, seq, deleted, list_gen)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE, ?)
 ON CONFLICT (context, resource, uid) DO UPDATE SET
     namespace = excluded.namespace,
     name = excluded.name,
     row = excluded.row,
     -- An object re-listed unchanged keeps its seq: a relist alone must not make the
     -- next incremental sync re-emit every object. (Right-hand sides see the old row.)
-    seq = CASE WHEN objects.resource_version = excluded.resource_version AND objects.deleted = 0
+    seq = CASE WHEN objects.resource_version = excluded.resource_version AND NOT objects.deleted
                THEN objects.seq ELSE excluded.seq END,
     resource_version = excluded.resource_version,
-    deleted = 0,
+    deleted = FALSE,
     list_gen = coalesce(excluded.list_gen, objects.list_gen)
 """
 _TOMBSTONE_OBJECT = """
-UPDATE objects SET deleted = 1, seq = ?, resource_version = ?
-WHERE context = ? AND resource = ? AND uid = ? AND deleted = 0
+UPDATE objects SET deleted = TRUE, seq = ?, resource_version = ?
+WHERE context = ? AND resource = ? AND uid = ? AND NOT deleted
 """
 _STATUS_COLUMNS = [c.name for c in checkpoints.columns]
 _UPSERT_STATUS = (
@@ -168,75 +202,13 @@ _UPSERT_STATUS = (
 )
 
 
-class CacheUnusable(CacheError):
-    """The cache file cannot be opened or written (locked, read-only, not a database)."""
+class ContextFenced(CacheUnusable):
+    """Another writer owns this context now (its Lease moved): this one must stop writing it."""
 
-
-class CacheLocked(CacheUnusable):
-    """Another process already writes this cache file: a cache has one writer."""
-
-
-class _WriterLock:
-    """An exclusive ``flock`` on ``<cache>.lock`` for as long as a :class:`CacheStore` is open.
-
-    The change sequence is handed out by the one writer from a counter seeded with the
-    file's highest seq; two writers would hand out the same numbers and an incremental
-    cursor would skip changes. The kernel drops the lock when the process dies, so a
-    crashed daemon never leaves the cache locked.
-    """
-
-    def __init__(self, cache: Path) -> None:
-        self.path = Path(f"{cache}.lock")
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise CacheLocked(
-                f"cache file {cache} is already written by another process (pid {holder}); "
-                "a cache has one writer: point this one at another cache_path, or sync "
-                "through the daemon that owns it (registry: grpc)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = -1
-
-
-# --------------------------------------------------------------------------- engine
-
-
-def _engine(path: Path, *, readonly: bool) -> Engine:
-    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-    engine = create_engine(
-        "sqlite+pysqlite:///" + str(path),
-        creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30),
-        pool_pre_ping=False,
-    )
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-        # Let SQLAlchemy's BEGIN below start transactions (pysqlite's own handling
-        # would not start one for SELECTs, and readers need one for a snapshot).
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout = 30000")
-        if not readonly:
-            cur.execute("PRAGMA journal_mode = WAL")
-            cur.execute("PRAGMA synchronous = NORMAL")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
-
-    return engine
+    def __init__(self, context: str, owner: str | None) -> None:
+        super().__init__(f"context {context} is written by {owner or 'no one'} now, not by this process")
+        self.context = context
+        self.owner = owner
 
 
 def _create_private(path: Path) -> None:
@@ -247,6 +219,13 @@ def _create_private(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+def _format_problem(found: str | None) -> str | None:
+    if found != SCHEMA_VERSION:
+        # Rows of another format would be misread, not merely slow: start over.
+        return f"cache format {found or 'unknown'}, this version reads format {SCHEMA_VERSION}"
+    return None
+
+
 def _unusable_reason(path: Path, *, thorough: bool) -> str | None:
     """Why the file is not a readable cache of this version (None: it is). ``thorough``
     runs SQLite's quick_check, which reads every page: done once when a writer opens
@@ -255,9 +234,8 @@ def _unusable_reason(path: Path, *, thorough: bool) -> str | None:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         try:
             found = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if not found or found[0] != SCHEMA_VERSION:
-                # Rows of another format would be misread, not merely slow: start over.
-                return f"cache format {found[0] if found else 'unknown'}, this version reads format {SCHEMA_VERSION}"
+            if problem := _format_problem(found[0] if found else None):
+                return problem
             if thorough:
                 ok = con.execute("PRAGMA quick_check").fetchone()
                 if not (ok and ok[0] == "ok"):
@@ -274,15 +252,20 @@ def _unusable_reason(path: Path, *, thorough: bool) -> str | None:
 
 @dataclass
 class _Op:
-    """One queued write; ``apply`` runs on the writer thread inside a transaction."""
+    """One queued write; ``apply`` runs on the writer thread inside a transaction.
+    ``context``: the context it writes (its owner is checked first), or None."""
 
     apply: Callable[[Any, CacheStore], None]
+    context: str | None = None
     done: threading.Event | None = None
 
 
 #: The checkpoint state of a built-in resource the API server does not serve: no
 #: informer runs for it, and a sync does not count it as cold.
 UNSERVED = "unserved"
+
+#: How long a write waits at most between two attempts while the database is unreachable.
+MAX_RETRY_DELAY = 30.0
 
 
 @dataclass
@@ -305,43 +288,115 @@ class InformerStatus:
     updated_at: float = field(default_factory=time.time)
 
 
-class CacheStore:
-    """Owner of the cache file and its single writer thread; at most one per file
-    (a second one, in any process, raises :class:`CacheLocked`)."""
+def writer_identity() -> str:
+    """Who owns a context in ``context_seqs``: this process, unique across restarts."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
-    def __init__(self, path: Path, *, batch_max: int = 5000, batch_wait: float = 0.02) -> None:
-        self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = _WriterLock(self.path)
-        except OSError as exc:
-            raise CacheUnusable(f"cache file {self.path} cannot be created: {exc}") from exc
-        try:
-            self._prepare_file()
-            self.engine = _engine(self.path, readonly=False)
-            metadata.create_all(self.engine)
-            with self.engine.begin() as conn:
-                for key, value in (("schema_version", SCHEMA_VERSION), ("cache_id", uuid.uuid4().hex)):
-                    # The cache id tells an incremental cursor which file its seq belongs to.
-                    conn.execute(sqlite_insert(meta).values(key=key, value=value).on_conflict_do_nothing())
-                # Safe only because this is the one writer (the lock above).
-                self._seq = max_seq(conn)
-        except Exception as exc:
-            self._lock.release()
-            if isinstance(exc, CacheUnusable):
-                raise
-            raise CacheUnusable(f"cache file {self.path} cannot be written: {exc}") from exc
+
+class CacheStore:
+    """The writer of one cache, with its single writer thread.
+
+    A SQLite file has at most one (a second one, in any process, raises
+    :class:`CacheLocked`); so has a PostgreSQL database, unless ``shared``: replicas
+    sharing the contexts by Lease, each writing only the contexts it claimed
+    (:meth:`claim_context`). A lone writer owns every context it writes.
+    """
+
+    def __init__(
+        self,
+        where: CacheLocation | Path | str,
+        *,
+        shared: bool = False,
+        batch_max: int = 5000,
+        batch_wait: float = 0.02,
+    ) -> None:
+        self.location = CacheLocation.of(where)
+        self.path: Path | None = self.location.path if self.location.is_sqlite else None
+        self.shared = shared
+        self.identity = writer_identity()
+        if shared and self.location.is_sqlite:
+            raise CacheUnusable(
+                f"cache file {self.location}: a SQLite cache has one writer; replicas share a "
+                "PostgreSQL cache (cache_url)"
+            )
+        self._lock: cachedb.FileWriterLock | cachedb.AdvisoryWriterLock
+        if self.path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock = cachedb.FileWriterLock(self.path)
+            except OSError as exc:
+                raise CacheUnusable(f"cache file {self.path} cannot be created: {exc}") from exc
+            try:
+                self._prepare_file()
+                self.engine = cachedb.sqlite_engine(self.path, readonly=False)
+                self._create_schema()
+            except Exception as exc:
+                self._lock.release()
+                if isinstance(exc, CacheUnusable):
+                    raise
+                raise CacheUnusable(f"cache file {self.path} cannot be written: {exc}") from exc
+        else:
+            self.engine = cachedb.postgres_engine(self.location)
+            cachedb.check_reachable(self.location, self.engine)
+            self._lock = cachedb.AdvisoryWriterLock(self.location, self.engine, shared=shared)
+            try:
+                self._create_schema()
+            except Exception as exc:
+                self._lock.release()
+                self.engine.dispose()
+                if isinstance(exc, CacheUnusable):
+                    raise
+                raise CacheUnusable(f"cache database {self.location} cannot be written: {exc}") from exc
+        self._upsert_object = cachedb.driver_sql(self.engine, _UPSERT_OBJECT)
+        self._tombstone_object = cachedb.driver_sql(self.engine, _TOMBSTONE_OBJECT)
+        self._upsert_status = cachedb.driver_sql(self.engine, _UPSERT_STATUS)
+        self._insert = cachedb.upsert(self.engine)
         self._batch_max = batch_max
         self._batch_wait = batch_wait
-        # Bounded: when the disk falls behind, informers wait here instead of piling up
-        # parsed objects in memory (a relist page holds up to 500 of them).
+        # Bounded: when the database falls behind (or is down), informers wait here
+        # instead of piling up parsed objects in memory (a relist page holds up to 500).
         self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=4)
         self._gen = 0
+        #: The seq each context owned by this transaction is at (writer thread only).
+        self._tx_seqs: dict[str, int] = {}
+        #: Contexts another writer took over: their writes are skipped (context -> owner).
+        self.fenced: dict[str, str | None] = {}
         self.dropped_batches = 0
+        #: Since when (wall clock) the database has been unreachable, or None.
+        self.unreachable_since: float | None = None
+        self._closing = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="cache-writer", daemon=True)
         self._writer.start()
 
+    def _create_schema(self) -> None:
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                # Replicas starting together would race on CREATE TABLE.
+                conn.execute(select(func.pg_advisory_xact_lock(cachedb.AdvisoryWriterLock.KEY + 1)))
+            metadata.create_all(conn)
+            found = read_meta(conn, "schema_version")
+            if found is not None and (problem := _format_problem(found)):
+                raise CacheUnusable(
+                    f"cache database {self.location}: {problem}; drop its tables (objects, checkpoints, "
+                    "clusters, meta, context_seqs, retired_contexts) or point cache_url at another database"
+                )
+            for key, value in (("schema_version", SCHEMA_VERSION), ("cache_id", uuid.uuid4().hex)):
+                # The cache id tells an incremental cursor which cache its seqs belong to.
+                conn.execute(self._upsert_stmt(meta, {"key": key, "value": value}, ["key"], []))
+
+    def _upsert_stmt(
+        self, table: Table, values: dict[str, Any], keys: list[str], update_cols: list[str]
+    ) -> Any:
+        """INSERT ... ON CONFLICT (keys) DO UPDATE the ``update_cols`` (or DO NOTHING)."""
+        stmt = cachedb.upsert(self.engine)(table).values(**values)
+        if not update_cols:
+            return stmt.on_conflict_do_nothing(index_elements=keys)
+        return stmt.on_conflict_do_update(
+            index_elements=keys, set_={c: stmt.excluded[c] for c in update_cols}
+        )
+
     def _prepare_file(self) -> None:
+        assert self.path is not None
         reason = (
             _unusable_reason(self.path, thorough=True)
             if self.path.exists() and self.path.stat().st_size > 0
@@ -386,37 +441,135 @@ class CacheStore:
                 return
 
     def _apply(self, batch: list[_Op]) -> None:
-        for attempt in range(5):
+        failures = 0
+        delay = 0.5
+        while True:
             try:
-                with self.engine.begin() as conn:
-                    for op in batch:
-                        op.apply(conn, self)
+                self._commit([op for op in batch if op.context not in self.fenced])
+                self.unreachable_since = None
                 break
-            except Exception:
-                log.exception("cache write of %d operations failed (attempt %d)", len(batch), attempt + 1)
-                time.sleep(0.5 * (attempt + 1))
-        else:
-            # Events were lost on the way to disk: the cache no longer follows the
-            # watches. The informer manager sees this counter and relists everything.
-            self.dropped_batches += 1
-            log.error(
-                "cache write of %d operations dropped after 5 attempts; informers will relist", len(batch)
-            )
+            except ContextFenced as exc:
+                # Not an error of the batch: drop that context's writes, keep the rest.
+                self.fenced[exc.context] = exc.owner
+                log.error("%s; its writes are dropped here", exc)
+            except Exception as exc:
+                if cachedb.is_connection_error(self.location, exc) and not self._closing.is_set():
+                    # The database is down or out of reach: keep the batch (and, through
+                    # the bounded queue, the informers) waiting until it is back; the
+                    # watches resume from the resourceVersions nothing has moved past.
+                    self.unreachable_since = self.unreachable_since or time.time()
+                    log.warning(
+                        "cache database %s unreachable (%s); retrying %d writes in %.1fs",
+                        self.location, str(exc.__cause__ or exc).strip().splitlines()[0], len(batch), delay,
+                    )  # fmt: skip
+                    time.sleep(delay)
+                    delay = min(MAX_RETRY_DELAY, delay * 2)
+                    continue
+                failures += 1
+                log.exception("cache write of %d operations failed (attempt %d)", len(batch), failures)
+                if failures >= 5:
+                    # Events were lost on the way to the cache: it no longer follows the
+                    # watches. The informer manager sees this counter and relists everything.
+                    self.dropped_batches += 1
+                    log.error(
+                        "cache write of %d operations dropped after 5 attempts; informers will relist",
+                        len(batch),
+                    )
+                    break
+                time.sleep(0.5 * failures)
         for op in batch:
             if op.done is not None:
                 op.done.set()
 
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+    def _commit(self, ops: list[_Op]) -> None:
+        with self.engine.begin() as conn:
+            self._tx_seqs = {}
+            for op in ops:
+                if op.context is not None and op.context not in self._tx_seqs:
+                    self._tx_seqs[op.context] = self._own(conn, op.context)
+                op.apply(conn, self)
+            for ctx, seq in self._tx_seqs.items():
+                conn.execute(update(context_seqs).where(context_seqs.c.context == ctx).values(seq=seq))
 
-    def _submit(self, fn: Callable[[Any, CacheStore], None], *, wait: bool = False) -> None:
+    def _own(self, conn: Any, context: str) -> int:
+        """Lock ``context``'s counter row until commit and return its seq; raise
+        :class:`ContextFenced` if another writer owns the context. A lone writer owns
+        every context it writes (it takes over one last written by an earlier process)."""
+        found = conn.execute(
+            select(context_seqs.c.seq, context_seqs.c.owner)
+            .where(context_seqs.c.context == context)
+            .with_for_update()
+        ).first()
+        if found is not None and found.owner == self.identity:
+            return int(found.seq)
+        if self.shared:
+            raise ContextFenced(context, found.owner if found else None)
+        self._take_over(conn, context)
+        return int(found.seq) if found is not None else 0
+
+    def _take_over(self, conn: Any, context: str) -> None:
+        values = {
+            "context": context,
+            "seq": 0,
+            "purged_seq": 0,
+            "owner": self.identity,
+            "owned_since": time.time(),
+        }
+        conn.execute(self._upsert_stmt(context_seqs, values, ["context"], ["owner", "owned_since"]))
+
+    def _next_seq(self, context: str) -> int:
+        self._tx_seqs[context] += 1
+        return self._tx_seqs[context]
+
+    def _submit(
+        self, fn: Callable[[Any, CacheStore], None], *, context: str | None = None, wait: bool = False
+    ) -> None:
         if not self._writer.is_alive():
-            raise CacheUnusable(f"cache {self.path} is closed")
+            raise CacheUnusable(f"cache {self.location} is closed")
         done = threading.Event() if wait else None
-        self._queue.put(_Op(fn, done))
+        self._queue.put(_Op(fn, context, done))
         if done is not None:
             done.wait()
+
+    # -- context ownership ---------------------------------------------------
+
+    def claim_context(self, context: str) -> None:
+        """Own ``context`` from now on (its Lease was acquired): its previous writer, if
+        still running, is fenced off at its next write. Returns once committed."""
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            conn.execute(
+                select(context_seqs.c.seq).where(context_seqs.c.context == context).with_for_update()
+            )
+            store._take_over(conn, context)
+
+        self._submit(apply, wait=True)
+        self.fenced.pop(context, None)
+        log.info("%s: this process (%s) now writes it", context, self.identity)
+
+    def release_context(self, context: str) -> None:
+        """Give ``context`` up (its Lease is being released); after its informers stopped."""
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            conn.execute(
+                update(context_seqs)
+                .where((context_seqs.c.context == context) & (context_seqs.c.owner == store.identity))
+                .values(owner=None, owned_since=time.time())
+            )
+
+        self._submit(apply, wait=True)
+
+    def owned_positions(self) -> dict[str, int]:
+        """context -> newest seq, of the contexts this process owns."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(context_seqs.c.context, context_seqs.c.seq).where(
+                    context_seqs.c.owner == self.identity
+                )
+            ).all()
+        return {str(c): int(s) for c, s in rows}
+
+    # -- reads for the writer's own use -------------------------------------------
 
     def live_rows(self, context: str, descriptor: ResourceDescriptor) -> list[dict[str, Any]]:
         """The cached column values of one resource's live objects in one context."""
@@ -428,7 +581,7 @@ class CacheStore:
                     & (objects.c.deleted == False)  # noqa: E712
                 )
             ).scalars()
-            return [decode_row(r, columns_of(descriptor)) for r in rows]
+            return [decode_row(bytes(r), columns_of(descriptor)) for r in rows]
 
     def resource_versions(self, context: str) -> dict[str, str]:
         """The resourceVersion each informer of ``context`` resumes its watch from."""
@@ -442,14 +595,20 @@ class CacheStore:
         """Block until everything enqueued so far is committed."""
         self._submit(lambda _c, _s: None, wait=True)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30) -> None:
+        """Commit what is queued and stop. A database still unreachable after
+        ``timeout`` loses the queued writes: their checkpoints were not committed either,
+        so the next start resumes the watches from before them."""
         if not self._writer.is_alive():
             return
-        self.flush()
         self._queue.put(None)
-        self._writer.join(timeout=30)
-        self.engine.dispose()
+        self._writer.join(timeout)
+        if self._writer.is_alive():
+            self._closing.set()  # stop retrying the unreachable database
+            self._writer.join(MAX_RETRY_DELAY + 5)
+            log.error("cache %s closed with writes not committed (database unreachable)", self.location)
         self._lock.release()
+        self.engine.dispose()
 
     # -- object writes -------------------------------------------------------
 
@@ -470,15 +629,37 @@ class CacheStore:
             namespace, name, rv = m.get("namespace"), m.get("name") or "", m.get("resourceVersion") or ""
             row = extract_row(clean, desc)
             rows.append(
-                (context, desc.key, m["uid"], desc.table, namespace, name, rv, row, self._next_seq(), gen)
+                (
+                    context,
+                    desc.key,
+                    m["uid"],
+                    desc.table,
+                    namespace,
+                    name,
+                    rv,
+                    row,
+                    self._next_seq(context),
+                    gen,
+                )
             )
             # Derived rows carry their object's resourceVersion: they change (take a new
             # seq) exactly when it does, and a relist generation tombstones them with it.
             rows.extend(
-                (context, d.key, uid, d.table, namespace, f"{name}/{child}", rv, doc, self._next_seq(), gen)
+                (
+                    context,
+                    d.key,
+                    uid,
+                    d.table,
+                    namespace,
+                    f"{name}/{child}",
+                    rv,
+                    doc,
+                    self._next_seq(context),
+                    gen,
+                )
                 for d, uid, child, doc in derived_rows(clean, desc)
             )
-        conn.exec_driver_sql(_UPSERT_OBJECT, rows)
+        conn.exec_driver_sql(self._upsert_object, rows)
 
     def _tombstone(
         self, conn: Any, context: str, desc: ResourceDescriptor, objs: Sequence[dict[str, Any]]
@@ -487,11 +668,13 @@ class CacheStore:
         for obj in objs:
             m = obj.get("metadata") or {}
             rv = m.get("resourceVersion") or ""
-            rows.append((self._next_seq(), rv, context, desc.key, m.get("uid")))
+            rows.append((self._next_seq(context), rv, context, desc.key, m.get("uid")))
             # A deleted object's last state names its derived rows (their uids are stable).
             for derived in desc.derived:
-                rows.extend((self._next_seq(), rv, context, derived.key, r["uid"]) for r in derived.rows(obj))
-        conn.exec_driver_sql(_TOMBSTONE_OBJECT, rows)
+                rows.extend(
+                    (self._next_seq(context), rv, context, derived.key, r["uid"]) for r in derived.rows(obj)
+                )
+        conn.exec_driver_sql(self._tombstone_object, rows)
 
     def apply_events(
         self,
@@ -517,7 +700,7 @@ class CacheStore:
             store._upsert_rows(conn, context, desc, batch, None)
             store._write_status(conn, status)
 
-        self._submit(apply)
+        self._submit(apply, context=context)
 
     def begin_relist(self) -> int:
         """A new list generation: objects written with it survive ``end_relist``."""
@@ -528,7 +711,7 @@ class CacheStore:
         self, context: str, desc: ResourceDescriptor, items: Sequence[dict[str, Any]], gen: int
     ) -> None:
         items = list(items)
-        self._submit(lambda conn, store: store._upsert_rows(conn, context, desc, items, gen))
+        self._submit(lambda conn, store: store._upsert_rows(conn, context, desc, items, gen), context=context)
 
     def end_relist(self, context: str, desc: ResourceDescriptor, gen: int, status: InformerStatus) -> None:
         """Tombstone every cached object of this resource that the list did not return,
@@ -543,11 +726,11 @@ class CacheStore:
                     & (objects.c.deleted == False)  # noqa: E712
                     & ((objects.c.list_gen != gen) | objects.c.list_gen.is_(None))
                 )
-                .values(deleted=True, seq=store._next_seq())
+                .values(deleted=True, seq=store._next_seq(context))
             )
             store._write_status(conn, status)
 
-        self._submit(apply)
+        self._submit(apply, context=context)
 
     def drop_resource(self, context: str, resource: str) -> None:
         """Tombstone every object of a resource that no longer exists (a deleted CRD)
@@ -561,7 +744,7 @@ class CacheStore:
                     & (objects.c.resource == resource)
                     & (objects.c.deleted == False)  # noqa: E712
                 )
-                .values(deleted=True, seq=store._next_seq())
+                .values(deleted=True, seq=store._next_seq(context))
             )
             conn.execute(
                 checkpoints.delete().where(
@@ -569,14 +752,14 @@ class CacheStore:
                 )
             )
 
-        self._submit(apply)
+        self._submit(apply, context=context)
 
     def drop_context(self, context: str) -> None:
         """A context removed from the kubeconfig: tombstone all its objects, forget its
         checkpoints and cluster row, and record it as retired."""
 
         def apply(conn: Any, store: CacheStore) -> None:
-            seq = store._next_seq()
+            seq = store._next_seq(context)
             conn.execute(
                 update(objects)
                 .where((objects.c.context == context) & (objects.c.deleted == False))  # noqa: E712
@@ -584,15 +767,10 @@ class CacheStore:
             )
             conn.execute(checkpoints.delete().where(checkpoints.c.context == context))
             conn.execute(clusters.delete().where(clusters.c.context == context))
-            stmt = sqlite_insert(retired_contexts).values(context=context, retired_at=time.time(), seq=seq)
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[retired_contexts.c.context],
-                    set_={"retired_at": stmt.excluded.retired_at, "seq": stmt.excluded.seq},
-                )
-            )
+            values = {"context": context, "retired_at": time.time(), "seq": seq}
+            conn.execute(store._upsert_stmt(retired_contexts, values, ["context"], ["retired_at", "seq"]))
 
-        self._submit(apply)
+        self._submit(apply, context=context)
 
     def unretire_context(self, context: str) -> None:
         """A context (re)added to the kubeconfig is no longer retired."""
@@ -604,97 +782,109 @@ class CacheStore:
 
     # -- status --------------------------------------------------------------
 
-    @staticmethod
-    def _write_status(conn: Any, status: InformerStatus) -> None:
-        conn.exec_driver_sql(_UPSERT_STATUS, tuple(getattr(status, c) for c in _STATUS_COLUMNS))
+    def _write_status(self, conn: Any, status: InformerStatus) -> None:
+        conn.exec_driver_sql(self._upsert_status, tuple(getattr(status, c) for c in _STATUS_COLUMNS))
 
     def write_status(self, status: InformerStatus) -> None:
         snapshot = InformerStatus(**status.__dict__)
-        self._submit(lambda conn, store: store._write_status(conn, snapshot))
+        self._submit(lambda conn, store: store._write_status(conn, snapshot), context=status.context)
 
     def write_cluster(self, context: str, **values: Any) -> None:
         now = time.time()
-
-        def apply(conn: Any, _store: CacheStore) -> None:
-            stmt = sqlite_insert(clusters).values(context=context, created_at=now, updated_at=now, **values)
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[clusters.c.context],
-                    set_={**{k: stmt.excluded[k] for k in values}, "updated_at": now},
-                )
-            )
-
-        self._submit(apply)
+        row = {"context": context, "created_at": now, "updated_at": now, **values}
+        stmt = self._upsert_stmt(clusters, row, ["context"], [*values, "updated_at"])
+        self._submit(lambda conn, _store: conn.execute(stmt), context=context)
 
     # -- maintenance ---------------------------------------------------------
 
     def write_meta(self, **values: str) -> None:
         """Set ``meta`` keys (what the daemon tells ``status``, e.g. the kubeconfig generation)."""
+        stmts = [
+            self._upsert_stmt(meta, {"key": k, "value": v}, ["key"], ["value"]) for k, v in values.items()
+        ]
 
         def apply(conn: Any, _store: CacheStore) -> None:
-            for key, value in values.items():
-                stmt = sqlite_insert(meta).values(key=key, value=value)
-                conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[meta.c.key], set_={"value": stmt.excluded.value}
-                    )
-                )
+            for stmt in stmts:
+                conn.execute(stmt)
 
         self._submit(apply)
 
     def heartbeat(self) -> None:
         """Record that a daemon is alive and keeping the cache warm."""
-        now = str(time.time())
+        self.write_meta(daemon_heartbeat=str(time.time()))
 
-        def apply(conn: Any, _store: CacheStore) -> None:
-            stmt = sqlite_insert(meta).values(key="daemon_heartbeat", value=now)
-            conn.execute(
-                stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value})
-            )
-
-        self._submit(apply)
-
-    def purge_tombstones(self, older_than_seq: int) -> int:
-        """Delete tombstones with seq <= ``older_than_seq``; remember the purge point."""
+    def purge_tombstones(self, cutoffs: Mapping[str, int]) -> int:
+        """Delete each context's tombstones with seq <= its cutoff; remember the purge
+        points. Only contexts this writer owns (or retired ones, for a lone writer)."""
         result: dict[str, int] = {}
 
-        def apply(conn: Any, _store: CacheStore) -> None:
-            gone = conn.execute(
-                objects.delete().where((objects.c.deleted == True) & (objects.c.seq <= older_than_seq))  # noqa: E712
-            ).rowcount
-            conn.execute(retired_contexts.delete().where(retired_contexts.c.seq <= older_than_seq))
-            stmt = sqlite_insert(meta).values(key="purged_seq", value=str(older_than_seq))
-            conn.execute(
-                stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value})
-            )
-            result["n"] = int(gone or 0)
+        def apply(conn: Any, store: CacheStore) -> None:
+            gone = 0
+            for ctx, cutoff in cutoffs.items():
+                owned = context_seqs.c.context == ctx
+                if store.shared:
+                    owned &= context_seqs.c.owner == store.identity
+                if not conn.execute(
+                    update(context_seqs)
+                    .where(owned & (context_seqs.c.purged_seq < cutoff))
+                    .values(purged_seq=cutoff)
+                ).rowcount:
+                    continue
+                gone += (
+                    conn.execute(
+                        objects.delete().where(
+                            (objects.c.context == ctx)
+                            & objects.c.deleted.is_(True)
+                            & (objects.c.seq <= cutoff)
+                        )
+                    ).rowcount
+                    or 0
+                )
+                conn.execute(
+                    retired_contexts.delete().where(
+                        (retired_contexts.c.context == ctx) & (retired_contexts.c.seq <= cutoff)
+                    )
+                )
+            result["n"] = gone
 
         self._submit(apply, wait=True)
         return result["n"]
 
     def checkpoint_wal(self) -> None:
-        """Fold the WAL back into the main file (a scheduled job keeps the -wal small).
+        """Fold a SQLite WAL back into the main file (a scheduled job keeps the -wal small).
         PASSIVE: never waits for readers, so a long sync cannot stall the daemon."""
+        if self.path is None:
+            return
         self.flush()
         with self.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-
-    @property
-    def seq(self) -> int:
-        return self._seq
 
 
 # --------------------------------------------------------------------------- reads
 
 
-def open_reader(path: Path) -> Engine:
-    """A read-only engine on the cache file (a daemon may be writing it meanwhile)."""
-    if not Path(path).exists():
+def open_reader(where: CacheLocation | Path | str) -> Engine:
+    """A read-only engine on the cache (a daemon may be writing it meanwhile)."""
+    location = CacheLocation.of(where)
+    if not location.is_sqlite:
+        engine = cachedb.postgres_engine(location)
+        cachedb.check_reachable(location, engine)
+        with engine.connect() as conn:
+            try:
+                problem = _format_problem(read_meta(conn, "schema_version"))
+            except DBAPIError:
+                problem = "no cache tables (no daemon has written it yet)"
+        if problem:
+            engine.dispose()
+            raise CacheUnusable(f"cache database {location}: {problem}")
+        return engine
+    path = location.path
+    if not path.exists():
         raise CacheUnusable(f"cache file {path} does not exist")
-    reason = _unusable_reason(Path(path), thorough=False)
+    reason = _unusable_reason(path, thorough=False)
     if reason:
         raise CacheUnusable(f"cache file {path}: {reason}")
-    return _engine(Path(path), readonly=True)
+    return cachedb.sqlite_engine(path, readonly=True)
 
 
 def read_checkpoints(conn: Any, context: str | None = None) -> list[dict[str, Any]]:
@@ -705,9 +895,9 @@ def read_checkpoints(conn: Any, context: str | None = None) -> list[dict[str, An
 
 
 @contextmanager
-def reading(path: Path) -> Iterator[Any]:
-    """One read-only connection to the cache file (status, tests, bench)."""
-    engine = open_reader(path)
+def reading(where: CacheLocation | Path | str) -> Iterator[Any]:
+    """One read-only connection to the cache (status, tests, bench)."""
+    engine = open_reader(where)
     try:
         with engine.connect() as conn:
             yield conn
@@ -759,13 +949,31 @@ def read_meta(conn: Any, key: str) -> str | None:
     return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one_or_none()
 
 
-def max_seq(conn: Any) -> int:
-    return int(conn.execute(select(func.coalesce(func.max(objects.c.seq), 0))).scalar_one())
+@dataclass(frozen=True)
+class ContextLog:
+    """One context's change sequence as a reader sees it."""
+
+    seq: int
+    purged_seq: int
+    owner: str | None
+
+
+def read_context_logs(conn: Any) -> dict[str, ContextLog]:
+    """context -> its change sequence: newest seq, purge point, owner."""
+    rows = conn.execute(
+        select(context_seqs.c.context, context_seqs.c.seq, context_seqs.c.purged_seq, context_seqs.c.owner)
+    )
+    return {str(c): ContextLog(int(s), int(p or 0), o) for c, s, p, o in rows}
+
+
+def read_positions(conn: Any) -> dict[str, int]:
+    """context -> newest seq (one small read: what a follow sync polls)."""
+    return {str(c): int(s) for c, s in conn.execute(select(context_seqs.c.context, context_seqs.c.seq))}
 
 
 def count_rows(conn: Any) -> dict[str, int]:
     """Live (not deleted) cached objects per table."""
     rows = conn.execute(
-        text("SELECT table_name, count(*) FROM objects WHERE deleted = 0 GROUP BY table_name")
+        text("SELECT table_name, count(*) FROM objects WHERE NOT deleted GROUP BY table_name")
     ).all()
     return {str(t): int(n) for t, n in rows}

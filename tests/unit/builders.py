@@ -84,6 +84,12 @@ def stored_rows(store: CacheStore) -> dict[str, dict[str, Any]]:
         con.close()
 
 
+def seq_of(store: CacheStore, context: str = "ctx") -> int:
+    """The newest change seq of one context, once the writer has caught up."""
+    store.flush()
+    return store.owned_positions().get(context, 0)
+
+
 def query_cache(store: CacheStore, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     store.flush()
     con = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)

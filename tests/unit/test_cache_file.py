@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.builders import CMS, configmap, informer_status, query_cache, stored_rows
+from tests.unit.builders import CMS, configmap, informer_status, query_cache, seq_of, stored_rows
 from watcher.state import SCHEMA_VERSION, CacheLocked, CacheStore, CacheUnusable, open_reader
 
 
@@ -80,12 +80,14 @@ def test_reopening_a_cache_keeps_its_seq_and_cache_id(tmp_path: Path) -> None:
     s = CacheStore(path)
     s.apply_events("ctx", CMS, [("ADDED", configmap("a", str(uuid.uuid4()), "1"))], informer_status())
     s.flush()
-    seq = s.seq
+    seq = seq_of(s)
     (cache_id,) = query_cache(s, "SELECT value FROM meta WHERE key='cache_id'")[0]
     s.close()
     s2 = CacheStore(path)
     try:
-        assert s2.seq == seq
+        # A new process takes the context over and continues its sequence.
+        s2.apply_events("ctx", CMS, [("ADDED", configmap("b", str(uuid.uuid4()), "1"))], informer_status())
+        assert seq_of(s2) == seq + 1
         assert query_cache(s2, "SELECT value FROM meta WHERE key='cache_id'") == [(cache_id,)]
         assert not list(tmp_path.glob("*.unusable-*"))
     finally:
@@ -107,7 +109,7 @@ def test_a_second_writer_on_the_same_cache_is_refused_and_the_sequence_stays_inc
     )  # fmt: skip
     assert other.returncode != 0 and f"pid {os.getpid()}" in other.stderr
     first.flush()
-    seqs = [first.seq]
+    seqs = [seq_of(first)]
     first.close()
     second = CacheStore(path)  # the lock went with the first writer
     try:
@@ -115,7 +117,7 @@ def test_a_second_writer_on_the_same_cache_is_refused_and_the_sequence_stays_inc
             "ctx", CMS, [("ADDED", configmap("b", str(uuid.uuid4()), "1"))], informer_status()
         )
         second.flush()
-        seqs.append(second.seq)
+        seqs.append(seq_of(second))
         assert [r[0] for r in query_cache(second, "SELECT seq FROM objects ORDER BY seq")] == [
             seqs[0],
             seqs[1],

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import uuid
 
-from tests.unit.builders import CMS, PODS, SECRETS, configmap, informer_status, query_cache, stored_rows
+from tests.unit.builders import (
+    CMS,
+    PODS,
+    SECRETS,
+    configmap,
+    informer_status,
+    query_cache,
+    seq_of,
+    stored_rows,
+)
 from watcher.state import CacheStore
 from watcher.tables import (
     LAST_APPLIED,
@@ -41,7 +50,7 @@ def test_relist_tombstones_objects_the_list_no_longer_has_and_keeps_unchanged_se
     assert second["c"]["resource_version"] == "20"
     assert decode_row(second["c"]["row"], columns_of(CMS))["data_keys"] == ["k"]
     assert second["d"]["deleted"] == 0
-    assert store.seq == max(r["seq"] for r in second.values())
+    assert seq_of(store) == max(r["seq"] for r in second.values())
     sql = "SELECT state, resource_version FROM checkpoints WHERE context='ctx' AND resource=?"
     assert query_cache(store, sql, CMS.key) == [("watching", "21")]
 
@@ -119,7 +128,9 @@ def test_watch_events_are_sanitized_before_they_are_stored(store: CacheStore) ->
     assert decode_row(row, columns_of(SECRETS))["annotations"] == {"keep": "me"}
 
 
-def test_purging_drops_tombstones_up_to_a_seq_and_records_it_as_purged_seq(store: CacheStore) -> None:
+def test_purging_drops_a_contexts_tombstones_up_to_a_seq_and_records_its_purge_point(
+    store: CacheStore,
+) -> None:
     uids = [str(uuid.uuid4()) for _ in range(4)]
     store.apply_events(
         "ctx", CMS, [("ADDED", configmap(f"o{i}", u, "1")) for i, u in enumerate(uids)], informer_status()
@@ -133,11 +144,27 @@ def test_purging_drops_tombstones_up_to_a_seq_and_records_it_as_purged_seq(store
     rows = stored_rows(store)
     cut = rows["o0"]["seq"]
     assert rows["o1"]["seq"] > cut
-    assert store.purge_tombstones(cut) == 1
+    assert store.purge_tombstones({"ctx": cut}) == 1
     rows = stored_rows(store)
     assert set(rows) == {"o1", "o2", "o3"}
     assert rows["o1"]["deleted"] == 1
-    assert query_cache(store, "SELECT value FROM meta WHERE key='purged_seq'") == [(str(cut),)]
-    assert store.purge_tombstones(store.seq) == 1
+    purge_point = "SELECT purged_seq FROM context_seqs WHERE context = 'ctx'"
+    assert query_cache(store, purge_point) == [(cut,)]
+    assert store.purge_tombstones({"ctx": cut - 1}) == 0  # a purge point never goes back
+    assert query_cache(store, purge_point) == [(cut,)]
+    assert store.purge_tombstones({"ctx": seq_of(store)}) == 1
     assert set(stored_rows(store)) == {"o2", "o3"}
-    assert query_cache(store, "SELECT value FROM meta WHERE key='purged_seq'") == [(str(store.seq),)]
+    assert query_cache(store, purge_point) == [(seq_of(store),)]
+
+
+def test_each_context_has_a_change_sequence_of_its_own(store: CacheStore) -> None:
+    """Seqs count per context (one writer owns each): two contexts written in the
+    same transactions both count 1, 2, 3."""
+    for i in range(3):
+        for ctx in ("ctx", "other"):
+            store.apply_events(
+                ctx, CMS, [("ADDED", configmap(f"{ctx}{i}", str(uuid.uuid4()), "1"))], informer_status()
+            )
+    rows = query_cache(store, "SELECT context, seq FROM objects ORDER BY context, seq")
+    assert rows == [("ctx", 1), ("ctx", 2), ("ctx", 3), ("other", 1), ("other", 2), ("other", 3)]
+    assert store.owned_positions() == {"ctx": 3, "other": 3}

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.unit.builders import CMS, configmap, informer_status
+from tests.unit.builders import CMS, configmap, informer_status, seq_of
 from watcher.messages import SyncDeleteRecord, SyncInsert, SyncMessage, SyncMigrateTable, SyncOptions
 from watcher.plugin import Plugin
 from watcher.spec import Spec
@@ -71,5 +71,5 @@ def test_follow_sends_changes_as_they_commit_and_stops(store: CacheStore, tmp_pa
         thread.join(5)
     assert not thread.is_alive()
     assert plugin.follow_status.streams == 0
-    assert plugin.follow_status.sent_seq == store.seq
+    assert plugin.follow_status.sent == {"ctx": seq_of(store)}
     assert plugin.follow_status.lag_seconds() == 0.0

@@ -1,5 +1,6 @@
 """Where an incremental sync continues from (``watcher.plugin.resume_from``): the stored
-cursor ``<cache id>:<seq>``, or a full snapshot, with the log saying why."""
+cursor ``<cache id>:{"<context>": <seq>}``, per context, or a full snapshot, with the log
+saying why."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ import logging
 
 import pytest
 
-from watcher.plugin import resume_from
+from watcher.plugin import encode_cursor, resume_from
+from watcher.state import ContextLog
 
 CACHE = "0f8e2d3c4b5a46978877665544332211"
 PURGED, NEWEST = 10, 20
+LOGS = {
+    "a": ContextLog(seq=NEWEST, purged_seq=PURGED, owner="r1"),
+    "b": ContextLog(seq=5, purged_seq=0, owner="r2"),
+}
 
 
 @pytest.fixture
@@ -19,12 +25,18 @@ def caplog_info(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-def _resume(raw: str | None) -> int | None:
-    return resume_from(raw, cache_id=CACHE, purged_seq=PURGED, newest_seq=NEWEST)
+def _resume(raw: str | None, contexts: tuple[str, ...] = ("a", "b")) -> dict[str, int | None] | None:
+    return resume_from(raw, cache_id=CACHE, logs=LOGS, contexts=list(contexts))
 
 
 def _logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "watcher.plugin"]
+
+
+def test_a_cursor_is_written_as_the_cache_id_and_each_contexts_seq() -> None:
+    raw = encode_cursor(CACHE, {"b": 5, "a": 15})
+    assert raw == f'{CACHE}:{{"a":15,"b":5}}'
+    assert _resume(raw) == {"a": 15, "b": 5}
 
 
 @pytest.mark.parametrize("raw", [None, ""])
@@ -35,11 +47,11 @@ def test_without_a_cursor_the_sync_is_a_full_snapshot(
     assert _logged(caplog_info) == ["incremental: no cursor yet, full snapshot"]
 
 
-def test_a_cursor_of_another_cache_file_means_a_full_snapshot(caplog_info: pytest.LogCaptureFixture) -> None:
-    raw = "aaaabbbbccccddddeeeeffff00001111:15"
+def test_a_cursor_of_another_cache_means_a_full_snapshot(caplog_info: pytest.LogCaptureFixture) -> None:
+    raw = encode_cursor("aaaabbbbccccddddeeeeffff00001111", {"a": 15})
     assert _resume(raw) is None
     assert _logged(caplog_info) == [
-        f"incremental: the cursor {raw!r} belongs to another cache file, full snapshot"
+        f"incremental: the cursor {raw!r} belongs to another cache, full snapshot"
     ]
 
 
@@ -50,53 +62,42 @@ def test_a_cursor_of_another_cache_file_means_a_full_snapshot(caplog_info: pytes
         CACHE,
         f"{CACHE}:",
         f"{CACHE}:abc",
-        f"{CACHE}:-3",
-        f"{CACHE}:1.5",
-        f"{CACHE}: 15",
-        f"{CACHE}:15:16",
+        f"{CACHE}:15",  # a cursor of format 3 (one seq for the whole cache)
+        f'{CACHE}:{{"a": "15"}}',
+        f'{CACHE}:{{"a": 1.5}}',
+        f'{CACHE}:{{"a": true}}',
+        f"{CACHE}:[15]",
+        f'{CACHE}:{{"a": 15}}:16',
     ],
 )
-def test_a_malformed_cursor_means_a_full_snapshot_and_is_logged(
+def test_a_malformed_or_older_cursor_means_a_full_snapshot_and_is_logged(
     caplog_info: pytest.LogCaptureFixture, raw: str
 ) -> None:
     assert _resume(raw) is None
     (line,) = _logged(caplog_info)
     assert repr(raw) in line and line.endswith("full snapshot")
+    assert "another cache" not in line
 
 
-def test_a_cursor_whose_seq_has_a_non_ascii_digit_means_a_full_snapshot_not_a_crash(
-    caplog_info: pytest.LogCaptureFixture,
-) -> None:
-    raw = f"{CACHE}:1\N{SUPERSCRIPT TWO}"
-    assert _resume(raw) is None
-    (line,) = _logged(caplog_info)
-    assert repr(raw) in line and line.endswith("full snapshot")
-
-
-def test_a_malformed_cursor_of_this_cache_is_logged_as_malformed_not_as_another_caches(
-    caplog_info: pytest.LogCaptureFixture,
-) -> None:
-    assert _resume(f"{CACHE}:abc") is None
-    (line,) = _logged(caplog_info)
-    assert "another cache file" not in line
-
-
-def test_a_cursor_older_than_the_purged_tombstones_means_a_full_snapshot(
+def test_a_context_whose_log_was_purged_past_the_cursor_gets_a_full_snapshot_alone(
     caplog_info: pytest.LogCaptureFixture,
 ) -> None:
     """Deletions between the cursor and the purge point are gone: only a full snapshot
-    (which first deletes the context's rows) can bring the destination in step."""
-    assert _resume(f"{CACHE}:{PURGED - 1}") is None
+    of that context (which first deletes its rows) brings the destination in step; the
+    other contexts go on from the cursor."""
+    assert _resume(encode_cursor(CACHE, {"a": PURGED - 1, "b": 3})) == {"a": None, "b": 3}
     assert _logged(caplog_info) == [
-        f"incremental: cursor {PURGED - 1} is older than the retained change log ({PURGED}), full snapshot"
+        f"incremental: a: cursor {PURGED - 1} is older than the retained change log ({PURGED}), full snapshot of it"
     ]
 
 
-def test_a_cursor_ahead_of_the_cache_means_a_full_snapshot(caplog_info: pytest.LogCaptureFixture) -> None:
-    """The cache file was restored from an older copy: same id, fewer changes."""
-    assert _resume(f"{CACHE}:{NEWEST + 1}") is None
+def test_a_context_cursor_ahead_of_the_cache_gets_a_full_snapshot(
+    caplog_info: pytest.LogCaptureFixture,
+) -> None:
+    """The cache was restored from an older copy: same id, fewer changes."""
+    assert _resume(encode_cursor(CACHE, {"a": NEWEST + 1, "b": 5})) == {"a": None, "b": 5}
     assert _logged(caplog_info) == [
-        f"incremental: cursor {NEWEST + 1} is ahead of the cache ({NEWEST}), full snapshot"
+        f"incremental: a: cursor {NEWEST + 1} is ahead of the cache, full snapshot of it"
     ]
 
 
@@ -106,9 +107,12 @@ def test_a_valid_cursor_continues_from_its_seq_without_a_word(
 ) -> None:
     """Tombstones up to ``purged_seq`` were purged after the cursor had seen them, so a
     cursor at the purge point is still complete; one at the newest seq sends nothing."""
-    assert _resume(f"{CACHE}:{seq}") == seq
+    assert _resume(encode_cursor(CACHE, {"a": seq, "b": 5})) == {"a": seq, "b": 5}
     assert _logged(caplog_info) == []
 
 
-def test_a_cursor_with_leading_zeros_is_its_number(caplog_info: pytest.LogCaptureFixture) -> None:
-    assert _resume(f"{CACHE}:0015") == 15
+def test_a_context_the_cursor_does_not_name_starts_from_the_beginning_of_its_log() -> None:
+    """A context added to the spec was never sent: all its changes, from seq 0 (its
+    tombstones become deletions of rows the destination never had: harmless)."""
+    assert _resume(encode_cursor(CACHE, {"b": 5})) == {"a": None, "b": 5}  # a's log was purged: full
+    assert _resume(encode_cursor(CACHE, {"a": 15}), contexts=("a", "c")) == {"a": 15, "c": 0}

@@ -3,7 +3,7 @@ tombstones that incremental syncs delete, and the cache remembers it until the p
 
 from __future__ import annotations
 
-from tests.unit.builders import CMS, configmap, informer_status, query_cache
+from tests.unit.builders import CMS, configmap, informer_status, query_cache, seq_of
 from watcher import state
 from watcher.state import CacheStore
 
@@ -17,7 +17,7 @@ def test_dropping_a_context_tombstones_its_objects_and_forgets_its_state(store: 
     )
     store.apply_events("other", CMS, [("ADDED", configmap("c", "u3", "3"))], informer_status())
     store.write_cluster("ctx", server="https://x")
-    before = store.seq
+    before = seq_of(store)
     store.drop_context("ctx")
     rows = query_cache(store, "SELECT context, uid, deleted, seq FROM objects ORDER BY uid")
     assert [(c, u, d) for c, u, d, _ in rows] == [("ctx", "u1", 1), ("ctx", "u2", 1), ("other", "u3", 0)]
@@ -26,7 +26,7 @@ def test_dropping_a_context_tombstones_its_objects_and_forgets_its_state(store: 
     with state.reading(store.path) as conn:
         assert [c["context"] for c in state.read_clusters(conn)] == []
         retired = state.read_retired_contexts(conn)
-    assert [(r["context"], r["seq"]) for r in retired] == [("ctx", store.seq)]
+    assert [(r["context"], r["seq"]) for r in retired] == [("ctx", seq_of(store))]
 
 
 def test_a_context_added_again_is_no_longer_retired(store: CacheStore) -> None:
@@ -40,8 +40,7 @@ def test_a_context_added_again_is_no_longer_retired(store: CacheStore) -> None:
 def test_the_tombstone_purge_also_forgets_retired_contexts(store: CacheStore) -> None:
     store.drop_context("old")
     store.flush()
-    cutoff = store.seq
     store.drop_context("new")
-    store.purge_tombstones(cutoff)
+    store.purge_tombstones({"old": seq_of(store, "old")})
     with state.reading(store.path) as conn:
         assert [r["context"] for r in state.read_retired_contexts(conn)] == ["new"]
