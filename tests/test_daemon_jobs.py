@@ -8,6 +8,7 @@ PostgreSQL through the real CloudQuery PostgreSQL destination, and the daemon as
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -64,17 +65,20 @@ def test_purge_interval_is_a_quarter_of_the_retention_within_bounds(
 @dataclass
 class _FakeStore:
     seq: int = 0
-    purges: list[int] = field(default_factory=list)
+    purges: list[dict[str, int]] = field(default_factory=list)
 
-    def purge_tombstones(self, older_than_seq: int) -> int:
-        self.purges.append(older_than_seq)
+    def owned_positions(self) -> dict[str, int]:
+        return {"ctx": self.seq}
+
+    def purge_tombstones(self, cutoffs: dict[str, int]) -> int:
+        self.purges.append(cutoffs)
         return 0
 
 
 def test_purge_job_purges_up_to_the_newest_seq_older_than_the_retention(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each run samples (time, seq); a run purges up to the seq of the newest sample
+    """Each run samples (time, each owned context's seq); a run purges up to the seqs of the newest sample
     that is older than the retention, and nothing while no sample is that old."""
     now = [1000.0]
     monkeypatch.setattr(daemon.time, "time", lambda: now[0])
@@ -89,11 +93,11 @@ def test_purge_job_purges_up_to_the_newest_seq_older_than_the_retention(
     assert store.purges == []  # the oldest sample is exactly 10 s old: not older
     now[0], store.seq = 1015, 30
     d._purge_tombstones()
-    assert store.purges == [9]  # samples of t=1000 and t=1004 are > 10 s old
+    assert store.purges == [{"ctx": 9}]  # samples of t=1000 and t=1004 are > 10 s old
     now[0], store.seq = 1100, 31
     d._purge_tombstones()
-    assert store.purges == [9, 30]  # everything before this run; the current sample stays
-    assert list(d._seq_samples) == [(1100, 31)]
+    assert store.purges == [{"ctx": 9}, {"ctx": 30}]  # everything before this run; the current sample stays
+    assert list(d._seq_samples) == [(1100, {"ctx": 31})]
 
 
 @pytest.mark.parametrize(
@@ -164,12 +168,12 @@ def test_serve_passes_the_durations_to_the_daemon(monkeypatch: pytest.MonkeyPatc
 INCREMENTAL_TABLES = ["k8s_clusters", "k8s_namespaces", "k8s_pods", "k8s_configmaps", "k8s_secrets"]
 
 
-def _cursor_seq(dsn: str) -> int:
-    """The seq of the incremental cursor the plugin left in the state backend."""
+def _cursor_seq(dsn: str, context: str = "prod") -> int:
+    """The seq of one context in the incremental cursor the plugin left in the state backend."""
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT value FROM cq_state_k8s WHERE key = %s", (CURSOR_KEY,)).fetchone()
     assert row is not None, "no cursor in the state backend"
-    return int(str(row[0]).rpartition(":")[2])
+    return int(json.loads(str(row[0]).partition(":")[2])[context])
 
 
 def _read(cache: Path, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -187,9 +191,9 @@ def _rows_of(cache: Path, uids: set[str]) -> dict[str, tuple[int, int]]:
     return {uid: (int(deleted), int(seq)) for uid, deleted, seq in rows}
 
 
-def _purged_seq(cache: Path) -> int:
+def _purged_seq(cache: Path, context: str = "prod") -> int:
     with state.reading(cache) as conn:
-        return int(state.read_meta(conn, "purged_seq") or 0)
+        return state.read_context_logs(conn)[context].purged_seq
 
 
 def _informer_counters(status: dict[str, Any]) -> dict[str, dict[str, int]]:
@@ -283,7 +287,7 @@ def test_cursor_older_than_purged_tombstones_gets_a_full_snapshot(
     # ...then purged by the retention job, which records a purge point past the cursor.
     eventually(lambda: not _rows_of(cache, gone), timeout=15, what="tombstones purged")
     assert _purged_seq(cache) >= max(seq for _, seq in tombstones.values()) > cursor
-    assert re.search(r"purged [1-9]\d* tombstones up to seq", d.log.read_text())
+    assert re.search(r"purged [1-9]\d* tombstones up to prod@", d.log.read_text())
 
     second = sync(tmp_path, dsn, spec, **source)
     assert second.returncode == 0, second.output[-3000:]
@@ -292,7 +296,7 @@ def test_cursor_older_than_purged_tombstones_gets_a_full_snapshot(
     assert_pg_equals_api(dsn, planes, ["prod"])
     assert synced_resources(second) > 10  # every object again, not the 1 + 2 of a delta
     log = d.log.read_text()
-    assert f"incremental: cursor {cursor} is older than the retained change log" in log, log[-3000:]
+    assert f"incremental: prod: cursor {cursor} is older than the retained change log" in log, log[-3000:]
     assert "(full snapshot) in" in log.rpartition("sync sent")[2], log[-3000:]
     assert _cursor_seq(dsn) > cursor
 

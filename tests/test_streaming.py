@@ -128,7 +128,7 @@ def test_follow_streams_through_sigterm(
     # The restarted sync resumed from the cursor the first one committed: a delta, not
     # a full snapshot; the cursor row is in the state table.
     sent = [line for line in daemon.log.read_text().splitlines() if "sync sent" in line]
-    assert len(sent) == 2 and "full snapshot" in sent[0] and "changes since seq" in sent[1], sent
+    assert len(sent) == 2 and "full snapshot" in sent[0] and "changes since" in sent[1], sent
     with psycopg.connect(dsn) as conn:
         cursor = conn.execute("SELECT value FROM cq_state_k8s WHERE key = 'k8s-watcher|cursor'").fetchone()
     assert cursor is not None and ":" in cursor[0]

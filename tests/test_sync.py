@@ -4,6 +4,7 @@ real API servers."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import datetime
@@ -236,11 +237,12 @@ def test_incremental_mode_emits_only_changes_and_propagates_deletes(
     assert synced_resources(delta) == 2 + 3  # clusters + inc-a, inc-b, cm0
     # The deletions reached PostgreSQL too: delete-record messages, run by the destination.
     assert_pg_equals_api(dsn, planes, ["dev", "prod"])
-    # The cursor lives in the destination's state backend table: <cache id>:<change seq>.
+    # The cursor lives in the destination's state backend table: <cache id>:{context: seq}.
     with psycopg.connect(dsn) as conn:
         cursor = conn.execute("SELECT value FROM cq_state_k8s WHERE key = 'k8s-watcher|cursor'").fetchone()
-    cache_id, _, seq = (cursor or ("",))[0].partition(":")
-    assert cache_id == cached_meta(cache, "cache_id") and int(seq) > 0
+    cache_id, _, position = (cursor or ("",))[0].partition(":")
+    assert cache_id == cached_meta(cache, "cache_id")
+    assert sorted(json.loads(position)) == ["dev", "prod"] and min(json.loads(position).values()) > 0
 
     # A lost cursor (state table dropped) falls back to a full snapshot, still exact.
     with psycopg.connect(dsn) as conn:

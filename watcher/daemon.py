@@ -314,7 +314,8 @@ class Daemon:
             cutoffs = self._seq_samples.popleft()[1]
         if cutoffs:
             purged = self.store.purge_tombstones(cutoffs)
-            log.info(
+            log.log(
+                logging.INFO if purged else logging.DEBUG,
                 "purged %d tombstones up to %s",
                 purged,
                 ", ".join(f"{c}@{s}" for c, s in sorted(cutoffs.items())),

@@ -210,7 +210,8 @@ class Plugin:
                     for batch in snap.batches(table, ctx, since_seq=after if per_object else None):
                         rows += batch.num_rows
                         yield SyncInsert(batch)
-            mode = "full snapshot" if since is None else f"changes since {_describe(since)}"
+            full = since is None or all(since.get(ctx) is None for ctx in self.contexts)
+            mode = "full snapshot" if full else f"changes since {_describe(since or {})}"
             elapsed = time.monotonic() - started
             log.info(
                 "sync sent %d rows and %d deletions from %d tables, %d contexts (%s) in %.2fs",
@@ -293,7 +294,11 @@ class Plugin:
 
 
 def _describe(position: Mapping[str, int | None]) -> str:
-    return ", ".join(f"{ctx}@{seq}" for ctx, seq in sorted(position.items())) or "nothing"
+    """``dev@12, prod@40``; a context to be sent in full: ``prod@full``."""
+    return (
+        ", ".join(f"{ctx}@{'full' if seq is None else seq}" for ctx, seq in sorted(position.items()))
+        or "nothing"
+    )
 
 
 def _changes(snap: SnapshotReader, tables: set[str], since: Mapping[str, int]) -> Iterator[SyncMessage]:
