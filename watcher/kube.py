@@ -51,11 +51,14 @@ class ApiError(Exception):
     ``apierrors.IsForbidden`` and friends), never by comparing status numbers.
     """
 
-    def __init__(self, status: int, reason: str, message: str = "") -> None:
+    def __init__(self, status: int, reason: str, message: str = "", *, status_reason: str = "") -> None:
         super().__init__(f"HTTP {status} {reason}: {message}" if status else f"{reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        #: The ``reason`` of the Status body (``AlreadyExists``, ``Conflict``, ...): what
+        #: the server means, where ``reason`` is only the HTTP reason phrase.
+        self.status_reason = status_reason
 
 
 class CredentialsUnavailable(ApiError):
@@ -104,6 +107,18 @@ def is_server_error(exc: ApiError) -> bool:
 def is_retryable(exc: ApiError) -> bool:
     """Worth retrying unchanged after a backoff: no answer, 429, or a server error."""
     return is_transport(exc) or is_too_many_requests(exc) or is_server_error(exc)
+
+
+def is_conflict(exc: ApiError) -> bool:
+    """409: another writer got there first: an update with a stale resourceVersion, or a
+    create of a name that exists (:func:`is_already_exists` tells them apart). Read again
+    and decide again; never retry the same write."""
+    return exc.status == 409
+
+
+def is_already_exists(exc: ApiError) -> bool:
+    """409 with the Status reason AlreadyExists: a create of a name that exists."""
+    return exc.status == 409 and exc.status_reason == "AlreadyExists"
 
 
 def is_unsupported_request(exc: ApiError) -> bool:
@@ -284,7 +299,9 @@ class KubeClient:
             namespace=entry.namespace,
         )
 
-    def _send(self, url: str, accept: str, timeout: urllib3.Timeout) -> tuple[Any, float]:
+    def _send(
+        self, url: str, accept: str, timeout: urllib3.Timeout, method: str = "GET", body: bytes | None = None
+    ) -> tuple[Any, float]:
         """One request with the current credentials; returns the response and the
         monotonic time the credentials were taken (for :meth:`Credentials.refresh`)."""
         try:
@@ -296,36 +313,52 @@ class KubeClient:
         headers = {"Accept": accept, "User-Agent": f"k8s-watcher/{__version__}"}
         if cred.authorization:
             headers["Authorization"] = cred.authorization
+        if body is not None:
+            headers["Content-Type"] = JSON
         try:
-            resp = pool.request("GET", url, headers=headers, timeout=timeout, preload_content=False)
+            resp = pool.request(
+                method, url, body=body, headers=headers, timeout=timeout, preload_content=False
+            )
         except urllib3.exceptions.SSLError as exc:
             raise ApiError(0, "TLS error", str(exc)) from exc
         except urllib3.exceptions.HTTPError as exc:
             raise ApiError(0, "connection error", str(exc)) from exc
         return resp, taken
 
-    def _open(self, path: str, query: Mapping[str, Any], *, accept: str, timeout: urllib3.Timeout) -> Any:
+    def _open(
+        self,
+        path: str,
+        query: Mapping[str, Any],
+        *,
+        accept: str,
+        timeout: urllib3.Timeout,
+        method: str = "GET",
+        body: bytes | None = None,
+    ) -> Any:
         url = self.transport.server.rstrip("/") + path
         if query:
             url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
-        resp, taken = self._send(url, accept, timeout)
+        resp, taken = self._send(url, accept, timeout, method, body)
         if resp.status == 401:
             # Expired, revoked or rotated: fetch the credential again (once for all the
-            # requests it failed) and retry this request once.
+            # requests it failed) and retry this request once (a write too: the server
+            # did nothing with a request it did not authenticate).
             resp.drain_conn()
             resp.release_conn()
             log.debug("%s: 401 from the API server; refreshing the credentials and retrying", self.context)
             self.credentials.refresh(taken)
-            resp, _ = self._send(url, accept, timeout)
+            resp, _ = self._send(url, accept, timeout, method, body)
         if resp.status >= 400:
-            body = resp.read()
+            raw = resp.read()
             resp.release_conn()
-            message = ""
+            message = status_reason = ""
             try:
-                message = str(orjson.loads(body).get("message", ""))
+                status = orjson.loads(raw)
+                message = str(status.get("message", ""))
+                status_reason = str(status.get("reason") or "")
             except (orjson.JSONDecodeError, AttributeError):
-                message = body[:200].decode(errors="replace")
-            raise ApiError(resp.status, resp.reason or "", message)
+                message = raw[:200].decode(errors="replace")
+            raise ApiError(resp.status, resp.reason or "", message, status_reason=status_reason)
         return resp
 
     def get(
@@ -339,6 +372,34 @@ class KubeClient:
             raise ApiError(0, "connection error", str(exc)) from exc
         finally:
             resp.release_conn()
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: Mapping[str, Any] | None = None,
+        *,
+        timeout: float = 30,
+    ) -> dict[str, Any]:
+        """One request with a JSON body or none (POST, PUT, DELETE; not PATCH, which
+        needs a patch content type), the answer parsed. Errors as :meth:`get`; a 409 is
+        :func:`is_conflict` (and :func:`is_already_exists` for a create)."""
+        resp = self._open(
+            path,
+            query or {},
+            accept=JSON,
+            timeout=urllib3.Timeout(connect=10, read=timeout),
+            method=method,
+            body=orjson.dumps(body) if body is not None else None,
+        )
+        try:
+            raw = resp.read()
+        except urllib3.exceptions.HTTPError as exc:
+            raise ApiError(0, "connection error", str(exc)) from exc
+        finally:
+            resp.release_conn()
+        return orjson.loads(raw) if raw else {}
 
     def stream(
         self, path: str, query: Mapping[str, Any], *, accept: str = JSON, read_timeout: float

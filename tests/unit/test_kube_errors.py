@@ -17,6 +17,8 @@ PREDICATES = {
     "retryable": kube.is_retryable,
     "unsupported_request": kube.is_unsupported_request,
     "credentials_unavailable": kube.is_credentials_unavailable,
+    "conflict": kube.is_conflict,
+    "already_exists": kube.is_already_exists,
 }
 
 # status -> the predicates that hold for it (every other one is false)
@@ -27,7 +29,7 @@ TABLE = [
     (403, {"forbidden"}),
     (404, {"not_found"}),
     (405, set()),
-    (409, set()),
+    (409, {"conflict"}),  # with no Status reason: not known to be AlreadyExists
     (410, {"expired"}),
     (422, {"unsupported_request"}),
     (429, {"too_many_requests", "retryable"}),
@@ -54,7 +56,23 @@ def test_credentials_that_cannot_be_obtained_are_neither_transport_nor_retried_u
 def test_the_table_covers_every_predicate_of_kube() -> None:
     public = {name.removeprefix("is_") for name in dir(kube) if name.startswith("is_")}
     assert public == set(PREDICATES)
-    assert set().union(*(true for _, true in TABLE)) | {"credentials_unavailable"} == set(PREDICATES)
+    assert set().union(*(true for _, true in TABLE)) | {"credentials_unavailable", "already_exists"} == set(
+        PREDICATES
+    )
+
+
+@pytest.mark.parametrize(
+    ("status_reason", "true"),
+    [
+        ("AlreadyExists", {"conflict", "already_exists"}),  # a create of a name that exists
+        ("Conflict", {"conflict"}),  # an update with a stale resourceVersion
+    ],
+)
+def test_a_409_is_already_exists_only_when_the_status_says_so(status_reason: str, true: set[str]) -> None:
+    exc = ApiError(409, "Conflict", 'leases "x" already exists', status_reason=status_reason)
+    assert {name for name, predicate in PREDICATES.items() if predicate(exc)} == true
+    assert exc.status_reason == status_reason
+    assert str(exc) == 'HTTP 409 Conflict: leases "x" already exists'  # unchanged by status_reason
 
 
 @pytest.mark.parametrize(
