@@ -96,6 +96,10 @@ def _serve(args: argparse.Namespace) -> int:
             "tombstone_retention",
             "exec_timeout",
             "kubeconfig_check_interval",
+            "replicas_lease_namespace",
+            "replicas_lease_context",
+            "replicas_group",
+            "lease_duration",
         )
         if getattr(args, key) is not None
     }
@@ -245,6 +249,27 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--contexts", help="comma-separated context names (default: all)")
     serve.add_argument("--cache", help="cache file (default: ~/.local/state/k8s-watcher/cache.db)")
     serve.add_argument("--cache-url", **_CACHE_URL)
+    serve.add_argument(
+        "--replicas-lease-namespace",
+        metavar="NS",
+        help="run as one of several replicas sharing a PostgreSQL cache (--cache-url): hold one "
+        "coordination.k8s.io Lease per watched context in this namespace, contexts spread evenly "
+        "over the live replicas",
+    )
+    serve.add_argument(
+        "--replicas-lease-context",
+        metavar="CONTEXT",
+        help="kubeconfig context of the cluster the Leases live on (default: the pod's own cluster)",
+    )
+    serve.add_argument(
+        "--replicas-group", metavar="NAME", help="replica groups sharing a namespace (default: default)"
+    )
+    serve.add_argument(
+        "--lease-duration",
+        type=_duration(allow_zero=False),
+        metavar="DURATION",
+        help="a replica that stops renewing loses its contexts after this long (default 15s)",
+    )
     serve.add_argument("--grpc-address", help="plugin server for registry: grpc (default 127.0.0.1:7777)")
     serve.add_argument("--http-address", help="/healthz and /metrics (default 127.0.0.1:9464)")
     serve.add_argument(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
+import tempfile
 import threading
 import time
 from collections import deque
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import yaml
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -31,10 +34,17 @@ from watcher.credentials import DEFAULT_EXEC_TIMEOUT
 from watcher.errors import ConfigError
 from watcher.informers import InformerManager
 from watcher.kube import KubeClient
-from watcher.kubeconfig import in_cluster_context_name, resolve_contexts, service_account_dir
+from watcher.kubeconfig import (
+    in_cluster_config,
+    in_cluster_context_name,
+    resolve_contexts,
+    service_account_dir,
+)
+from watcher.leases import KubeLeaseApi, LeaseCoordinator, default_identity
 from watcher.plugin import FollowStatus, Plugin
-from watcher.refresh import DaemonInformers
-from watcher.reload import KubeconfigReloader, KubeconfigWatch
+from watcher.refresh import DaemonInformers, ReplicaGroup
+from watcher.reload import ContextTarget, KubeconfigReloader, KubeconfigWatch, WatchedContexts
+from watcher.replicas import ReplicaContexts
 from watcher.server import ServerTls, serve_plugin
 from watcher.state import CacheLocation, CacheStore
 
@@ -63,6 +73,14 @@ class DaemonConfig:
     kubeconfig_check_interval: float = 30
     #: The cache as a database URL (PostgreSQL: shared by replicas); wins over cache_path.
     cache_url: str | None = None
+    #: Replicas: hold one Lease per watched context in this namespace (None: a lone daemon).
+    replicas_lease_namespace: str | None = None
+    #: The kubeconfig context of the cluster the Leases live on (None: the pod's own).
+    replicas_lease_context: str | None = None
+    #: Independent replica groups may share a namespace.
+    replicas_group: str = "default"
+    #: A replica that stops renewing loses its contexts to the others after this long.
+    lease_duration: float = 15.0
 
     @property
     def cache(self) -> CacheLocation:
@@ -127,6 +145,12 @@ class _MetricsCollector:
         for ctx, seq in self.daemon.store.owned_positions().items():
             seqs.add_metric([ctx], seq)
         yield seqs
+        if self.daemon.leases is not None:
+            yield GaugeMetricFamily(
+                "k8s_watcher_leases_held",
+                "Context Leases this replica holds",
+                value=len(self.daemon.leases.held),
+            )
         yield from _stream_metrics(self.daemon.plugin.follow_status)
 
 
@@ -216,6 +240,24 @@ def trim_memory() -> None:
         libc.malloc_trim(0)
 
 
+def lease_client(config: DaemonConfig) -> KubeClient:
+    """A client of the cluster the replicas' Leases live on: a named kubeconfig context,
+    or the pod's own cluster through its service account."""
+    if config.replicas_lease_context:
+        return KubeClient(config.kubeconfig, config.replicas_lease_context, exec_timeout=config.exec_timeout)
+    own = in_cluster_config()
+    if own is None:
+        raise ConfigError(
+            "--replicas-lease-namespace: the Leases live on the cluster this pod runs in, and this is "
+            "not a pod (no service account); name a kubeconfig context with --replicas-lease-context"
+        )
+    # The in-cluster entries (paths of the token and CA, no secret) as a kubeconfig file.
+    fd, name = tempfile.mkstemp(prefix="k8s-watcher-in-cluster-", suffix=".yaml")
+    with os.fdopen(fd, "w") as out:
+        yaml.safe_dump(own, out)
+    return KubeClient(Path(name), in_cluster_context_name(), exec_timeout=config.exec_timeout)
+
+
 def grpc_tls(config: DaemonConfig) -> ServerTls | None:
     """The gRPC server's TLS certificate and key, if given (both, or neither)."""
     if (config.grpc_tls_cert is None) != (config.grpc_tls_key is None):
@@ -238,18 +280,49 @@ class Daemon:
                 "no kubeconfig at %s: watching the cluster this pod runs in, with its service account (%s), as context %s",
                 config.kubeconfig, service_account_dir(), in_cluster_context_name(),
             )  # fmt: skip
-        self.store = CacheStore(config.cache)
+        replicated = config.replicas_lease_namespace is not None
+        if replicated and config.cache.is_sqlite:
+            raise ConfigError(
+                "--replicas-lease-namespace: replicas share one PostgreSQL cache; give it with "
+                "--cache-url postgresql://... (a SQLite file has one writer)"
+            )
+        identity = default_identity()
+        self.store = CacheStore(config.cache, shared=replicated, identity=identity)
+
+        def make_client(ctx: str) -> KubeClient:
+            return KubeClient(config.kubeconfig, ctx, exec_timeout=config.exec_timeout)
+
+        # A replica starts with no context: the Leases it acquires bring them.
         self.manager = InformerManager(
-            clients=[KubeClient(config.kubeconfig, c, exec_timeout=config.exec_timeout) for c in contexts],
-            store=self.store,
+            clients=[] if replicated else [make_client(c) for c in contexts], store=self.store
         )
+        self.replicas: ReplicaContexts | None = None
+        self.leases: LeaseCoordinator | None = None
+        target: ContextTarget
+        if replicated:
+            self.replicas = ReplicaContexts(
+                manager=self.manager, store=self.store, make_client=make_client, contexts=contexts
+            )
+            self.leases = LeaseCoordinator(
+                KubeLeaseApi(lease_client(config), str(config.replicas_lease_namespace)),
+                identity=identity,
+                group=config.replicas_group,
+                lease_duration=config.lease_duration,
+                on_acquired=self.replicas.acquired,
+                on_released=self.replicas.released,
+            )
+            self.replicas.coordinator = self.leases
+            self.leases.set_contexts(contexts)
+            target = self.replicas
+        else:
+            target = WatchedContexts(manager=self.manager, store=self.store, make_client=make_client)
         self.registry = CollectorRegistry()
         self.registry.register(_MetricsCollector(self))
         self.sync_seconds = Histogram(
             "k8s_watcher_sync_duration_seconds", "Duration of plugin syncs served", registry=self.registry
         )
-        # The daemon's informers and store are the cache's one writer: a sync served
-        # here waits for them and never relists by itself.
+        # The daemon's informers and store are the cache's one writer (or, in a replica,
+        # the group's): a sync served here waits for them and never relists by itself.
         self._plugin_defaults: dict[str, Any] = {
             "kubeconfig": str(config.kubeconfig),
             **(
@@ -260,13 +333,14 @@ class Daemon:
             "contexts": contexts,
         }
         self.plugin = Plugin(
-            DaemonInformers(self.manager), defaults=self._plugin_defaults, on_sync_done=self._sync_done
+            ReplicaGroup() if replicated else DaemonInformers(self.manager),
+            defaults=self._plugin_defaults,
+            on_sync_done=self._sync_done,
         )
         self.reloader = KubeconfigReloader(
             KubeconfigWatch(config.kubeconfig, config.contexts, contexts),
-            manager=self.manager,
+            target=target,
             store=self.store,
-            make_client=lambda ctx: KubeClient(config.kubeconfig, ctx, exec_timeout=config.exec_timeout),
             on_contexts=self._contexts_changed,
             interval=config.kubeconfig_check_interval,
         )
@@ -297,6 +371,10 @@ class Daemon:
         detail = ", ".join(f"{k}={v}" for k, v in sorted(by_state.items())) or "starting"
         # Healthy while the process works: the writer is alive. A forbidden or
         # unreachable cluster is reported, not fatal (the others still sync).
+        if self.leases is not None:
+            detail += f", leases_held={len(self.leases.held)}"
+        if self.store.unreachable_since is not None:
+            detail += f", cache_unreachable_for={time.time() - self.store.unreachable_since:.0f}s"
         if self.store.dropped_batches:
             detail += f", dropped_write_batches={self.store.dropped_batches}"
         ok = self.store.writer_alive()
@@ -353,6 +431,8 @@ class Daemon:
         self.http = ThreadingHTTPServer(_split(self.config.http_address), _http_handler(self))
         threading.Thread(target=self.http.serve_forever, name="http", daemon=True).start()
         self.manager.start()
+        if self.leases is not None:
+            self.leases.start()
         self.store.heartbeat()
         self._start_jobs()
         self.reloader.start()
@@ -379,6 +459,10 @@ class Daemon:
         self.reloader.stop()
         self.grpc.stop(grace=5).wait(10)
         self.http.shutdown()
+        if self.leases is not None:
+            # Each held context: informers stopped, writes committed, Lease released, so
+            # the other replicas take over at their next round instead of after expiry.
+            self.leases.stop(release=True)
         self.manager.stop()
         self.store.close()
         log.info("stopped cleanly")

@@ -259,3 +259,41 @@ class DaemonInformers:
 
     def test_connection(self, spec: Spec, contexts: list[str]) -> list[str]:
         return probe_contexts(spec.kubeconfig, contexts)
+
+
+class ReplicaGroup:
+    """In a replica: the group's informers keep the shared cache current, each context
+    watched by the replica holding its Lease (maybe another one), so a sync only waits
+    (at most ``wait``) until the resources it needs are listed in the cache."""
+
+    def __init__(self, *, wait: float = 60.0) -> None:
+        self.wait = wait
+
+    def refresh(self, spec: Spec, contexts: list[str], tables: tuple[str, ...]) -> dict[str, str]:
+        wanted = {d.key for d in needed_resources(tables)}
+        deadline = time.monotonic() + self.wait
+        while True:
+            with SnapshotReader.open(spec.cache) as snap:
+                known = {(f.context, f.resource): f for f in snap.freshness()}
+            cold = {
+                ctx: sorted(
+                    key
+                    for key in wanted
+                    if not (
+                        (f := known.get((ctx, key)))
+                        and (f.listed or f.state in (UNSERVED, "forbidden", "error"))
+                    )
+                )
+                for ctx in contexts
+            }
+            cold = {ctx: keys for ctx, keys in cold.items() if keys}
+            if not cold or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        return {
+            ctx: f"not listed by any replica after {self.wait:.0f}s: {', '.join(keys)}"
+            for ctx, keys in cold.items()
+        }
+
+    def test_connection(self, spec: Spec, contexts: list[str]) -> list[str]:
+        return probe_contexts(spec.kubeconfig, contexts)

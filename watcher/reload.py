@@ -3,9 +3,11 @@
 :class:`KubeconfigWatch` keeps what the daemon's contexts were built from (each
 context's cluster and user entries, fingerprinted) and, when asked, says which
 contexts were added, removed or changed; it only reads. :class:`KubeconfigReloader`
-asks it on SIGHUP and periodically, and applies the answer: informers started for a
-new context, stopped for a removed one (whose objects are tombstoned, so incremental
-syncs delete them), rebuilt for a changed one (resuming from the stored RVs).
+asks it on SIGHUP and periodically, and hands the answer to a :class:`ContextTarget`.
+A lone daemon's target (:class:`WatchedContexts`) starts informers for a new context,
+stops them for a removed one (whose objects are tombstoned, so incremental syncs
+delete them) and rebuilds them for a changed one (resuming from the stored RVs); a
+replica's (``watcher.replicas``) lets the Leases decide who watches what.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from watcher.informers import InformerManager
 from watcher.kube import KubeClient
@@ -91,8 +94,48 @@ class KubeconfigWatch:
         return changes
 
 
+class ContextTarget(Protocol):
+    """What a kubeconfig change is applied to."""
+
+    def apply(self, changes: ContextChanges, contexts: list[str]) -> None:
+        """Apply ``changes``; ``contexts`` are all the contexts to watch from now on."""
+
+
+class WatchedContexts:
+    """A lone daemon's contexts: it watches every one of them itself."""
+
+    def __init__(
+        self, *, manager: InformerManager, store: CacheStore, make_client: Callable[[str], KubeClient]
+    ) -> None:
+        self.manager = manager
+        self.store = store
+        self.make_client = make_client
+
+    def apply(self, changes: ContextChanges, contexts: list[str]) -> None:
+        for ctx in changes.removed:
+            self.manager.remove(ctx)
+            self.store.drop_context(ctx)
+            log.info("%s: removed from the kubeconfig; informers stopped, objects tombstoned", ctx)
+        for ctx in changes.changed:
+            self.manager.remove(ctx)
+            self.start(ctx, "rebuilt with its new cluster/user entries")
+        for ctx in changes.added:
+            self.store.unretire_context(ctx)
+            self.start(ctx, "added: watching it")
+
+    def start(self, ctx: str, what: str) -> None:
+        try:
+            client = self.make_client(ctx)
+        except KubeconfigError as exc:
+            log.error("%s: cannot be watched: %s", ctx, exc)
+            self.store.write_cluster(ctx, last_error=str(exc))
+            return
+        self.manager.add(client)
+        log.info("%s: %s", ctx, what)
+
+
 class KubeconfigReloader:
-    """Applies kubeconfig changes to the daemon's informers, on :meth:`request`
+    """Applies kubeconfig changes to the daemon's contexts, on :meth:`request`
     (SIGHUP) and every ``interval`` seconds (0: on request only). A kubeconfig that
     cannot be read leaves everything running as it is, and says so in ``status``."""
 
@@ -100,16 +143,14 @@ class KubeconfigReloader:
         self,
         watch: KubeconfigWatch,
         *,
-        manager: InformerManager,
+        target: ContextTarget,
         store: CacheStore,
-        make_client: Callable[[str], KubeClient],
         on_contexts: Callable[[list[str]], None],
         interval: float,
     ) -> None:
         self.watch = watch
-        self.manager = manager
+        self.target = target
         self.store = store
-        self.make_client = make_client
         self.on_contexts = on_contexts
         self.interval = interval
         self._requested = threading.Event()
@@ -161,29 +202,10 @@ class KubeconfigReloader:
             "kubeconfig %s changed (%s): added %s, removed %s, changed %s",
             self.watch.path, reason, list(changes.added), list(changes.removed), list(changes.changed),
         )  # fmt: skip
-        for ctx in changes.removed:
-            self.manager.remove(ctx)
-            self.store.drop_context(ctx)
-            log.info("%s: removed from the kubeconfig; informers stopped, objects tombstoned", ctx)
-        for ctx in changes.changed:
-            self.manager.remove(ctx)
-            self._start(ctx, "rebuilt with its new cluster/user entries")
-        for ctx in changes.added:
-            self.store.unretire_context(ctx)
-            self._start(ctx, "added: watching it")
+        self.target.apply(changes, self.watch.contexts)
         self.on_contexts(self.watch.contexts)
         self._record(error="", loaded=True)
         return changes
-
-    def _start(self, ctx: str, what: str) -> None:
-        try:
-            client = self.make_client(ctx)
-        except KubeconfigError as exc:
-            log.error("%s: cannot be watched: %s", ctx, exc)
-            self.store.write_cluster(ctx, last_error=str(exc))
-            return
-        self.manager.add(client)
-        log.info("%s: %s", ctx, what)
 
     def _record(self, *, error: str, loaded: bool = False) -> None:
         now = str(time.time())

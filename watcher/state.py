@@ -307,13 +307,15 @@ class CacheStore:
         where: CacheLocation | Path | str,
         *,
         shared: bool = False,
+        identity: str | None = None,
         batch_max: int = 5000,
         batch_wait: float = 0.02,
     ) -> None:
         self.location = CacheLocation.of(where)
         self.path: Path | None = self.location.path if self.location.is_sqlite else None
         self.shared = shared
-        self.identity = writer_identity()
+        #: The owner name this writer puts on its contexts (unique per process).
+        self.identity = identity or writer_identity()
         if shared and self.location.is_sqlite:
             raise CacheUnusable(
                 f"cache file {self.location}: a SQLite cache has one writer; replicas share a "

@@ -1,0 +1,253 @@
+"""Scale-out on the test bed: three ``k8s-watcher serve`` replicas on loopback share one
+PostgreSQL cache and four contexts by Lease; one is SIGKILLed while objects keep
+changing; the others take its contexts over from the stored resourceVersions, and the
+cache, then PostgreSQL through the real destination, end equal to the API servers."""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from testbed.cluster import ControlPlanes, KubeHttp
+from testbed.daemon import DaemonProcess
+from testbed.postgres import Postgres
+from tests.conftest import (
+    assert_pg_equals_api,
+    configmap,
+    eventually,
+    namespace,
+    new_dsn,
+    pg_uids,
+    sync,
+    truth,
+    unique,
+)
+from tests.unit.builders import CMS
+from watcher import state
+
+pytestmark = pytest.mark.slow
+
+CONTEXTS = ["dev", "dev-viewer", "prod", "prod-viewer"]
+LEASE_SECONDS = 4.0
+TABLES = ["k8s_clusters", "k8s_namespaces", "k8s_pods", "k8s_configmaps", "k8s_secrets"]
+
+
+def _owners(cache_url: str) -> dict[str, str | None]:
+    with state.reading(cache_url) as conn:
+        return {ctx: log.owner for ctx, log in state.read_context_logs(conn).items()}
+
+
+def _held_by(cache_url: str, daemons: list[DaemonProcess]) -> dict[int, list[str]]:
+    """Replica index -> the contexts it owns in the cache (owners are <host>-<pid>-<random>)."""
+    owners = _owners(cache_url)
+    held: dict[int, list[str]] = {i: [] for i in range(len(daemons))}
+    for ctx, owner in owners.items():
+        for i, d in enumerate(daemons):
+            if owner and d.proc is not None and f"-{d.proc.pid}-" in owner:
+                held[i].append(ctx)
+    return held
+
+
+def _cache_equals_api(cache_url: str, planes: ControlPlanes) -> bool:
+    with state.reading(cache_url) as conn:
+        for ctx in CONTEXTS:
+            server = planes.servers[ctx.removesuffix("-viewer")].admin()
+            if state.live_versions(conn, ctx, CMS.key) != truth(server, CMS):
+                return False
+    return True
+
+
+class _Churn:
+    """Creates, updates and deletes configmaps in one namespace of both clusters until stopped."""
+
+    def __init__(self, admins: list[KubeHttp], ns: str) -> None:
+        self.admins, self.ns = admins, ns
+        self.stop = threading.Event()
+        self.changes = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _Churn:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        rng = random.Random(7)
+        names: dict[int, list[str]] = {0: [], 1: []}
+        while not self.stop.is_set():
+            which = rng.randrange(2)
+            admin, mine = self.admins[which], names[which]
+            op = rng.random()
+            path = f"/api/v1/namespaces/{self.ns}/configmaps"
+            if mine and op < 0.25:
+                admin.delete(f"{path}/{mine.pop(rng.randrange(len(mine)))}")
+            elif mine and op < 0.6:
+                name = rng.choice(mine)
+                admin.apply(
+                    path,
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "metadata": {"name": name},
+                        "data": {"v": str(rng.random())},
+                    },
+                )
+            else:
+                mine.append(f"cm-{self.changes}")
+                configmap(admin, self.ns, mine[-1], v="0")
+            self.changes += 1
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def replicas(
+    planes: ControlPlanes, pg_server: Postgres, tmp_path: Path
+) -> Iterator[tuple[list[DaemonProcess], str]]:
+    """Three replicas of one group, Leases in a fresh namespace of ``prod``."""
+    cache_url = new_dsn(pg_server)
+    lease_ns = namespace(planes.servers["prod"].admin(), unique("leases"))
+    args = [
+        "--cache-url", cache_url, "--replicas-lease-namespace", lease_ns,
+        "--replicas-lease-context", "prod", "--lease-duration", f"{LEASE_SECONDS:.0f}s",
+    ]  # fmt: skip
+    contexts = ",".join(CONTEXTS)
+    logs = [tmp_path / f"replica-{i}.log" for i in range(3)]
+    daemons = [
+        DaemonProcess(planes.kubeconfig, tmp_path / "unused.db", log, contexts, extra_args=args)
+        for log in logs
+    ]
+    try:
+        for d in daemons:
+            d.start(synced=False)
+        yield daemons, cache_url
+    finally:
+        for d in daemons:
+            if d.proc is not None and d.proc.poll() is None:
+                d.kill()
+
+
+def _lists_since(planes: ControlPlanes, since: float) -> list[str]:
+    """Full reads (LIST, or a streaming list) of configmaps by k8s-watcher since ``since``."""
+    found = []
+    for name, server in planes.servers.items():
+        for e in server.audit_events():
+            if not e.get("userAgent", "").startswith("k8s-watcher/") or "/configmaps" not in e["requestURI"]:
+                continue
+            received = datetime.fromisoformat(
+                e["requestReceivedTimestamp"].replace("Z", "+00:00")
+            ).timestamp()
+            if received >= since and (e["verb"] == "list" or "sendInitialEvents=true" in e["requestURI"]):
+                found.append(f"{name}: {e['verb']} {e['requestURI']}")
+    return found
+
+
+def test_replicas_share_the_contexts_and_take_over_a_killed_one_without_losing_or_repeating_anything(
+    planes: ControlPlanes, replicas: tuple[list[DaemonProcess], str], dsn: str, tmp_path: Path
+) -> None:
+    daemons, cache_url = replicas
+    began = time.time() - 60  # the replicas started just before
+    admins = [planes.servers["dev"].admin(), planes.servers["prod"].admin()]
+    ns = unique("replicas")
+    for admin in admins:
+        namespace(admin, ns)
+
+    # Even spread: 4 contexts over 3 live replicas is 2/1/1, each context owned once.
+    eventually(
+        lambda: sorted(len(v) for v in _held_by(cache_url, daemons).values()) == [1, 1, 2],
+        timeout=6 * LEASE_SECONDS, what="contexts spread 2/1/1",
+    )  # fmt: skip
+    for d in daemons:
+        d.wait_synced(120)
+    source = {
+        "registry": "grpc",
+        "path": daemons[0].grpc_address,
+        "with_state_backend": True,
+        "write_mode": "overwrite",
+    }
+    spec = {"incremental": True, "tables": TABLES, "contexts": CONTEXTS}
+
+    with _Churn(admins, ns) as churn:
+        first = sync(tmp_path, dsn, spec, **source)
+        assert first.returncode == 0, first.output[-3000:]
+        held = _held_by(cache_url, daemons)
+        victim = max(held, key=lambda i: len(held[i]))
+        orphans = held[victim]
+        killed_at = time.time()
+        daemons[victim].kill()  # SIGKILL: no release, no flush
+        taken = time.monotonic()
+        survivors = [d for i, d in enumerate(daemons) if i != victim]
+        # Any replica serves syncs of every context (they read the shared cache).
+        serving = survivors[0]
+        source["path"] = serving.grpc_address
+        eventually(
+            lambda: set(orphans) <= {c for held in _held_by(cache_url, survivors).values() for c in held},
+            timeout=3 * LEASE_SECONDS, what=f"{orphans} taken over",
+        )  # fmt: skip
+        handover = time.monotonic() - taken
+        assert handover <= 2 * LEASE_SECONDS + 2, handover
+        # (The survivors may move one more context between them to even out.)
+        eventually(
+            lambda: sorted(len(v) for v in _held_by(cache_url, survivors).values()) == [2, 2],
+            timeout=3 * LEASE_SECONDS, what="contexts spread 2/2",
+        )  # fmt: skip
+        for d in survivors:
+            d.wait_synced(120)
+        time.sleep(2)  # changes keep coming while the new owners watch
+        during = sync(tmp_path, dsn, spec, **source)
+        assert during.returncode == 0, during.output[-3000:]
+    assert churn.changes > 100
+
+    # The new owners resumed the watches from the resourceVersions the killed one had
+    # committed: no LIST of configmaps since the kill.
+    assert _lists_since(planes, killed_at) == []
+    assert _lists_since(planes, began), "the audit log shows no list at all: the check above proves nothing"
+    eventually(lambda: _cache_equals_api(cache_url, planes), timeout=30, what="cache == API servers")
+    last = sync(tmp_path, dsn, spec, **source)
+    assert last.returncode == 0, last.output[-3000:]
+    assert_pg_equals_api(dsn, planes, ["dev", "prod"])
+    for ctx in ("dev-viewer", "prod-viewer"):
+        assert pg_uids(dsn, CMS.table, ctx) == set(
+            truth(planes.servers[ctx.removesuffix("-viewer")].admin(), CMS)
+        )
+    # Nothing repeated: with nothing changing, the next incremental sync sends no object
+    # (only the computed k8s_clusters rows), though two contexts changed hands.
+    idle = sync(tmp_path, dsn, spec, **source)
+    sent = re.findall(r"sync sent (\d+) rows", serving.log.read_text())
+    assert idle.returncode == 0 and sent[-1] == str(len(CONTEXTS)), sent
+    with psycopg.connect(dsn) as conn:
+        (rows,) = conn.execute(
+            "SELECT count(*) FROM k8s_configmaps WHERE context_name = ANY(%s)", (CONTEXTS,)
+        ).fetchone()
+    assert rows == len({(c, u) for c in CONTEXTS for u in pg_uids(dsn, CMS.table, c)})
+
+
+def test_a_replica_refuses_a_sqlite_cache_and_a_missing_lease_cluster(
+    planes: ControlPlanes, tmp_path: Path
+) -> Any:
+    """Replicas need a shared PostgreSQL cache, and a cluster to hold their Leases."""
+    import subprocess
+
+    from testbed.daemon import console_script
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [console_script("k8s-watcher"), "serve", "--kubeconfig", str(planes.kubeconfig), "--cache", str(tmp_path / "c.db"), *args],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    sqlite = serve("--replicas-lease-namespace", "default")
+    assert sqlite.returncode == 2 and "replicas share one PostgreSQL cache" in sqlite.stderr
+    no_cluster = serve("--replicas-lease-namespace", "default", "--cache-url", "postgresql://u@127.0.0.1:1/x")
+    assert no_cluster.returncode == 2 and "unreachable" in no_cluster.stderr
