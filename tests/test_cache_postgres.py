@@ -15,8 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from testbed.cluster import ControlPlanes
 from testbed.postgres import Postgres, postgres_server
-from tests.conftest import new_dsn
+from tests.conftest import cached, eventually, namespace, new_dsn, truth, unique
+from tests.conftest import configmap as create_configmap
 from tests.unit.builders import CMS, configmap, informer_status
 from watcher.snapshot import SnapshotReader
 from watcher.state import CacheLocked, CacheStore, CacheUnusable
@@ -316,5 +318,49 @@ def test_writes_wait_out_a_cache_database_outage_and_nothing_is_lost(own_postgre
             (rv,) = conn.execute("SELECT resource_version FROM checkpoints WHERE context = 'ctx'").fetchone()
         assert names == {"before", *(f"during-{i}" for i in range(20))}
         assert rv == "21"
+        # The restart ended the session that held the writer lock: it was taken again.
+        with pytest.raises(CacheLocked):
+            CacheStore(url)
     finally:
         store.close()
+
+
+def test_a_daemon_rides_out_a_cache_database_outage_without_losing_events(
+    own_postgres: Postgres, planes: ControlPlanes, start_daemon: Any, tmp_path: Path
+) -> None:
+    """The shared cache goes away under a running daemon while objects change: /healthz
+    says so, the writes wait, and once the database is back the cache equals the API
+    server again, the changes made meanwhile included, without a relist."""
+    url = new_dsn(own_postgres)
+    admin = planes.servers["dev"].admin()
+    ns = namespace(admin, unique("outage"))
+    create_configmap(admin, ns, "before", v="1")
+    d = start_daemon(planes.kubeconfig, tmp_path / "unused.db", "dev", extra_args=["--cache-url", url])
+    eventually(lambda: "before" in _names(url, ns), what="configmap cached")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")  # see test_writes_wait_out_a_cache_database_outage...
+    own_postgres.stop()
+    create_configmap(admin, ns, "during", v="1")
+    admin.delete(f"/api/v1/namespaces/{ns}/configmaps/before")
+    eventually(lambda: "cache_unreachable_for" in d.http("/healthz")[1], timeout=30, what="outage reported")
+    time.sleep(3)
+    own_postgres.start()
+    create_configmap(admin, ns, "after", v="1")
+    eventually(lambda: _names(url, ns) == {"during", "after"}, timeout=60, what="cache caught up")
+    eventually(lambda: cached(url, "dev", CMS) == truth(admin, CMS), timeout=30, what="cache == API server")
+    assert "cache_unreachable_for" not in d.http("/healthz")[1]
+    log = d.log.read_text()
+    assert "unreachable" in log and "retrying" in log and "dropped" not in log
+    assert d.metric("k8s_watcher_relists") == 0
+
+
+def _names(url: str, ns: str) -> set[str]:
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            rows = conn.execute(
+                "SELECT name FROM objects WHERE resource = 'configmaps' AND namespace = %s AND NOT deleted",
+                (ns,),
+            ).fetchall()
+    except psycopg.OperationalError:
+        return set()
+    return {n for (n,) in rows}

@@ -219,6 +219,9 @@ class FileWriterLock:
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
 
+    def ensure(self) -> None:
+        """The kernel keeps an ``flock`` for as long as the process lives."""
+
     def release(self) -> None:
         if self._fd >= 0:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -239,20 +242,34 @@ class AdvisoryWriterLock:
     KEY = zlib.crc32(b"k8s-watcher cache writer")
 
     def __init__(self, location: CacheLocation, engine: Engine, *, shared: bool) -> None:
-        self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        self.location, self.engine, self.shared = location, engine, shared
+        self._take()
+
+    def _take(self) -> None:
+        self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        fn = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
         if not self._conn.execute(text(f"SELECT {fn}(:k)"), {"k": self.KEY}).scalar():
             self._conn.close()
-            raise CacheLocked(
-                f"cache database {location} is already written by "
-                + (
-                    "a lone daemon: replicas need it to themselves"
-                    if shared
-                    else "another daemon or replica group"
-                )
-                + "; a cache has one writer, or one group of replicas sharing its contexts by Lease "
-                "(--replicas-lease-namespace)"
+            who = (
+                "a lone daemon: replicas need it to themselves"
+                if self.shared
+                else "another daemon or replica group"
             )
+            raise CacheLocked(
+                f"cache database {self.location} is already written by {who}; a cache has one writer, "
+                "or one group of replicas sharing its contexts by Lease (--replicas-lease-namespace)"
+            )
+
+    def ensure(self) -> None:
+        """After the database was unreachable: a restart ended the session and the lock
+        with it; take it again (:class:`CacheLocked` if another writer got it meanwhile)."""
+        try:
+            self._conn.execute(text("SELECT 1"))
+            return
+        except DBAPIError:
+            self._conn.invalidate()
+            self._conn.close()
+        self._take()
 
     def release(self) -> None:
         # Closed for good, not returned to the pool: ending the session releases the lock.

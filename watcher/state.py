@@ -367,6 +367,7 @@ class CacheStore:
         #: Since when (wall clock) the database has been unreachable, or None.
         self.unreachable_since: float | None = None
         self._closing = threading.Event()
+        self._lock_lost = False
         self._writer = threading.Thread(target=self._write_loop, name="cache-writer", daemon=True)
         self._writer.start()
 
@@ -422,7 +423,7 @@ class CacheStore:
     # -- the writer thread ---------------------------------------------------
 
     def _write_loop(self) -> None:
-        while True:
+        while not self._lock_lost:
             first = self._queue.get()
             if first is None:
                 return
@@ -448,7 +449,16 @@ class CacheStore:
         while True:
             try:
                 self._commit([op for op in batch if op.context not in self.fenced])
-                self.unreachable_since = None
+                if self.unreachable_since is not None:
+                    self.unreachable_since = None
+                    log.info("cache database %s reachable again; writes resumed", self.location)
+                    self._lock.ensure()
+                break
+            except CacheLocked as exc:
+                # Another lone writer took the database while it was down: two writers
+                # would hand out the same seqs. Stop; /healthz fails and the pod restarts.
+                log.error("%s: this process stops writing", exc)
+                self._lock_lost = True
                 break
             except ContextFenced as exc:
                 # Not an error of the batch: drop that context's writes, keep the rest.
