@@ -221,3 +221,31 @@ def test_custom_objects_are_generic_typed_or_both_and_both_by_default(clean_env:
     assert Spec.parse({"custom_objects": "typed"}).custom_objects == "typed"
     with pytest.raises(SpecError, match="custom_objects: 'tabular' is not one of"):
         Spec.parse({"custom_objects": "tabular"})
+
+
+def test_cache_url_names_a_database_cache_and_wins_over_the_callers_cache_path(clean_env: Path) -> None:
+    url = "postgresql://watcher:pw@db.internal:5432/inventory"
+    spec = Spec.parse({"cache_url": url}, defaults={"cache_path": str(clean_env / "daemon.db")})
+    assert spec.cache_url == url
+    assert not spec.cache.is_sqlite and spec.cache.url.drivername == "postgresql+psycopg"
+    assert str(spec.cache) == "postgresql+psycopg://watcher:***@db.internal:5432/inventory"
+    # A daemon's default cache_url gives way to a cache_path the user wrote.
+    mine = Spec.parse({"cache_path": str(clean_env / "mine.db")}, defaults={"cache_url": url})
+    assert mine.cache.is_sqlite and mine.cache.path == clean_env / "mine.db"
+    assert Spec.parse({"cache_url": f"sqlite:///{clean_env}/x.db"}).cache.path == clean_env / "x.db"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            {"cache_url": "postgresql://h/db", "cache_path": "/tmp/c.db"},
+            "cache_path and cache_url name two caches",
+        ),
+        ({"cache_url": "mysql://h/db"}, "cache_url mysql://h/db: the cache lives in a SQLite file"),
+        ({"cache_url": "not a url"}, "cache_url"),
+    ],
+)
+def test_a_bad_cache_url_is_refused(clean_env: Path, raw: dict[str, Any], expected: str) -> None:
+    with pytest.raises(SpecError, match=expected):
+        Spec.parse(raw)
