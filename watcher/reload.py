@@ -101,6 +101,26 @@ class ContextTarget(Protocol):
         """Apply ``changes``; ``contexts`` are all the contexts to watch from now on."""
 
 
+def start_watching(
+    ctx: str,
+    what: str,
+    *,
+    manager: InformerManager,
+    store: CacheStore,
+    make_client: Callable[[str], KubeClient],
+) -> None:
+    """Start ``ctx``'s informers; a context the kubeconfig cannot make a client of is
+    logged and recorded in its k8s_clusters row, and not watched."""
+    try:
+        client = make_client(ctx)
+    except KubeconfigError as exc:
+        log.error("%s: cannot be watched: %s", ctx, exc)
+        store.write_cluster(ctx, last_error=str(exc))
+        return
+    manager.add(client)
+    log.info("%s: %s", ctx, what)
+
+
 class WatchedContexts:
     """A lone daemon's contexts: it watches every one of them itself."""
 
@@ -124,14 +144,7 @@ class WatchedContexts:
             self.start(ctx, "added: watching it")
 
     def start(self, ctx: str, what: str) -> None:
-        try:
-            client = self.make_client(ctx)
-        except KubeconfigError as exc:
-            log.error("%s: cannot be watched: %s", ctx, exc)
-            self.store.write_cluster(ctx, last_error=str(exc))
-            return
-        self.manager.add(client)
-        log.info("%s: %s", ctx, what)
+        start_watching(ctx, what, manager=self.manager, store=self.store, make_client=self.make_client)
 
 
 class KubeconfigReloader:

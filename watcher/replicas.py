@@ -24,9 +24,8 @@ from collections.abc import Callable
 
 from watcher.informers import InformerManager
 from watcher.kube import KubeClient
-from watcher.kubeconfig import KubeconfigError
 from watcher.leases import LeaseCoordinator
-from watcher.reload import ContextChanges
+from watcher.reload import ContextChanges, start_watching
 from watcher.state import CacheStore
 
 log = logging.getLogger(__name__)
@@ -71,14 +70,8 @@ class ReplicaContexts:
             with self._guard:
                 if ctx not in self._held:
                     return  # released before it could start
-            try:
-                client = self.make_client(ctx)
-            except KubeconfigError as exc:
-                log.error("%s: cannot be watched: %s", ctx, exc)
-                self.store.write_cluster(ctx, last_error=str(exc))
-                return
-            self.manager.add(client)
-            log.info("%s: watching it (Lease held)", ctx)
+            what = "watching it (Lease held)"
+            start_watching(ctx, what, manager=self.manager, store=self.store, make_client=self.make_client)
 
     def released(self, ctx: str) -> None:
         with self._guard:
