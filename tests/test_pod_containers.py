@@ -125,7 +125,7 @@ def test_a_deleted_pod_s_containers_leave_postgresql_with_the_next_incremental_s
     result = sync(synced.tmp, synced.dsn, synced.spec, **_source())
     assert result.returncode == 0, result.output[-3000:]
     # A delta, not a full snapshot: the pod and its one container, as delete-record messages.
-    assert re.search(r"and 2 deletions from 2 tables, 1 contexts \(changes since ctx@\d+\)", result.output)
+    assert re.search(r"and 2 deletions from 2 tables, 1 contexts \(changes since \S+@\d+\)", result.output)
     names = _query(
         synced.dsn,
         "SELECT pod_name, name FROM k8s_pod_containers WHERE context_name = %s AND namespace = %s ORDER BY 1, 2",
