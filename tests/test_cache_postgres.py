@@ -126,6 +126,42 @@ def test_a_cache_database_has_one_lone_writer_or_one_group_of_replicas(cache_url
             r.close()
 
 
+def test_a_second_replica_group_cannot_join_a_database_while_the_first_writes_it(cache_url: str) -> None:
+    """Two groups would each claim every context; once the first group is gone, the
+    database may change hands."""
+    first = CacheStore(cache_url, shared=True, group="blue")
+    try:
+        with pytest.raises(CacheLocked, match="written by replica group 'blue', not 'green'"):
+            CacheStore(cache_url, shared=True, group="green")
+        CacheStore(cache_url, shared=True, group="blue").close()  # the same group joins
+    finally:
+        first.close()
+    CacheStore(cache_url, shared=True, group="green").close()
+
+
+def test_a_retired_context_let_go_by_its_replica_is_purged_by_another(cache_url: str) -> None:
+    """The replica that tombstoned a context removed from the kubeconfig gives it up;
+    its tombstones must not stay forever: any replica's retention job purges them."""
+    a, b = (
+        CacheStore(cache_url, shared=True, batch_wait=0.0),
+        CacheStore(cache_url, shared=True, batch_wait=0.0),
+    )
+    try:
+        a.claim_context("gone")
+        a.apply_events("gone", CMS, [("ADDED", configmap("x", str(uuid.uuid4()), "1"))], _status("gone"))
+        a.drop_context("gone")
+        a.release_context("gone")
+        positions = b.owned_positions()
+        assert positions == {"gone": 2}
+        assert b.purge_tombstones(positions) == 1
+        with psycopg.connect(cache_url) as conn:
+            assert conn.execute("SELECT count(*) FROM objects").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM retired_contexts").fetchone() == (0,)
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_replica_that_lost_a_context_writes_nothing_more_for_it(cache_url: str) -> None:
     """Fencing: once another replica claimed the context (its Lease expired and was
     taken), the old owner's writes for it are dropped, and its other contexts go on;

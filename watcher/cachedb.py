@@ -235,21 +235,38 @@ class AdvisoryWriterLock:
     Exclusive for a lone writer; shared for replicas, which own contexts one by one
     (``context_seqs.owner``, fenced in every write transaction). Exclusive and shared
     conflict, so a lone daemon never writes beside a replica group or another lone
-    daemon. The lock goes with the session: a killed process frees it at once.
+    daemon. A replica also holds its group's key shared: :meth:`group_alive` tells
+    whether another group still writes the database (``watcher.state`` refuses to join
+    it). The lock goes with the session: a killed process frees it at once.
     """
 
     #: One key per database: the cache's tables are the whole database's.
     KEY = zlib.crc32(b"k8s-watcher cache writer")
 
-    def __init__(self, location: CacheLocation, engine: Engine, *, shared: bool) -> None:
-        self.location, self.engine, self.shared = location, engine, shared
+    def __init__(self, location: CacheLocation, engine: Engine, *, group: str | None) -> None:
+        self.location, self.engine, self.group = location, engine, group
+        self.shared = group is not None
         self._take()
 
+    @staticmethod
+    def _group_key(group: str) -> int:
+        return zlib.crc32(f"k8s-watcher replica group {group}".encode())
+
+    def group_alive(self, group: str) -> bool:
+        """Whether a replica of ``group`` holds the database (its key is held shared)."""
+        assert self._conn is not None
+        free = self._conn.execute(
+            text("SELECT pg_try_advisory_lock(:k)"), {"k": self._group_key(group)}
+        ).scalar()
+        if free:
+            self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._group_key(group)})
+        return not free
+
     def _take(self) -> None:
-        self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         fn = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
-        if not self._conn.execute(text(f"SELECT {fn}(:k)"), {"k": self.KEY}).scalar():
-            self._conn.close()
+        if not conn.execute(text(f"SELECT {fn}(:k)"), {"k": self.KEY}).scalar():
+            conn.close()
             who = (
                 "a lone daemon: replicas need it to themselves"
                 if self.shared
@@ -259,19 +276,27 @@ class AdvisoryWriterLock:
                 f"cache database {self.location} is already written by {who}; a cache has one writer, "
                 "or one group of replicas sharing its contexts by Lease (--replicas-lease-namespace)"
             )
+        if self.group is not None:
+            conn.execute(text("SELECT pg_advisory_lock_shared(:k)"), {"k": self._group_key(self.group)})
+        self._conn: Connection | None = conn
 
     def ensure(self) -> None:
         """After the database was unreachable: a restart ended the session and the lock
         with it; take it again (:class:`CacheLocked` if another writer got it meanwhile)."""
-        try:
-            self._conn.execute(text("SELECT 1"))
-            return
-        except DBAPIError:
-            self._conn.invalidate()
-            self._conn.close()
+        if self._conn is not None:
+            try:
+                self._conn.execute(text("SELECT 1"))
+                return
+            except DBAPIError:
+                self._drop()
         self._take()
 
-    def release(self) -> None:
+    def _drop(self) -> None:
         # Closed for good, not returned to the pool: ending the session releases the lock.
-        self._conn.invalidate()
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.invalidate()
+            self._conn.close()
+            self._conn = None
+
+    def release(self) -> None:
+        self._drop()

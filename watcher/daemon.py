@@ -287,7 +287,9 @@ class Daemon:
                 "--cache-url postgresql://... (a SQLite file has one writer)"
             )
         identity = default_identity()
-        self.store = CacheStore(config.cache, shared=replicated, identity=identity)
+        self.store = CacheStore(
+            config.cache, shared=replicated, group=config.replicas_group, identity=identity
+        )
 
         def make_client(ctx: str) -> KubeClient:
             return KubeClient(config.kubeconfig, ctx, exec_timeout=config.exec_timeout)

@@ -307,6 +307,7 @@ class CacheStore:
         where: CacheLocation | Path | str,
         *,
         shared: bool = False,
+        group: str = "default",
         identity: str | None = None,
         batch_max: int = 5000,
         batch_wait: float = 0.02,
@@ -340,7 +341,9 @@ class CacheStore:
         else:
             self.engine = cachedb.postgres_engine(self.location)
             cachedb.check_reachable(self.location, self.engine)
-            self._lock = cachedb.AdvisoryWriterLock(self.location, self.engine, shared=shared)
+            self._lock = cachedb.AdvisoryWriterLock(
+                self.location, self.engine, group=group if shared else None
+            )
             try:
                 self._create_schema()
             except Exception as exc:
@@ -386,6 +389,18 @@ class CacheStore:
             for key, value in (("schema_version", SCHEMA_VERSION), ("cache_id", uuid.uuid4().hex)):
                 # The cache id tells an incremental cursor which cache its seqs belong to.
                 conn.execute(self._upsert_stmt(meta, {"key": key, "value": value}, ["key"], []))
+            if isinstance(self._lock, cachedb.AdvisoryWriterLock) and self._lock.group is not None:
+                self._join_group(conn, self._lock.group)
+
+    def _join_group(self, conn: Any, group: str) -> None:
+        """Two replica groups would both claim every context: one group per database."""
+        other = read_meta(conn, "replica_group")
+        if other and other != group and self._lock.group_alive(other):  # type: ignore[union-attr]
+            raise CacheLocked(
+                f"cache database {self.location} is written by replica group {other!r}, not {group!r}: "
+                "each group of replicas needs a database of its own"
+            )
+        conn.execute(self._upsert_stmt(meta, {"key": "replica_group", "value": group}, ["key"], ["value"]))
 
     def _upsert_stmt(
         self, table: Table, values: dict[str, Any], keys: list[str], update_cols: list[str]
@@ -448,11 +463,13 @@ class CacheStore:
         delay = 0.5
         while True:
             try:
+                if self.unreachable_since is not None:
+                    # Before any write: the lock may have gone with the database's restart.
+                    self._lock.ensure()
                 self._commit([op for op in batch if op.context not in self.fenced])
                 if self.unreachable_since is not None:
                     self.unreachable_since = None
                     log.info("cache database %s reachable again; writes resumed", self.location)
-                    self._lock.ensure()
                 break
             except CacheLocked as exc:
                 # Another lone writer took the database while it was down: two writers
@@ -572,14 +589,21 @@ class CacheStore:
         self._submit(apply, wait=True)
 
     def owned_positions(self) -> dict[str, int]:
-        """context -> newest seq, of the contexts this process owns."""
+        """context -> newest seq, of the contexts this process owns (or, in a replica,
+        retired ones nobody owns any more: their tombstones need a purge too)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(context_seqs.c.context, context_seqs.c.seq).where(
-                    context_seqs.c.owner == self.identity
-                )
+                select(context_seqs.c.context, context_seqs.c.seq).where(self._purgeable())
             ).all()
         return {str(c): int(s) for c, s in rows}
+
+    def _purgeable(self) -> Any:
+        """The contexts whose tombstones this writer purges: its own, and retired ones
+        without an owner (the replica that tombstoned them let them go)."""
+        retired_unowned = context_seqs.c.owner.is_(None) & context_seqs.c.context.in_(
+            select(retired_contexts.c.context)
+        )
+        return (context_seqs.c.owner == self.identity) | retired_unowned
 
     # -- reads for the writer's own use -------------------------------------------
 
@@ -827,15 +851,13 @@ class CacheStore:
 
     def purge_tombstones(self, cutoffs: Mapping[str, int]) -> int:
         """Delete each context's tombstones with seq <= its cutoff; remember the purge
-        points. Only contexts this writer owns (or retired ones, for a lone writer)."""
+        points. Only contexts this writer purges (:meth:`_purgeable`)."""
         result: dict[str, int] = {}
 
         def apply(conn: Any, store: CacheStore) -> None:
             gone = 0
             for ctx, cutoff in cutoffs.items():
-                owned = context_seqs.c.context == ctx
-                if store.shared:
-                    owned &= context_seqs.c.owner == store.identity
+                owned = (context_seqs.c.context == ctx) & store._purgeable()
                 if not conn.execute(
                     update(context_seqs)
                     .where(owned & (context_seqs.c.purged_seq < cutoff))
