@@ -177,8 +177,10 @@ def member_lease_name(group: str, identity: str) -> str:
 
 
 def default_identity() -> str:
-    """``$POD_NAME`` (the downward API), else ``<hostname>-<pid>-<random>``: unique per
-    process, so a restarted process never mistakes the leases of its predecessor for its own."""
+    """``$POD_NAME`` (the downward API), else ``<hostname>-<pid>-<random>``: unique per live
+    replica. A process outside a pod gets a new one at each start, so it never mistakes its
+    predecessor's leases for its own; a container restarted in its pod keeps the pod's name
+    and takes back what its (dead) predecessor held under it."""
     pod = os.environ.get("POD_NAME", "").strip()
     if pod:
         return pod
