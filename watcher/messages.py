@@ -65,20 +65,26 @@ class StateBackend:
 
 @dataclass(frozen=True)
 class Shard:
-    """``cloudquery sync --shard num/total``: this sync sends one shard's tables.
+    """``cloudquery sync --shard num/total``: this sync sends one shard's (table, context) pairs.
 
-    A shard is a set of whole tables, not of (context, table) pairs: each sharded CLI run
+    A pair belongs to the shard its names hash to (CRC-32, stable across runs and whatever
+    else is synced), so n runs write every pair exactly once, as the Go SDK's scheduler
+    shards its (table, client) pairs. Pairs, not whole tables, spread a fleet's biggest
+    table (pods) over the shards.
+
+    A snapshot sync shards whole tables instead (``context=None``): each sharded CLI run
     has its own sync time, and ``overwrite-delete-stale`` deletes a table's rows of this
-    source older than it, so a table written by two shards would lose the other shard's
-    rows. A table belongs to the shard its name hashes to (CRC-32, stable across runs and
-    whatever else the table list holds), so n runs write every table exactly once.
+    source older than it, so a table written by two snapshot shards would lose the other
+    shard's rows. An incremental sync deletes through delete-record messages scoped to a
+    context (its destination runs in ``overwrite``, without delete-stale): pairs are safe.
     """
 
     num: int
     total: int
 
-    def owns(self, table: str) -> bool:
-        return zlib.crc32(table.encode()) % self.total == self.num - 1
+    def owns(self, table: str, context: str | None = None) -> bool:
+        key = table if context is None else f"{table}\0{context}"
+        return zlib.crc32(key.encode()) % self.total == self.num - 1
 
     def __str__(self) -> str:
         return f"{self.num}/{self.total}"

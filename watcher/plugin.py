@@ -29,6 +29,7 @@ from watcher.clusters import CLUSTERS_TABLE
 from watcher.errors import CacheError
 from watcher.kubeconfig import KubeconfigError, resolve_contexts
 from watcher.messages import (
+    Shard,
     StateBackend,
     SyncCheckpoint,
     SyncDeleteRecord,
@@ -176,10 +177,16 @@ class Plugin:
                 tables += self.discovered_tables(snap, options)
             if typed:
                 tables = self._with_custom_tables(snap, options, tables)
+            owns = _ownership(options.shard, by_pair=spec.incremental)
             if options.shard is not None:
-                owned = tuple(t for t in tables if options.shard.owns(t))
-                log.info("shard %s: %d of %d tables", options.shard, len(owned), len(tables))
-                tables = owned
+                if spec.incremental:
+                    tables = tuple(t for t in tables if any(owns(t, ctx) for ctx in self.contexts))
+                    mine = sum(owns(t, ctx) for t in tables for ctx in self.contexts)
+                    log.info("shard %s: %d (table, context) pairs", options.shard, mine)
+                else:
+                    owned = tuple(t for t in tables if options.shard.owns(t))
+                    log.info("shard %s: %d of %d tables", options.shard, len(owned), len(tables))
+                    tables = owned
             since = cursor.since(snap, self.contexts) if cursor else None
             for table in tables:
                 yield SyncMigrateTable(snap.schema(table))
@@ -188,7 +195,7 @@ class Plugin:
             rows = deletes = 0
             retired = _retired_since(snap, since, watched=self.contexts) if cursor is not None else []
             for ctx in retired:
-                for table in tables:
+                for table in (t for t in tables if owns(t, ctx)):
                     deletes += 1
                     yield SyncDeleteRecord(table, ctx)
             # A context that could not be refreshed still sends what the cache holds for
@@ -196,7 +203,7 @@ class Plugin:
             # its rows, and would move the incremental cursor past changes never sent.
             for table in tables:
                 per_object = table != CLUSTERS_TABLE
-                for ctx in self.contexts:
+                for ctx in (c for c in self.contexts if owns(table, c)):
                     after = since.get(ctx) if since is not None else None
                     if after is not None and per_object:
                         for uid in snap.deleted_uids(table, ctx, since_seq=after):
@@ -226,12 +233,13 @@ class Plugin:
                     yield checkpoint
             start = (snap.cache_id, sent)
         if spec.follow and cursor is not None:
-            yield from self._follow(spec, tables, cursor, start, options.stop or threading.Event())
+            yield from self._follow(spec, tables, owns, cursor, start, options.stop or threading.Event())
 
     def _follow(
         self,
         spec: Spec,
         tables: tuple[str, ...],
+        owns: Callable[[str, str], bool],
         cursor: _Cursor,
         start: tuple[str, dict[str, int]],
         stop: threading.Event,
@@ -267,10 +275,10 @@ class Plugin:
                         )
                     if CUSTOM_OBJECTS_TABLE in spec.tables and spec.custom_objects != "generic":
                         snap.load_custom_tables(self.contexts)  # the CRDs' typed tables, as of now
-                    yield from _changes(snap, selected, last)
+                    yield from _changes(snap, selected, owns, last)
                     if refresh_clusters:
                         clusters_due = time.monotonic() + FOLLOW_CLUSTERS_SECONDS
-                        for ctx in self.contexts:
+                        for ctx in (c for c in self.contexts if owns(CLUSTERS_TABLE, c)):
                             yield from (SyncInsert(b) for b in snap.batches(CLUSTERS_TABLE, ctx))
                     last = {ctx: snap.position.get(ctx, 0) for ctx in last}
                     checkpoint = cursor.commit(snap.cache_id, last, in_band=True)
@@ -301,10 +309,22 @@ def _describe(position: Mapping[str, int | None]) -> str:
     )
 
 
-def _changes(snap: SnapshotReader, tables: set[str], since: Mapping[str, int]) -> Iterator[SyncMessage]:
+def _ownership(shard: Shard | None, *, by_pair: bool) -> Callable[[str, str], bool]:
+    """Whether this sync sends a (table, context) pair: all of them, or its shard's."""
+    if shard is None:
+        return lambda _table, _context: True
+    if by_pair:
+        return shard.owns
+    return lambda table, _context: shard.owns(table)
+
+
+def _changes(
+    snap: SnapshotReader, tables: set[str], owns: Callable[[str, str], bool], since: Mapping[str, int]
+) -> Iterator[SyncMessage]:
     """Deletions, then rows, changed after ``since`` (context -> seq) in the selected
-    tables (grouped by kind: the destination flushes its batch at every switch of kind)."""
-    pairs = sorted(p for p in snap.changed(since) if p[0] in tables)
+    (table, context) pairs (grouped by kind: the destination flushes its batch at every
+    switch of kind)."""
+    pairs = sorted(p for p in snap.changed(since) if p[0] in tables and owns(*p))
     for table, ctx in pairs:
         for uid in snap.deleted_uids(table, ctx, since_seq=since[ctx]):
             yield SyncDeleteRecord(table, ctx, uid)
