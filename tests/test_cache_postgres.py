@@ -17,13 +17,14 @@ import pytest
 
 from testbed.cluster import ControlPlanes
 from testbed.postgres import Postgres, postgres_server
-from tests.conftest import cached, eventually, namespace, new_dsn, truth, unique
+from tests.conftest import assert_pg_equals_api, cached, eventually, namespace, new_dsn, sync, truth, unique
 from tests.conftest import configmap as create_configmap
 from tests.unit.builders import CMS, configmap, informer_status
 from watcher.snapshot import SnapshotReader
 from watcher.state import CacheLocked, CacheStore, CacheUnusable
 
 TABLE = CMS.table
+TABLES = ["k8s_clusters", "k8s_namespaces", "k8s_pods", "k8s_configmaps", "k8s_secrets"]
 
 
 @pytest.fixture
@@ -400,3 +401,28 @@ def _names(url: str, ns: str) -> set[str]:
     except psycopg.OperationalError:
         return set()
     return {n for (n,) in rows}
+
+
+def test_a_registry_local_sync_relists_into_a_postgresql_cache_then_reads_it(
+    planes: ControlPlanes, cache_url: str, dsn: str, tmp_path: Path
+) -> None:
+    """No daemon: the plugin run by the CLI fills the PostgreSQL cache named by
+    ``cache_url`` (a cold cache means a relist) and writes through the real destination;
+    the next sync reads the cache without asking the API server again."""
+    spec = {
+        "kubeconfig": str(planes.kubeconfig),
+        "contexts": ["dev"],
+        "cache_url": cache_url,
+        "tables": TABLES,
+    }
+    first = sync(tmp_path, dsn, spec)
+    assert first.returncode == 0, first.output[-3000:]
+    assert_pg_equals_api(dsn, planes, ["dev"])
+    assert cached(cache_url, "dev", CMS) == truth(planes.servers["dev"].admin(), CMS)
+    with psycopg.connect(cache_url) as conn:
+        listed = conn.execute("SELECT sum(lists) FROM checkpoints WHERE context = 'dev'").fetchone()
+    second = sync(tmp_path, dsn, spec)
+    assert second.returncode == 0, second.output[-3000:]
+    with psycopg.connect(cache_url) as conn:
+        assert conn.execute("SELECT sum(lists) FROM checkpoints WHERE context = 'dev'").fetchone() == listed
+    assert_pg_equals_api(dsn, planes, ["dev"])

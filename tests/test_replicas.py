@@ -5,8 +5,10 @@ cache, then PostgreSQL through the real destination, end equal to the API server
 
 from __future__ import annotations
 
+import json
 import random
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ import psycopg
 import pytest
 
 from testbed.cluster import ControlPlanes, KubeHttp
-from testbed.daemon import DaemonProcess
+from testbed.daemon import DaemonProcess, console_script
 from testbed.postgres import Postgres
 from tests.conftest import (
     assert_pg_equals_api,
@@ -170,6 +172,12 @@ def test_replicas_share_the_contexts_and_take_over_a_killed_one_without_losing_o
     )  # fmt: skip
     for d in daemons:
         d.wait_synced(120)
+    status = subprocess.run(
+        [console_script("k8s-watcher"), "status", "--cache-url", cache_url, "--json"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    writers = json.loads(status.stdout)["writers"]
+    assert sorted(writers) == sorted(CONTEXTS) and len(set(writers.values())) == 3
     source = {
         "registry": "grpc",
         "path": daemons[0].grpc_address,
@@ -237,9 +245,6 @@ def test_a_replica_refuses_a_sqlite_cache_and_a_missing_lease_cluster(
     planes: ControlPlanes, tmp_path: Path
 ) -> Any:
     """Replicas need a shared PostgreSQL cache, and a cluster to hold their Leases."""
-    import subprocess
-
-    from testbed.daemon import console_script
 
     def serve(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
