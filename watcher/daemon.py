@@ -370,7 +370,11 @@ class Daemon:
         # no informers yet is still starting, whatever its other informers say.
         if pending := self.manager.contexts_starting():
             by_state["starting"] = by_state.get("starting", 0) + pending
-        detail = ", ".join(f"{k}={v}" for k, v in sorted(by_state.items())) or "starting"
+        idle = self.leases is not None and not self.manager.contexts
+        # A replica may hold no context at all (more replicas than contexts): idle, not starting.
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(by_state.items())) or (
+            "idle" if idle else "starting"
+        )
         # Healthy while the process works: the writer is alive. A forbidden or
         # unreachable cluster is reported, not fatal (the others still sync).
         if self.leases is not None:
