@@ -258,6 +258,10 @@ class _Op:
     apply: Callable[[Any, CacheStore], None]
     context: str | None = None
     done: threading.Event | None = None
+    #: Writes only through the coalesced statements (object upserts and tombstones,
+    #: checkpoints): they share executemany calls with the ops around it. Any other op
+    #: first sends what is pending, so statements still run in enqueue order.
+    coalesced: bool = False
 
 
 #: The checkpoint state of a built-in resource the API server does not serve: no
@@ -364,6 +368,9 @@ class CacheStore:
         self._gen = 0
         #: The seq each context owned by this transaction is at (writer thread only).
         self._tx_seqs: dict[str, int] = {}
+        #: Statements of the open transaction not sent yet (see _queue_rows).
+        self._rows_sql, self._rows = "", []
+        self._statuses: dict[tuple[str, str], tuple[Any, ...]] = {}
         #: Contexts another writer took over: their writes are skipped (context -> owner).
         self.fenced: dict[str, str | None] = {}
         self.dropped_batches = 0
@@ -513,10 +520,14 @@ class CacheStore:
     def _commit(self, ops: list[_Op]) -> None:
         with self.engine.begin() as conn:
             self._tx_seqs = {}
+            self._rows_sql, self._rows, self._statuses = "", [], {}
             for op in ops:
                 if op.context is not None and op.context not in self._tx_seqs:
                     self._tx_seqs[op.context] = self._own(conn, op.context)
+                if not op.coalesced:
+                    self._send_pending(conn)
                 op.apply(conn, self)
+            self._send_pending(conn)
             for ctx, seq in self._tx_seqs.items():
                 conn.execute(update(context_seqs).where(context_seqs.c.context == ctx).values(seq=seq))
 
@@ -546,17 +557,43 @@ class CacheStore:
         }
         conn.execute(self._upsert_stmt(context_seqs, values, ["context"], ["owner", "owned_since"]))
 
+    # Coalesced statements: a watch burst is an op of a few events, and a statement per op
+    # is a round trip per op to PostgreSQL. Rows of consecutive ops using the same
+    # statement go out in one executemany; checkpoints once per (context, resource), last wins.
+
+    def _queue_rows(self, conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if sql != self._rows_sql:
+            self._send_rows(conn)
+            self._rows_sql = sql
+        self._rows.extend(rows)
+
+    def _send_rows(self, conn: Any) -> None:
+        if self._rows:
+            conn.exec_driver_sql(self._rows_sql, self._rows)
+            self._rows = []
+
+    def _send_pending(self, conn: Any) -> None:
+        self._send_rows(conn)
+        if self._statuses:
+            conn.exec_driver_sql(self._upsert_status, list(self._statuses.values()))
+            self._statuses = {}
+
     def _next_seq(self, context: str) -> int:
         self._tx_seqs[context] += 1
         return self._tx_seqs[context]
 
     def _submit(
-        self, fn: Callable[[Any, CacheStore], None], *, context: str | None = None, wait: bool = False
+        self,
+        fn: Callable[[Any, CacheStore], None],
+        *,
+        context: str | None = None,
+        wait: bool = False,
+        coalesced: bool = False,
     ) -> None:
         if not self._writer.is_alive():
             raise CacheUnusable(f"cache {self.location} is closed")
         done = threading.Event() if wait else None
-        self._queue.put(_Op(fn, context, done))
+        self._queue.put(_Op(fn, context, done, coalesced))
         if done is not None:
             done.wait()
 
@@ -695,7 +732,7 @@ class CacheStore:
                 )
                 for d, uid, child, doc in derived_rows(clean, desc)
             )
-        conn.exec_driver_sql(self._upsert_object, rows)
+        self._queue_rows(conn, self._upsert_object, rows)
 
     def _tombstone(
         self, conn: Any, context: str, desc: ResourceDescriptor, objs: Sequence[dict[str, Any]]
@@ -710,7 +747,7 @@ class CacheStore:
                 rows.extend(
                     (self._next_seq(context), rv, context, derived.key, r["uid"]) for r in derived.rows(obj)
                 )
-        conn.exec_driver_sql(self._tombstone_object, rows)
+        self._queue_rows(conn, self._tombstone_object, rows)
 
     def apply_events(
         self,
@@ -736,7 +773,7 @@ class CacheStore:
             store._upsert_rows(conn, context, desc, batch, None)
             store._write_status(conn, status)
 
-        self._submit(apply, context=context)
+        self._submit(apply, context=context, coalesced=True)
 
     def begin_relist(self) -> int:
         """A new list generation: objects written with it survive ``end_relist``."""
@@ -747,7 +784,11 @@ class CacheStore:
         self, context: str, desc: ResourceDescriptor, items: Sequence[dict[str, Any]], gen: int
     ) -> None:
         items = list(items)
-        self._submit(lambda conn, store: store._upsert_rows(conn, context, desc, items, gen), context=context)
+        self._submit(
+            lambda conn, store: store._upsert_rows(conn, context, desc, items, gen),
+            context=context,
+            coalesced=True,
+        )
 
     def end_relist(self, context: str, desc: ResourceDescriptor, gen: int, status: InformerStatus) -> None:
         """Tombstone every cached object of this resource that the list did not return,
@@ -818,12 +859,14 @@ class CacheStore:
 
     # -- status --------------------------------------------------------------
 
-    def _write_status(self, conn: Any, status: InformerStatus) -> None:
-        conn.exec_driver_sql(self._upsert_status, tuple(getattr(status, c) for c in _STATUS_COLUMNS))
+    def _write_status(self, _conn: Any, status: InformerStatus) -> None:
+        self._statuses[(status.context, status.resource)] = tuple(getattr(status, c) for c in _STATUS_COLUMNS)
 
     def write_status(self, status: InformerStatus) -> None:
         snapshot = InformerStatus(**status.__dict__)
-        self._submit(lambda conn, store: store._write_status(conn, snapshot), context=status.context)
+        self._submit(
+            lambda conn, store: store._write_status(conn, snapshot), context=status.context, coalesced=True
+        )
 
     def write_cluster(self, context: str, **values: Any) -> None:
         now = time.time()

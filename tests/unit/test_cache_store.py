@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
+from typing import Any
 
 from tests.unit.builders import (
     CMS,
@@ -168,3 +170,33 @@ def test_each_context_has_a_change_sequence_of_its_own(store: CacheStore) -> Non
     rows = query_cache(store, "SELECT context, seq FROM objects ORDER BY context, seq")
     assert rows == [("ctx", 1), ("ctx", 2), ("ctx", 3), ("other", 1), ("other", 2), ("other", 3)]
     assert store.owned_positions() == {"ctx": 3, "other": 3}
+
+
+def test_writes_coalesced_into_one_transaction_still_apply_in_enqueue_order(tmp_path: Path) -> None:
+    """Ops batched into one transaction share executemany calls, and must still land
+    as if applied one by one: add, delete, re-add of one object; a checkpoint per op
+    (the last one wins); a context dropped after its events (its checkpoint is not
+    brought back by one still pending)."""
+    store = CacheStore(tmp_path / "batched.db", batch_wait=0.5)  # everything below in one batch
+    try:
+        uid = str(uuid.uuid4())
+        store.apply_events("ctx", CMS, [("ADDED", configmap("a", uid, "1"))], _status("ctx", "1"))
+        store.apply_events("ctx", CMS, [("DELETED", configmap("a", uid, "2"))], _status("ctx", "2"))
+        store.apply_events("ctx", CMS, [("ADDED", configmap("a", uid, "3"))], _status("ctx", "3"))
+        store.apply_events(
+            "gone", CMS, [("ADDED", configmap("g", str(uuid.uuid4()), "1"))], _status("gone", "1")
+        )
+        store.drop_context("gone")
+        rows = query_cache(
+            store, "SELECT context, name, resource_version, deleted, seq FROM objects ORDER BY context"
+        )
+        assert rows == [("ctx", "a", "3", 0, 3), ("gone", "g", "1", 1, 2)]
+        assert query_cache(store, "SELECT context, resource_version FROM checkpoints") == [("ctx", "3")]
+    finally:
+        store.close()
+
+
+def _status(context: str, rv: str) -> Any:
+    status = informer_status(rv=rv)
+    status.context = context
+    return status
