@@ -489,6 +489,19 @@ def ingest(
     }
 
 
+def blast_servers(
+    planes: ControlPlanes, *, rate: int, seconds: float, batch: int
+) -> dict[str, dict[str, Any]]:
+    """ConfigMap updates straight into etcd at ``rate`` puts/s in total over the bench's
+    API servers, in parallel: server -> what its blast did."""
+    with ThreadPoolExecutor(max_workers=len(CONTEXTS)) as pool:
+        futures = {
+            ctx: pool.submit(etcd_blast, planes, ctx, namespace="ingest", objects=2000, rate=rate // len(CONTEXTS), seconds=seconds, batch=batch)
+            for ctx in CONTEXTS
+        }  # fmt: skip
+        return {ctx: f.result() for ctx, f in futures.items()}
+
+
 def ingest_etcd(
     planes: ControlPlanes,
     daemon: DaemonProcess,
@@ -517,12 +530,7 @@ def ingest_etcd(
     steps = []
     for rate in rates:
         before = daemon.metric("k8s_watcher_events_total")
-        with ThreadPoolExecutor(max_workers=len(CONTEXTS)) as pool:
-            futures = {
-                ctx: pool.submit(etcd_blast, planes, ctx, namespace="ingest", objects=2000, rate=rate // len(CONTEXTS), seconds=seconds, batch=batch)
-                for ctx in CONTEXTS
-            }  # fmt: skip
-            results = {ctx: f.result() for ctx, f in futures.items()}
+        results = blast_servers(planes, rate=rate, seconds=seconds, batch=batch)
         ended = time.monotonic()
         lag = None
         while time.monotonic() - ended < 60:

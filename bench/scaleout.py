@@ -51,7 +51,7 @@ import yaml
 from psycopg import sql
 
 from bench.etcd_load import etcd_blast
-from bench.run import CONTEXTS, populate, timed_sync
+from bench.run import CONTEXTS, blast_servers, populate, timed_sync
 from testbed.cluster import ControlPlanes, binary_dir, control_planes
 from testbed.cq import DESTINATION_VERSION, cloudquery_binary, destination_config, source_config
 from testbed.daemon import DaemonProcess
@@ -392,12 +392,7 @@ def etcd_steps(
     steps = []
     for rate in rates:
         before = group.metric("k8s_watcher_events_total")
-        with ThreadPoolExecutor(max_workers=len(CONTEXTS)) as pool:
-            futures = {
-                server: pool.submit(etcd_blast, planes, server, namespace="ingest", objects=2000, rate=rate // len(CONTEXTS), seconds=seconds, batch=batch)
-                for server in CONTEXTS
-            }  # fmt: skip
-            blasts = {server: f.result() for server, f in futures.items()}
+        blasts = blast_servers(planes, rate=rate, seconds=seconds, batch=batch)
         last = {ctx: int(blasts[SERVER_OF[ctx]]["last_revision"]) for ctx in SIX}
         try:
             lag = wait_for(
