@@ -204,6 +204,7 @@ def test_replicas_share_the_contexts_and_take_over_a_killed_one_without_losing_o
             timeout=3 * LEASE_SECONDS, what=f"{orphans} taken over",
         )  # fmt: skip
         handover = time.monotonic() - taken
+        print(f"hand-over of {orphans} after SIGKILL: {handover:.1f}s (lease {LEASE_SECONDS:.0f}s)")
         assert handover <= 2 * LEASE_SECONDS + 2, handover
         # (The survivors may move one more context between them to even out.)
         eventually(
