@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import signal
-import tempfile
 import threading
 import time
 from collections import deque
@@ -24,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import yaml
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -35,6 +32,7 @@ from watcher.errors import ConfigError
 from watcher.informers import InformerManager
 from watcher.kube import KubeClient
 from watcher.kubeconfig import (
+    entries_of,
     in_cluster_config,
     in_cluster_context_name,
     resolve_contexts,
@@ -251,11 +249,9 @@ def lease_client(config: DaemonConfig) -> KubeClient:
             "--replicas-lease-namespace: the Leases live on the cluster this pod runs in, and this is "
             "not a pod (no service account); name a kubeconfig context with --replicas-lease-context"
         )
-    # The in-cluster entries (paths of the token and CA, no secret) as a kubeconfig file.
-    fd, name = tempfile.mkstemp(prefix="k8s-watcher-in-cluster-", suffix=".yaml")
-    with os.fdopen(fd, "w") as out:
-        yaml.safe_dump(own, out)
-    return KubeClient(Path(name), in_cluster_context_name(), exec_timeout=config.exec_timeout)
+    name = in_cluster_context_name()
+    entry = entries_of(own, service_account_dir())[name]  # its file names are absolute
+    return KubeClient(service_account_dir(), name, exec_timeout=config.exec_timeout, entry=entry)
 
 
 def grpc_tls(config: DaemonConfig) -> ServerTls | None:

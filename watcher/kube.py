@@ -281,8 +281,16 @@ class Transport:
 class KubeClient:
     """Raw JSON access to one context's API server."""
 
-    def __init__(self, kubeconfig: Path, context: str, *, exec_timeout: float = DEFAULT_EXEC_TIMEOUT) -> None:
-        entry = context_entry(kubeconfig, context)
+    def __init__(
+        self,
+        kubeconfig: Path,
+        context: str,
+        *,
+        exec_timeout: float = DEFAULT_EXEC_TIMEOUT,
+        entry: ContextEntry | None = None,
+    ) -> None:
+        """``entry``: the context's entries already read (the pod's own, from no file)."""
+        entry = entry or context_entry(kubeconfig, context)
         self.entry = entry
         self.context = context
         try:

@@ -153,8 +153,11 @@ class ContextEntry:
 
 def context_entries(path: Path) -> dict[str, ContextEntry]:
     """Every context of the kubeconfig with its cluster and user, in file order."""
-    config = read_kubeconfig(path)
-    base_dir = Path(path).expanduser().absolute().parent
+    return entries_of(read_kubeconfig(path), Path(path).expanduser().absolute().parent)
+
+
+def entries_of(config: dict[str, Any], base_dir: Path) -> dict[str, ContextEntry]:
+    """Every context of a kubeconfig document (file names relative to ``base_dir``)."""
     entries: dict[str, ContextEntry] = {}
     for name in (str(c["name"]) for c in config.get("contexts") or [] if isinstance(c, dict) and "name" in c):
         ctx = named(config, "contexts", name) or {}

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from testbed.certs import ClientCa
+from watcher.daemon import DaemonConfig, lease_client
+from watcher.errors import ConfigError
 from watcher.kubeconfig import KubeconfigError, context_entry, context_names, read_kubeconfig
 
 
@@ -58,3 +61,31 @@ def test_outside_a_pod_a_missing_kubeconfig_says_so(pod: Path, monkeypatch: pyte
 def test_an_existing_kubeconfig_wins_over_the_pod(pod: Path) -> None:
     pod.write_text("contexts: [{name: mine, context: {}}]\n")
     assert context_names(pod) == ["mine"]
+
+
+def test_replicas_reach_their_leases_on_the_pods_own_cluster_beside_a_kubeconfig(
+    pod: Path, tmp_path: Path
+) -> None:
+    """A replica with a fleet kubeconfig keeps its Leases on the cluster it runs in: a
+    client from the service account, whatever the kubeconfig names."""
+    sa = tmp_path / "serviceaccount"
+    (sa / "ca.crt").write_bytes(ClientCa.create().pem)  # a real certificate: the client loads it
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("apiVersion: v1\nkind: Config\ncontexts: []\n")
+    config = DaemonConfig(
+        kubeconfig=fleet, contexts=["*"], cache_path=tmp_path / "c.db", replicas_lease_namespace="ns"
+    )
+    client = lease_client(config)
+    assert client.context == "in-cluster" and client.info.server == "https://10.96.0.1:443"
+    assert client.entry.user == {"tokenFile": str(sa / "token")}
+
+
+def test_outside_a_pod_replicas_must_name_the_leases_cluster(
+    pod: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    config = DaemonConfig(
+        kubeconfig=tmp_path / "k", contexts=["*"], cache_path=tmp_path / "c.db", replicas_lease_namespace="ns"
+    )
+    with pytest.raises(ConfigError, match="name a kubeconfig context with --replicas-lease-context"):
+        lease_client(config)
