@@ -179,14 +179,13 @@ class Plugin:
                 tables = self._with_custom_tables(snap, options, tables)
             owns = _ownership(options.shard, by_pair=spec.incremental)
             if options.shard is not None:
-                if spec.incremental:
-                    tables = tuple(t for t in tables if any(owns(t, ctx) for ctx in self.contexts))
-                    mine = sum(owns(t, ctx) for t in tables for ctx in self.contexts)
-                    log.info("shard %s: %d (table, context) pairs", options.shard, mine)
-                else:
-                    owned = tuple(t for t in tables if options.shard.owns(t))
-                    log.info("shard %s: %d of %d tables", options.shard, len(owned), len(tables))
-                    tables = owned
+                tables = tuple(t for t in tables if any(owns(t, ctx) for ctx in self.contexts))
+                mine = sum(owns(t, ctx) for t in tables for ctx in self.contexts)
+                unit = "pair" if spec.incremental else "whole table"
+                log.info(
+                    "shard %s: %d tables, %d (table, context) pairs, sharded by %s",
+                    options.shard, len(tables), mine, unit,
+                )  # fmt: skip
             since = cursor.since(snap, self.contexts) if cursor else None
             for table in tables:
                 yield SyncMigrateTable(snap.schema(table))
@@ -338,10 +337,8 @@ def _retired_since(
 ) -> list[str]:
     """Contexts removed from the kubeconfig (their objects tombstoned) since the cursor,
     or at all for a full snapshot: an incremental sync deletes all their rows."""
-    with snap.engine.connect() as conn:
-        retired = state.read_retired_contexts(conn)
     found = []
-    for r in retired:
+    for r in snap.retired_contexts():
         after = since.get(r["context"]) if since is not None else None
         if r["context"] not in watched and (after is None or r["seq"] > after):
             found.append(r["context"])

@@ -154,6 +154,11 @@ class SnapshotReader:
     def daemon_heartbeat(self) -> float:
         return float(state.read_meta(self._conn, "daemon_heartbeat") or 0)
 
+    def retired_contexts(self) -> list[dict[str, Any]]:
+        """Contexts removed from the kubeconfig, as of this snapshot (their retirement seq
+        is comparable with :attr:`position`)."""
+        return state.read_retired_contexts(self._conn)
+
     # -- rows ----------------------------------------------------------------
 
     def batches(self, table: str, context: str, *, since_seq: int | None = None) -> Iterator[pa.RecordBatch]:
