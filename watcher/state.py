@@ -521,15 +521,17 @@ class CacheStore:
         with self.engine.begin() as conn:
             self._tx_seqs = {}
             self._rows_sql, self._rows, self._statuses = "", [], {}
+            owned: dict[str, int] = {}  # context -> its seq when this transaction locked it
             for op in ops:
-                if op.context is not None and op.context not in self._tx_seqs:
-                    self._tx_seqs[op.context] = self._own(conn, op.context)
+                if op.context is not None and op.context not in owned:
+                    owned[op.context] = self._tx_seqs[op.context] = self._own(conn, op.context)
                 if not op.coalesced:
                     self._send_pending(conn)
                 op.apply(conn, self)
             self._send_pending(conn)
             for ctx, seq in self._tx_seqs.items():
-                conn.execute(update(context_seqs).where(context_seqs.c.context == ctx).values(seq=seq))
+                if seq != owned[ctx]:  # (a checkpoint alone takes no seq)
+                    conn.execute(update(context_seqs).where(context_seqs.c.context == ctx).values(seq=seq))
 
     def _own(self, conn: Any, context: str) -> int:
         """Lock ``context``'s counter row until commit and return its seq; raise
