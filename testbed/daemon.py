@@ -23,6 +23,15 @@ def console_script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def watcher_status(cache: Path | str, *args: str) -> str:
+    """``k8s-watcher status`` of a cache file (a Path) or a cache database (a URL)."""
+    where = ["--cache", str(cache)] if isinstance(cache, Path) else ["--cache-url", cache]
+    out = subprocess.run(
+        [console_script("k8s-watcher"), "status", *where, *args], check=True, capture_output=True, text=True
+    )
+    return out.stdout
+
+
 class DaemonProcess:
     """``k8s-watcher serve`` for ``contexts`` of ``kubeconfig`` (None: the default one, or
     in a pod the pod's service account, as ``env`` says), writing ``cache``; its
@@ -113,11 +122,7 @@ class DaemonProcess:
 
     def status(self) -> dict[str, Any]:
         """``k8s-watcher status --json`` on the daemon's cache."""
-        out = subprocess.run(
-            [console_script("k8s-watcher"), "status", "--cache", str(self.cache), "--json"],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        return dict(json.loads(out.stdout))
+        return dict(json.loads(watcher_status(self.cache, "--json")))
 
     def _proc_status(self, field: str) -> float:
         assert self.proc is not None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import stat
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from testbed.certs import ClientCa
 from testbed.cluster import ApiServer, ControlPlanes, control_planes
-from testbed.daemon import DaemonProcess, console_script
+from testbed.daemon import DaemonProcess, watcher_status
 from testbed.proxy import ConnectProxy
 from tests.audit import accepted, list_requests, watcher_events
 from tests.conftest import (
@@ -300,12 +299,7 @@ def test_a_broken_exec_plugin_spoils_only_its_context_and_says_why(
         assert rows["auth"] is None
         for ctx, words in expected.items():
             assert rows[ctx] and all(w in rows[ctx] for w in words), (ctx, rows[ctx])
-        text = subprocess.run(
-            [console_script("k8s-watcher"), "status", "--cache", str(cache)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        text = watcher_status(cache)
         for ctx, words in expected.items():
             line = next(
                 line for line in text.splitlines() if line.startswith(f"{ctx} ") and "credentials" in line

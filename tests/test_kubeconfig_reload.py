@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import psycopg
 import yaml
 
 from testbed.cluster import ApiServer, ControlPlanes
-from testbed.daemon import DaemonProcess, console_script
+from testbed.daemon import DaemonProcess, watcher_status
 from tests.audit import list_requests, watcher_events
 from tests.conftest import CMS, NSS, cached, configmap, eventually, namespace, pg_uids, sync, unique
 
@@ -94,12 +93,7 @@ def test_sighup_starts_an_added_context_and_tombstones_a_removed_one_down_to_pos
         assert pg_contexts(dsn, table) == {"second"}, table
     assert pg_uids(dsn, "k8s_namespaces", "second")
 
-    text = subprocess.run(
-        [console_script("k8s-watcher"), "status", "--cache", str(cache)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    text = watcher_status(cache)
     assert f"kubeconfig {kubeconfig}: generation 2" in text
     assert "first                removed from the kubeconfig" in text
     assert "second" in text and dev.client_url in text

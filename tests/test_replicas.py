@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from testbed.cluster import ControlPlanes, KubeHttp
-from testbed.daemon import DaemonProcess, console_script
+from testbed.daemon import DaemonProcess, console_script, watcher_status
 from testbed.postgres import Postgres
 from tests.conftest import (
     assert_pg_equals_api,
@@ -172,11 +172,7 @@ def test_replicas_share_the_contexts_and_take_over_a_killed_one_without_losing_o
     )  # fmt: skip
     for d in daemons:
         d.wait_synced(120)
-    status = subprocess.run(
-        [console_script("k8s-watcher"), "status", "--cache-url", cache_url, "--json"],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    writers = json.loads(status.stdout)["writers"]
+    writers = json.loads(watcher_status(cache_url, "--json"))["writers"]
     assert sorted(writers) == sorted(CONTEXTS) and len(set(writers.values())) == 3
     source = {
         "registry": "grpc",
