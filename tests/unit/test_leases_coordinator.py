@@ -197,6 +197,13 @@ def rounds(clock: FakeClock, replicas: list[Replica], count: int, every: float =
         clock.advance(every)
 
 
+def three_settled(make: Callable[..., Replica], clock: FakeClock) -> list[Replica]:
+    """Replicas pod-a, pod-b and pod-c after enough rounds to share the contexts."""
+    replicas = [make(name) for name in ("pod-a", "pod-b", "pod-c")]
+    rounds(clock, replicas, 3)
+    return replicas
+
+
 def assert_each_context_held_once(replicas: list[Replica], leases: MemoryLeases) -> None:
     held = Counter(ctx for r in replicas for ctx in r.held)
     assert sorted(held) == sorted(CONTEXTS) and set(held.values()) == {1}, held
@@ -211,8 +218,7 @@ def assert_each_context_held_once(replicas: list[Replica], leases: MemoryLeases)
 def test_three_replicas_converge_to_two_one_one_over_four_contexts(
     make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
 ) -> None:
-    replicas = [make(name) for name in ("pod-a", "pod-b", "pod-c")]
-    rounds(clock, replicas, 3)
+    replicas = three_settled(make, clock)
     assert_each_context_held_once(replicas, leases)
     assert sorted(len(r.held) for r in replicas) == [1, 1, 2]
     desired = assign([r.identity for r in replicas], CONTEXTS)
@@ -286,9 +292,7 @@ def test_a_lease_renewed_by_another_holder_is_never_taken(
 def test_a_silent_replica_loses_its_contexts_after_the_lease_duration_and_not_before(
     make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
 ) -> None:
-    replicas = [make(name) for name in ("pod-a", "pod-b", "pod-c")]
-    rounds(clock, replicas, 3)
-    a, b, c = replicas
+    a, b, c = three_settled(make, clock)
     orphans = set(c.held)
     c.step()  # c's last renewal: c is gone from here on (no stop, no release)
     silent_since = clock.now
@@ -309,9 +313,7 @@ def test_a_silent_replica_loses_its_contexts_after_the_lease_duration_and_not_be
 def test_stop_with_release_hands_over_at_once(
     make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
 ) -> None:
-    replicas = [make(name) for name in ("pod-a", "pod-b", "pod-c")]
-    rounds(clock, replicas, 3)
-    a, b, c = replicas
+    a, b, c = three_settled(make, clock)
     orphans = set(c.held)
     c.coordinator.stop(release=True)
     assert c.held == frozenset()
