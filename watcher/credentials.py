@@ -511,6 +511,12 @@ class Credentials:
         for source in self.sources:
             source.refresh(used_at)
 
+    @property
+    def may_block(self) -> bool:
+        """Whether :meth:`get` may run a process or an HTTP request (an exec plugin, an
+        OIDC refresh): such a get must not run on the I/O loop's thread."""
+        return any(isinstance(s, _Cached) for s in self.sources)
+
     @classmethod
     def for_entry(cls, entry: ContextEntry, *, exec_timeout: float = DEFAULT_EXEC_TIMEOUT) -> Credentials:
         user = entry.user
