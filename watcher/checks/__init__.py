@@ -10,6 +10,13 @@ the comment block at the top of the file::
     -- frameworks: nsa-cisa, pss-baseline, pss-restricted
     -- section: NSA/CISA v1.2 "..."; PSS Baseline "..."
     -- remediation: ...
+
+The pod-spec and container expansions that most checks share are defined once, in
+``sql/include/expansions.sql``: a check file includes it (``\\ir include/expansions.sql``)
+and writes ``:pod_specs`` or ``:containers`` on a line of its own where the expansion
+goes. psql sets and interpolates those variables itself, so each file still runs alone
+(``psql -f``); ``parse_check`` splices the same text in, so ``Check.sql`` is the whole
+query the runner sends and the tables it names are the tables the check reads.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SQL_DIR = Path(__file__).parent / "sql"
+#: The shared expansions, relative to a directory of checks.
+INCLUDE = Path("include/expansions.sql")
 SEVERITIES = ("low", "medium", "high", "critical")
 FRAMEWORKS = ("nsa-cisa", "pss-baseline", "pss-restricted")
 #: The columns every check returns, in this order.
@@ -26,6 +35,11 @@ RESULT_COLUMNS = ("context_name", "kind", "namespace", "name", "uid")
 
 _HEADER = re.compile(r"^-- (id|title|severity|frameworks|section|remediation): (.+)$")
 _TABLE = re.compile(r"\bk8s_[a-z_]+\b")
+_INCLUDE_LINE = re.compile(rf"^\\ir {re.escape(str(INCLUDE))}\n", re.M)
+#: One expansion in the include file: ``$name$\n<text>\n$name$ AS name``.
+_EXPANSION = re.compile(r"\$(\w+)\$\n(.*?)\n\$\1\$ AS \1\b", re.S)
+#: Where a check file uses one: a line holding only ``:name``.
+_USE = re.compile(r"^:(\w+)$", re.M)
 
 
 class CheckFileError(ValueError):
@@ -53,7 +67,28 @@ class Check:
         return SEVERITIES.index(self.severity)
 
 
-def parse_check(text: str, source: str) -> Check:
+def expansions(directory: Path = SQL_DIR) -> dict[str, str]:
+    """The shared expansions by name, as ``include/expansions.sql`` defines them for psql."""
+    return dict(_EXPANSION.findall((directory / INCLUDE).read_text()))
+
+
+def expand(text: str, source: str, directory: Path = SQL_DIR) -> str:
+    """``text`` with the include line dropped and each ``:name`` line replaced by its expansion."""
+    if not _USE.search(text):
+        return text
+    if not _INCLUDE_LINE.search(text):
+        raise CheckFileError(f"{source}: uses an expansion but does not include {INCLUDE}")
+    shared = expansions(directory)
+
+    def one(use: re.Match[str]) -> str:
+        if use[1] not in shared:
+            raise CheckFileError(f"{source}: {INCLUDE} defines no expansion {use[1]!r}")
+        return shared[use[1]]
+
+    return _USE.sub(one, _INCLUDE_LINE.sub("", text))
+
+
+def parse_check(text: str, source: str, directory: Path = SQL_DIR) -> Check:
     meta: dict[str, str] = {}
     for line in text.splitlines():
         if not line.startswith("--"):
@@ -76,11 +111,11 @@ def parse_check(text: str, source: str) -> Check:
         frameworks=frameworks,
         section=meta["section"],
         remediation=meta["remediation"],
-        sql=text.strip().removesuffix(";"),
+        sql=expand(text, source, directory).strip().removesuffix(";"),
     )
 
 
 def load_checks(framework: str | None = None, directory: Path = SQL_DIR) -> list[Check]:
     """Every check in ``directory`` (of one framework, if given), ordered by id."""
-    checks = [parse_check(p.read_text(), p.name) for p in sorted(directory.glob("*.sql"))]
+    checks = [parse_check(p.read_text(), p.name, directory) for p in sorted(directory.glob("*.sql"))]
     return [c for c in checks if framework is None or framework in c.frameworks]
