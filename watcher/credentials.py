@@ -11,6 +11,13 @@ called once per rejected credential however many requests it failed).
 Nothing here logs or formats a secret: errors name the command, the file or the
 endpoint, never what a plugin printed on stdout or an issuer returned (a failing
 plugin's last line of stderr is shown: that is where plugins say what to do).
+
+Every error about credential material names the context and the kubeconfig field it
+came from (``context prod: client-key /etc/k.pem cannot be read: Permission denied``):
+bad data in the kubeconfig (not base64, not PEM, an unusable OIDC CA) is a
+:class:`KubeconfigError` when the client is built, so the daemon reports that context
+and runs the others; a file that cannot be read when a request needs it is a
+:class:`CredentialError` of that request.
 """
 
 from __future__ import annotations
@@ -103,6 +110,7 @@ class Static:
 
 
 def _read(path: Path, what: str) -> bytes:
+    """``what``: the context and the kubeconfig field naming the file."""
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -116,26 +124,43 @@ def _mtime(path: Path, what: str) -> float:
         raise CredentialError(f"{what} {path} cannot be read: {exc.strerror}") from exc
 
 
+def _pem(data: bytes, what: str, error: type[Exception]) -> bytes:
+    """``data`` if it holds a PEM block: a DER file or a wrong file is named here, not by
+    OpenSSL's ``[SSL] PEM lib`` when the connection is set up."""
+    if b"-----BEGIN " not in data:
+        raise error(f"{what} is not PEM (no -----BEGIN line)")
+    return data
+
+
 class Files:
     """Credentials kept in files, read again whenever a file's mtime changes: a
     ``tokenFile`` (a projected service-account token is rotated about hourly), and
     ``client-certificate``/``client-key`` files (rotated by cert-manager and the like)."""
 
     def __init__(
-        self, *, token_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None
+        self,
+        *,
+        context: str = "",
+        token_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
     ) -> None:
+        self.context = context
         self.token_file, self.cert_file, self.key_file = token_file, cert_file, key_file
         self._stamp: tuple[float, ...] | None = None
         self._credential = Credential()
         self._lock = threading.Lock()
 
+    def _what(self, field: str) -> str:
+        return f"context {self.context}: {field}" if self.context else field
+
     def _files(self) -> list[tuple[Path, str]]:
         named = [
-            (self.token_file, "token file"),
-            (self.cert_file, "client certificate"),
-            (self.key_file, "client key"),
+            (self.token_file, "tokenFile"),
+            (self.cert_file, "client-certificate"),
+            (self.key_file, "client-key"),
         ]
-        return [(p, what) for p, what in named if p is not None]
+        return [(p, self._what(field)) for p, field in named if p is not None]
 
     def get(self) -> Credential:
         with self._lock:
@@ -148,10 +173,18 @@ class Files:
     def _load(self) -> Credential:
         authorization = None
         if self.token_file is not None:
-            authorization = "Bearer " + _read(self.token_file, "token file").decode().strip()
+            what = self._what("tokenFile")
+            token = _read(self.token_file, what).decode(errors="replace").strip()
+            if not token:
+                raise CredentialError(f"{what} {self.token_file} is empty")
+            authorization = "Bearer " + token
         cert = None
         if self.cert_file is not None and self.key_file is not None:
-            cert = ClientCert(_read(self.cert_file, "client certificate"), _read(self.key_file, "client key"))
+            pems = []
+            for path, field in ((self.cert_file, "client-certificate"), (self.key_file, "client-key")):
+                what = self._what(field)
+                pems.append(_pem(_read(path, what), f"{what} {path}", CredentialError))
+            cert = ClientCert(*pems)
         return Credential(authorization=authorization, client_cert=cert)
 
     def refresh(self, used_at: float) -> None:
@@ -403,12 +436,7 @@ class OidcRefresher:
         self.refresh_token = config.get("refresh-token")
         self.scopes = [s for s in str(config.get("extra-scopes") or "").split(",") if s]
         self._id_token: str | None = config.get("id-token")
-        ca_file = config.get("idp-certificate-authority")
-        ca_data = config.get("idp-certificate-authority-data")
-        self._ssl = ssl.create_default_context(
-            cafile=str(entry.path(ca_file)) if ca_file else None,
-            cadata=base64.b64decode(ca_data).decode() if ca_data else None,
-        )
+        self._ssl = _issuer_tls(config, entry)
         self._stale = False
 
     def fetch(self) -> Credential:
@@ -467,6 +495,34 @@ class OidcRefresher:
         return str(id_token)
 
 
+def _issuer_tls(config: dict[str, Any], entry: ContextEntry) -> ssl.SSLContext:
+    """The TLS context for the OIDC issuer: its CA from ``idp-certificate-authority``
+    (a file) or ``idp-certificate-authority-data``, else the system's."""
+    where = f"context {entry.name}: auth-provider oidc"
+    ca_file = (
+        entry.path(config["idp-certificate-authority"]) if config.get("idp-certificate-authority") else None
+    )
+    cadata = None
+    if config.get("idp-certificate-authority-data"):
+        field = f"{where} idp-certificate-authority-data"
+        raw = _pem(_b64_data(config["idp-certificate-authority-data"], field), field, KubeconfigError)
+        cadata = raw.decode("ascii", errors="replace")
+    if ca_file is not None:
+        # Read here so that a missing or unreadable file says so (ssl says "[X509] no
+        # certificate or crl found" for a file of another kind, and nothing else).
+        try:
+            _pem(ca_file.read_bytes(), f"{where} idp-certificate-authority {ca_file}", KubeconfigError)
+        except OSError as exc:
+            raise KubeconfigError(
+                f"{where} idp-certificate-authority {ca_file} cannot be read: {exc.strerror}"
+            ) from None
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None, cadata=cadata)
+    except (OSError, ssl.SSLError) as exc:
+        field = "idp-certificate-authority" if ca_file else "idp-certificate-authority-data"
+        raise KubeconfigError(f"{where} {field} holds no usable certificate: {exc}") from None
+
+
 class Oidc(_Cached):
     def __init__(self, config: dict[str, Any], entry: ContextEntry) -> None:
         self.refresher = OidcRefresher(config, entry)
@@ -483,11 +539,17 @@ class Oidc(_Cached):
 # --------------------------------------------------------------------------- one context
 
 
-def _b64(value: str, what: str, entry: ContextEntry) -> bytes:
+def _b64_data(value: Any, what: str) -> bytes:
+    """A ``*-data`` field decoded; ``what`` names the context and the field."""
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(str(value), validate=True)
     except (binascii.Error, ValueError):
-        raise KubeconfigError(f"context {entry.name}: {what} is not valid base64") from None
+        raise KubeconfigError(f"{what} is not valid base64") from None
+
+
+def _b64(value: str, what: str, entry: ContextEntry) -> bytes:
+    field = f"context {entry.name}: {what}"
+    return _pem(_b64_data(value, field), field, KubeconfigError)
 
 
 class Credentials:
@@ -544,7 +606,9 @@ class Credentials:
         if user.get("client-certificate") and user.get("client-key") and not static.client_cert:
             cert_file, key_file = entry.path(user["client-certificate"]), entry.path(user["client-key"])
         if token_file or cert_file:
-            sources.append(Files(token_file=token_file, cert_file=cert_file, key_file=key_file))
+            sources.append(
+                Files(context=entry.name, token_file=token_file, cert_file=cert_file, key_file=key_file)
+            )
         if isinstance(user.get("exec"), dict):
             plugin = ExecPlugin(ExecConfig.parse(user["exec"], entry), entry.cluster, timeout=exec_timeout)
             sources.append(_Cached(f"context {entry.name}: exec credential plugin {plugin.name}", plugin.run))

@@ -41,7 +41,7 @@ from watcher.kubeconfig import (
 from watcher.leases import KubeLeaseApi, LeaseCoordinator, default_identity
 from watcher.plugin import FollowStatus, Plugin
 from watcher.refresh import DaemonInformers, ReplicaGroup
-from watcher.reload import ContextTarget, KubeconfigReloader, KubeconfigWatch, WatchedContexts
+from watcher.reload import ContextTarget, KubeconfigReloader, KubeconfigWatch, WatchedContexts, start_clients
 from watcher.replicas import ReplicaContexts
 from watcher.server import ServerTls, serve_plugin
 from watcher.state import CacheLocation, CacheStore
@@ -292,7 +292,8 @@ class Daemon:
 
         # A replica starts with no context: the Leases it acquires bring them.
         self.manager = InformerManager(
-            clients=[] if replicated else [make_client(c) for c in contexts], store=self.store
+            clients=[] if replicated else start_clients(contexts, store=self.store, make_client=make_client),
+            store=self.store,
         )
         self.replicas: ReplicaContexts | None = None
         self.leases: LeaseCoordinator | None = None

@@ -101,6 +101,32 @@ class ContextTarget(Protocol):
         """Apply ``changes``; ``contexts`` are all the contexts to watch from now on."""
 
 
+def client_or_report(
+    ctx: str, *, store: CacheStore, make_client: Callable[[str], KubeClient]
+) -> KubeClient | None:
+    """``ctx``'s client, or None when its kubeconfig entries cannot make one (a bad
+    server URL, CA, certificate data, exec or auth-provider entry): then the reason is
+    logged and recorded in its k8s_clusters row, which ``status`` and syncs show.
+
+    The one policy for a bad entry, at daemon start as on every reload: that context is
+    not watched, the others are (a fixed entry is a changed context at the next reload).
+    """
+    try:
+        return make_client(ctx)
+    except KubeconfigError as exc:
+        log.error("%s: cannot be watched: %s", ctx, exc)
+        store.write_cluster(ctx, last_error=str(exc))
+        return None
+
+
+def start_clients(
+    contexts: list[str], *, store: CacheStore, make_client: Callable[[str], KubeClient]
+) -> list[KubeClient]:
+    """The clients the daemon starts with: one per context whose entries are good."""
+    clients = [client_or_report(ctx, store=store, make_client=make_client) for ctx in contexts]
+    return [c for c in clients if c is not None]
+
+
 def start_watching(
     ctx: str,
     what: str,
@@ -109,16 +135,11 @@ def start_watching(
     store: CacheStore,
     make_client: Callable[[str], KubeClient],
 ) -> None:
-    """Start ``ctx``'s informers; a context the kubeconfig cannot make a client of is
-    logged and recorded in its k8s_clusters row, and not watched."""
-    try:
-        client = make_client(ctx)
-    except KubeconfigError as exc:
-        log.error("%s: cannot be watched: %s", ctx, exc)
-        store.write_cluster(ctx, last_error=str(exc))
-        return
-    manager.add(client)
-    log.info("%s: %s", ctx, what)
+    """Start ``ctx``'s informers, unless its entries are bad (:func:`client_or_report`)."""
+    client = client_or_report(ctx, store=store, make_client=make_client)
+    if client is not None:
+        manager.add(client)
+        log.info("%s: %s", ctx, what)
 
 
 class WatchedContexts:

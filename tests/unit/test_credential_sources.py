@@ -49,13 +49,13 @@ def test_username_and_password_are_basic_auth(tmp_path: Path) -> None:
 
 
 def test_certificate_data_is_decoded(tmp_path: Path) -> None:
-    user = {"client-certificate-data": b64("CERT"), "client-key-data": b64("KEY")}
+    user = {"client-certificate-data": b64("-----BEGIN CERT"), "client-key-data": b64("-----BEGIN KEY")}
     cert = Credentials.for_entry(entry(tmp_path, **user)).get().client_cert
-    assert cert is not None and (cert.cert_pem, cert.key_pem) == (b"CERT", b"KEY")
+    assert cert is not None and (cert.cert_pem, cert.key_pem) == (b"-----BEGIN CERT", b"-----BEGIN KEY")
 
 
 def test_certificate_data_that_is_not_base64_is_refused(tmp_path: Path) -> None:
-    user = {"client-certificate-data": "***", "client-key-data": b64("KEY")}
+    user = {"client-certificate-data": "***", "client-key-data": b64("-----BEGIN KEY")}
     with pytest.raises(KubeconfigError, match="client-certificate-data is not valid base64"):
         Credentials.for_entry(entry(tmp_path, **user))
 
@@ -69,26 +69,29 @@ def test_a_token_file_relative_to_the_kubeconfig_is_read_again_when_it_changes(t
 
 
 def test_certificate_and_key_files_are_read_again_when_either_changes(tmp_path: Path) -> None:
-    (tmp_path / "c.crt").write_text("CERT1")
-    (tmp_path / "c.key").write_text("KEY1")
+    (tmp_path / "c.crt").write_text("-----BEGIN CERT1")
+    (tmp_path / "c.key").write_text("-----BEGIN KEY1")
     creds = Credentials.for_entry(entry(tmp_path, **{"client-certificate": "c.crt", "client-key": "c.key"}))
     first = creds.get().client_cert
-    assert first is not None and first.cert_pem == b"CERT1"
+    assert first is not None and first.cert_pem == b"-----BEGIN CERT1"
     assert creds.get().client_cert is first  # unchanged files: the same material, no new pool
-    touch_later(tmp_path / "c.key", "KEY2")
+    touch_later(tmp_path / "c.key", "-----BEGIN KEY2")
     second = creds.get().client_cert
-    assert second is not None and (second.cert_pem, second.key_pem) == (b"CERT1", b"KEY2")
+    assert second is not None and (second.cert_pem, second.key_pem) == (
+        b"-----BEGIN CERT1",
+        b"-----BEGIN KEY2",
+    )
 
 
 def test_a_missing_token_file_is_a_credential_error_naming_it(tmp_path: Path) -> None:
     creds = Credentials.for_entry(entry(tmp_path, tokenFile="gone"))
-    with pytest.raises(CredentialError, match=f"token file {tmp_path / 'gone'} cannot be read"):
+    with pytest.raises(CredentialError, match=f"context ctx: tokenFile {tmp_path / 'gone'} cannot be read"):
         creds.get()
 
 
 def test_an_exec_token_and_certificate_files_are_merged(tmp_path: Path) -> None:
-    (tmp_path / "c.crt").write_text("CERT")
-    (tmp_path / "c.key").write_text("KEY")
+    (tmp_path / "c.crt").write_text("-----BEGIN CERT")
+    (tmp_path / "c.key").write_text("-----BEGIN KEY")
     plugin = tmp_path / "plugin"
     out = {
         "apiVersion": "client.authentication.k8s.io/v1",
@@ -108,7 +111,7 @@ def test_an_exec_token_and_certificate_files_are_merged(tmp_path: Path) -> None:
     }
     cred = Credentials.for_entry(entry(tmp_path, **user)).get()
     assert cred.authorization == "Bearer t"
-    assert cred.client_cert is not None and cred.client_cert.cert_pem == b"CERT"
+    assert cred.client_cert is not None and cred.client_cert.cert_pem == b"-----BEGIN CERT"
 
 
 def test_auth_providers_other_than_oidc_are_refused_with_the_way_out(tmp_path: Path) -> None:
