@@ -1,0 +1,1133 @@
+"""An asyncio HTTP client for thousands of long-lived requests: HTTP/2 with HTTP/1.1 fallback.
+
+Why not one thread and one TLS connection per watch: a watch then costs a thread stack, a
+socket and a TLS session, about 0.1 MB and some CPU even when nothing changes. client-go
+carries every watch of a process as a stream of one HTTP/2 connection per API server; this
+module does the same on one asyncio event loop, with the ``h2`` state machine on an
+:class:`asyncio.Protocol` (no thread, no task per connection) and ``h11`` where the server or a
+proxy only speaks HTTP/1.1.
+
+What it copies from Go's ``net/http`` + ``x/net/http2`` transport:
+
+- ALPN ``h2``/``http/1.1``; plain ``http://`` origins use HTTP/1.1.
+- A pool opens another connection when every connection is at the server's
+  SETTINGS_MAX_CONCURRENT_STREAMS (``StrictMaxConcurrentStreams=false``): a request is never
+  queued behind long-lived watches. kube-apiserver advertises 100 unless started with
+  ``--http2-max-streams-per-connection`` (k8s.io/apiserver pkg/server/secure_serving.go).
+- Receive windows of 4 MiB per stream and 1 GiB per connection, credited back as the consumer
+  takes chunks, so a slow consumer pushes back on the server and memory stays bounded.
+- ReadIdleTimeout/PingTimeout: one timer per connection (not per stream); no frame for
+  ``ping_interval`` sends a PING, no ACK within ``ping_timeout`` kills the connection and fails
+  its streams. Connections without streams close after ``idle_close``.
+- GOAWAY: no new streams on that connection; streams above ``last_stream_id`` fail with
+  ``kind="goaway"`` (never processed by the server, safe to retry); the others finish.
+- HTTP/1.1: one request per connection at a time, keep-alive reuse, at most
+  ``max_http1_connections`` per pool, further requests wait FIFO.
+
+Everything runs on the loop thread that created the pool; nothing here is thread-safe.
+Header values (the Authorization header) never appear in logs or exception messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import http
+import logging
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import h11
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ConnectionPool", "HttpResponse", "TransportError"]
+
+#: Per-stream and per-connection receive windows (Go's transportDefaultStreamFlow/ConnFlow).
+STREAM_WINDOW = 4 << 20
+CONNECTION_WINDOW = 1 << 30
+#: Largest DATA frame we accept: fewer, bigger frames cost less Python per byte.
+MAX_FRAME_SIZE = 1 << 18
+#: Streams per connection assumed when a server advertises no limit (Go's default too).
+DEFAULT_MAX_STREAMS = 1000
+#: HTTP/1.1 back-pressure: stop reading the socket above HIGH unread bytes, resume below LOW.
+HTTP1_HIGH_WATER = 1 << 20
+HTTP1_LOW_WATER = 1 << 18
+
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "host"}
+)
+
+
+class TransportError(Exception):
+    """No (complete) HTTP answer: connect refused/timed out, TLS failure, connection reset or closed,
+    stream reset by the server, GOAWAY that dropped this stream, PING timeout, read timeout.
+
+    ``kind`` is one of ``connect``, ``tls``, ``reset``, ``timeout``, ``goaway``, ``proxy``.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class HttpResponse:
+    """One response: status and headers at once, the body as it arrives.
+
+    The connection appends body chunks with :meth:`_deliver`; the consumer takes them with
+    :meth:`chunks` or :meth:`read`, and each chunk taken is credited back to the server
+    (:meth:`_credit`). Slots only: an idle watch is this object and an empty list.
+    """
+
+    __slots__ = ("_buf", "_cancelled", "_ended", "_error", "_unacked", "_waiter", "headers", "status")
+
+    http_version = ""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: Mapping[str, str] = {}
+        self._buf: list[bytes] = []
+        self._unacked = 0
+        self._ended = False
+        self._cancelled = False
+        self._error: TransportError | None = None
+        self._waiter: asyncio.Future[bool] | None = None
+
+    @property
+    def reason(self) -> str:
+        try:
+            return http.HTTPStatus(self.status).phrase
+        except ValueError:
+            return ""
+
+    async def read(self) -> bytes:
+        """The whole body; TransportError if it does not arrive complete."""
+        parts = [chunk async for chunk in self.chunks()]
+        if self._cancelled and not self._ended:
+            raise TransportError("reset", "response cancelled before its body ended")
+        return b"".join(parts)
+
+    async def chunks(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive. No byte for ``idle_timeout`` seconds abandons the
+        response (as :meth:`aclose`) and raises TransportError(kind="timeout")."""
+        while True:
+            if self._buf:
+                taken, self._buf = self._buf, []
+                for chunk in taken:
+                    if self._cancelled:
+                        return
+                    self._unacked -= len(chunk)
+                    self._credit(len(chunk))
+                    yield chunk
+                continue
+            if self._cancelled:
+                return
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                return
+            if not await self._wait(idle_timeout):
+                self.cancel()
+                raise TransportError("timeout", f"no data for {idle_timeout:g}s")
+
+    async def aclose(self) -> None:
+        """Abandon the response (a no-op once the body has been received)."""
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Abandon the response from the loop thread; a running :meth:`chunks` ends quietly."""
+        if self._cancelled:
+            return
+        self._cancelled = True
+        self._buf = []
+        self._abandon()
+        self._wake()
+
+    # -- called by connections
+
+    def _deliver(self, data: bytes) -> None:
+        self._buf.append(data)
+        self._unacked += len(data)
+        self._wake()
+
+    def _finish(self) -> None:
+        self._ended = True
+        self._wake()
+
+    def _fail(self, error: TransportError) -> None:
+        if not self._ended and self._error is None:
+            self._error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    async def _wait(self, timeout: float | None) -> bool:
+        """Wait until something happens to the response; False when ``timeout`` passed first."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    # -- implemented per protocol
+
+    def _credit(self, size: int) -> None:
+        """The consumer took ``size`` bytes: let the server send that much more."""
+
+    def _abandon(self) -> None:
+        """Stop the exchange (RST_STREAM, or close an HTTP/1.1 connection mid-body)."""
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+async def _until(fut: asyncio.Future[Any], deadline: float) -> bool:
+    """Wait for ``fut`` until the loop time ``deadline``; False when the deadline came first
+    (``fut`` is then cancelled). One timer handle, no task."""
+    loop = asyncio.get_running_loop()
+    if fut.done():
+        return True
+    done = loop.create_future()
+
+    def settle(_: object) -> None:
+        if not done.done():
+            done.set_result(fut.done())
+
+    fut.add_done_callback(settle)
+    timer = loop.call_at(deadline, settle, None)
+    try:
+        finished = await done
+    finally:
+        timer.cancel()
+        fut.remove_done_callback(settle)
+    if not finished:
+        fut.cancel()
+    return finished
+
+
+# --------------------------------------------------------------------------- HTTP/2
+
+
+class _H2State(h2.connection.H2Connection):
+    """h2's connection, except that a received GOAWAY keeps the connection readable.
+
+    h2 moves to CLOSED on GOAWAY and then treats every further DATA frame as a protocol
+    error, but RFC 9113 §6.8 says the streams up to ``last_stream_id`` go on (Go's server sends
+    GOAWAY on graceful shutdown and with ``--goaway-chance`` while answering requests).
+    """
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        result = super()._receive_goaway_frame(frame)
+        self.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        return result
+
+
+class _H2Stream(HttpResponse):
+    """One request/response exchange on an HTTP/2 connection."""
+
+    __slots__ = ("_body", "_conn", "_id")
+
+    http_version = "HTTP/2"
+
+    def __init__(self, conn: _H2Connection, stream_id: int) -> None:
+        super().__init__()
+        self._conn = conn
+        self._id = stream_id
+        self._body = b""
+
+    def _credit(self, size: int) -> None:
+        self._conn.credit(self._id, size)
+
+    def _abandon(self) -> None:
+        self._conn.abandon(self)
+
+
+class _H2Connection(asyncio.Protocol):
+    """One HTTP/2 connection: the h2 state machine fed from ``data_received``.
+
+    All events of one read are handled before one ``transport.write``; credits returned by
+    consumers during a loop iteration are flushed together by one ``call_soon``.
+    """
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.h2 = _H2State(config=config)
+        self.h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 10 << 20,
+            },
+        )
+        del self.h2.local_settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL]
+        # Accept big frames at once: h2 would apply the limit only at the next read after
+        # the server's SETTINGS ACK, and fail a big frame that shares a read with that ACK.
+        self.h2.max_inbound_frame_size = MAX_FRAME_SIZE
+        self.streams: dict[int, _H2Stream] = {}
+        self.max_streams = 0
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.closed = False
+        self.goaway = False
+        self.last_rx = self.loop.time()
+        self.idle_since: float | None = self.last_rx
+        self._ping_deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._flush_scheduled = False
+        self._handlers = {
+            h2.events.ResponseReceived: self._on_response,
+            h2.events.DataReceived: self._on_data,
+            h2.events.StreamEnded: self._on_end,
+            h2.events.StreamReset: self._on_reset,
+            h2.events.TrailersReceived: self._on_trailers,
+            h2.events.WindowUpdated: self._on_window,
+            h2.events.RemoteSettingsChanged: self._on_settings,
+            h2.events.PingAckReceived: self._on_ping_ack,
+            h2.events.ConnectionTerminated: self._on_goaway,
+        }
+
+    @property
+    def capacity(self) -> int:
+        """How many more streams this connection may open now."""
+        if self.closed or self.goaway or not self.ready.done():
+            return 0
+        return self.max_streams - len(self.streams)
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._flush()
+        self._arm(self.last_rx + self.pool.ping_interval)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = self.loop.time()
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self._flush()
+            self._die(TransportError("reset", f"HTTP/2 protocol error from the server: {exc}"))
+            return
+        handlers = self._handlers
+        for event in events:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+        self._flush()
+        if self.goaway and not self.streams:
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"connection lost: {exc}" if exc else "connection closed by the server"
+        self._die(TransportError("reset", reason))
+
+    # -- requests
+
+    def start_request(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
+    ) -> _H2Stream:
+        sid = self.h2.get_next_available_stream_id()
+        authority = self.pool.authority
+        fields: list[tuple[str, str]] = []
+        for name, value in headers:
+            name = name.lower()
+            if name == "host":
+                authority = value
+            elif name not in _HOP_BY_HOP:
+                fields.append((name, value))
+        pseudo = [
+            (":method", method),
+            (":scheme", self.pool.scheme),
+            (":authority", authority),
+            (":path", target),
+        ]
+        self.h2.send_headers(sid, pseudo + fields, end_stream=not body)
+        stream = _H2Stream(self, sid)
+        self.streams[sid] = stream
+        self.idle_since = None
+        if body:
+            stream._body = body
+            self._send_body(stream)
+        self._flush()
+        return stream
+
+    def _send_body(self, stream: _H2Stream) -> None:
+        """Send as much of the request body as the server's windows allow."""
+        while stream._body:
+            window = min(self.h2.local_flow_control_window(stream._id), self.h2.max_outbound_frame_size)
+            if window <= 0:
+                return
+            piece, stream._body = stream._body[:window], stream._body[window:]
+            self.h2.send_data(stream._id, piece, end_stream=not stream._body)
+
+    def credit(self, stream_id: int, size: int) -> None:
+        if size and not self.closed:
+            self.h2.acknowledge_received_data(size, stream_id)
+            self._schedule_flush()
+
+    def abandon(self, stream: _H2Stream) -> None:
+        """RST_STREAM(CANCEL) if the stream is still open; return its unread bytes' credit."""
+        if self.closed:
+            return
+        if self.streams.pop(stream._id, None) is not None:
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.h2.reset_stream(stream._id, h2.errors.ErrorCodes.CANCEL)
+            self._stream_gone()
+        if stream._unacked:
+            self.h2.acknowledge_received_data(stream._unacked, stream._id)
+            stream._unacked = 0
+        self._schedule_flush()
+
+    # -- events
+
+    def _on_response(self, event: h2.events.ResponseReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in event.headers:
+            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            if name == ":status":
+                stream.status = int(value)
+            elif name in headers:
+                headers[name] += ", " + value
+            else:
+                headers[name] = value
+        stream.headers = headers
+        stream._wake()
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        size = event.flow_controlled_length
+        if stream is None or stream._cancelled:
+            self.h2.acknowledge_received_data(size, event.stream_id)
+            return
+        data = event.data
+        if size > len(data):  # padding: nobody will consume it
+            self.h2.acknowledge_received_data(size - len(data), event.stream_id)
+        if data:
+            stream._deliver(data)
+
+    def _on_end(self, event: h2.events.StreamEnded) -> None:
+        stream = self.streams.pop(event.stream_id, None)
+        if stream is not None:
+            stream._finish()
+            self._stream_gone()
+
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        if event.stream_ended is not None:
+            self._on_end(event.stream_ended)
+
+    def _on_reset(self, event: h2.events.StreamReset) -> None:
+        stream = self.streams.pop(event.stream_id, None)
+        if stream is not None:
+            code = h2.errors._error_code_from_int(event.error_code)
+            name = code.name if isinstance(code, h2.errors.ErrorCodes) else str(code)
+            stream._fail(TransportError("reset", f"stream reset by the server ({name})"))
+            self._stream_gone()
+
+    def _on_window(self, event: h2.events.WindowUpdated) -> None:
+        if event.stream_id:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and stream._body:
+                self._send_body(stream)
+        else:
+            for stream in self.streams.values():
+                if stream._body:
+                    self._send_body(stream)
+
+    def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        limit = self.h2.remote_settings.max_concurrent_streams
+        self.max_streams = min(limit, DEFAULT_MAX_STREAMS) if limit else 0
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _on_ping_ack(self, event: h2.events.PingAckReceived) -> None:
+        self._ping_deadline = None
+
+    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        self.goaway = True
+        last = event.last_stream_id or 0
+        code = (
+            event.error_code.name if isinstance(event.error_code, h2.errors.ErrorCodes) else event.error_code
+        )
+        log.info("%s: %s sent GOAWAY (%s, last stream %d)", self.pool.name, self.pool.origin, code, last)
+        for sid in [sid for sid in self.streams if sid > last]:
+            stream = self.streams.pop(sid)
+            stream._fail(TransportError("goaway", f"server sent GOAWAY ({code}) before handling the request"))
+        if not self.ready.done():
+            self.ready.set_exception(TransportError("goaway", f"server sent GOAWAY ({code}) at once"))
+
+    # -- connection lifetime
+
+    def _stream_gone(self) -> None:
+        if not self.streams:
+            self.idle_since = self.loop.time()
+            if self._timer is not None and self._timer.when() > self.idle_since + self.pool.idle_close:
+                self._arm(self.idle_since + self.pool.idle_close)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """The connection's one timer: PING when quiet, death without its ACK, idle close."""
+        self._timer = None
+        if self.closed:
+            return
+        now = self.loop.time()
+        pool = self.pool
+        if self._ping_deadline is not None and now >= self._ping_deadline:
+            self._die(TransportError("timeout", f"no PING answer within {pool.ping_timeout:g}s"))
+            return
+        if self.idle_since is not None and now - self.idle_since >= pool.idle_close:
+            self.close()
+            return
+        if self._ping_deadline is None and now - self.last_rx >= pool.ping_interval:
+            self.h2.ping(b"k8swatch")
+            self._flush()
+            self._ping_deadline = now + pool.ping_timeout
+        when = self._ping_deadline if self._ping_deadline is not None else self.last_rx + pool.ping_interval
+        if self.idle_since is not None:
+            when = min(when, self.idle_since + pool.idle_close)
+        self._arm(when)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.closed or self.transport is None:
+            return
+        data = self.h2.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """Close politely (GOAWAY); streams still open fail."""
+        if self.closed:
+            return
+        try:
+            self.h2.close_connection()
+            self._flush()
+        except h2.exceptions.ProtocolError:
+            pass
+        self._die(TransportError("reset", "connection closed by the client"))
+
+    def _die(self, error: TransportError) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.ready.done():
+            self.ready.set_exception(error)
+            self.ready.exception()  # retrieved: whoever waits gets it from the dial
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream._fail(error)
+        if self.transport is not None:
+            self.transport.close()
+        self.pool._h2_gone(self)
+
+
+# --------------------------------------------------------------------------- HTTP/1.1
+
+
+class _H1Response(HttpResponse):
+    __slots__ = ("_conn",)
+
+    http_version = "HTTP/1.1"
+
+    def __init__(self, conn: _H1Connection) -> None:
+        super().__init__()
+        self._conn = conn
+
+    def _credit(self, size: int) -> None:
+        self._conn.consumed(self)
+
+    def _abandon(self) -> None:
+        self._conn.abandon(self)
+
+
+class _H1Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection through h11: one exchange at a time, then back to the pool."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.transport: asyncio.Transport | None = None
+        self.response: _H1Response | None = None
+        self.closed = False
+        self.paused = False
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def start_request(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
+    ) -> _H1Response:
+        assert self.transport is not None and self.response is None
+        fields = [
+            (n, v)
+            for n, v in headers
+            if n.lower() not in ("connection", "transfer-encoding", "content-length")
+        ]
+        if not any(n.lower() == "host" for n, _ in fields):
+            fields.insert(0, ("Host", self.pool.authority))
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            fields.append(("Content-Length", str(len(body or b""))))
+        response = self.response = _H1Response(self)
+        out = self.h11.send(h11.Request(method=method, target=target, headers=fields))
+        if body:
+            out += self.h11.send(h11.Data(data=body))
+        out += self.h11.send(h11.EndOfMessage())
+        self.transport.write(out)
+        return response
+
+    def data_received(self, data: bytes) -> None:
+        self.h11.receive_data(data)
+        self._process()
+
+    def _process(self) -> None:
+        while not self.closed:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._die(TransportError("reset", f"HTTP/1.1 protocol error from the server: {exc}"))
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            response = self.response
+            if isinstance(event, h11.Response) and response is not None:
+                response.status = event.status_code
+                headers: dict[str, str] = {}
+                for raw_name, raw_value in event.headers:
+                    name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+                    headers[name] = headers[name] + ", " + value if name in headers else value
+                response.headers = headers
+                response._wake()
+            elif isinstance(event, h11.Data) and response is not None:
+                if not response._cancelled:
+                    response._deliver(bytes(event.data))
+                    if response._unacked > HTTP1_HIGH_WATER and not self.paused and self.transport:
+                        self.paused = True
+                        self.transport.pause_reading()
+            elif isinstance(event, h11.EndOfMessage) and response is not None:
+                self.response = None
+                response._finish()
+                if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+                    self.h11.start_next_cycle()
+                    self.pool._h1_done(self)
+                else:
+                    self._die(TransportError("reset", "connection not reusable"))
+            elif isinstance(event, h11.ConnectionClosed):
+                self._die(TransportError("reset", "connection closed by the server"))
+
+    def consumed(self, response: _H1Response) -> None:
+        if self.paused and response._unacked < HTTP1_LOW_WATER and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def abandon(self, response: _H1Response) -> None:
+        """The consumer gave up on a body not fully received: the connection cannot be reused."""
+        if self.response is response:
+            self._die(TransportError("reset", "response abandoned"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed and self.response is not None:
+            # A body delimited by the connection's end is complete now.
+            with contextlib.suppress(RuntimeError):
+                self.h11.receive_data(b"")
+            self._process()
+        self._die(
+            TransportError("reset", f"connection lost: {exc}" if exc else "connection closed by the server")
+        )
+
+    def close(self) -> None:
+        self._die(TransportError("reset", "connection closed by the client"))
+
+    def _die(self, error: TransportError) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        response, self.response = self.response, None
+        if response is not None:
+            response._fail(error)
+        if self.transport is not None:
+            self.transport.close()
+        self.pool._h1_gone(self, busy=response is not None)
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+class _Handoff(asyncio.Protocol):
+    """The protocol while connecting: keeps what arrives before the real protocol takes
+    over (the server's first SETTINGS may arrive with the end of the handshake), and reads a
+    proxy's answer to CONNECT."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.lost = False
+        self.exc: Exception | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.exc = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def read_head(self) -> bytes:
+        """Read up to the end of an HTTP/1.1 response head (a proxy's answer to CONNECT)."""
+        while b"\r\n\r\n" not in self.buffer:
+            if self.lost:
+                raise TransportError("proxy", "the proxy closed the connection before answering CONNECT")
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
+        self.buffer = bytearray(rest)
+        return head
+
+    def hand_over(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self.buffer:
+            data, self.buffer = bytes(self.buffer), bytearray()
+            protocol.data_received(data)
+        if self.lost:
+            protocol.connection_lost(self.exc)
+
+
+def _connect_error(exc: BaseException, what: str) -> TransportError:
+    if isinstance(exc, TransportError):
+        return exc
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return TransportError("tls", f"TLS handshake with {what} failed: {exc}")
+    if isinstance(exc, TimeoutError):
+        return TransportError("connect", f"connecting to {what} timed out")
+    return TransportError("connect", f"cannot connect to {what}: {exc}")
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+class ConnectionPool:
+    """All connections to one origin with one TLS identity (CA, client cert, server name, proxy).
+    Used only from the event loop thread that created it.
+
+    The pool sets ALPN on ``ssl_context``: give each pool its own context.
+    """
+
+    def __init__(
+        self,
+        origin: str,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        server_hostname: str | None = None,
+        proxy_url: str | None = None,
+        max_http1_connections: int = 32,
+        connect_timeout: float = 10.0,
+        ping_interval: float = 30.0,
+        ping_timeout: float = 15.0,
+        idle_close: float = 90.0,
+        name: str = "",
+    ) -> None:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"origin must be http(s)://host[:port], not {origin!r}")
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.authority = parts.netloc
+        if parts.scheme == "https" and ssl_context is None:
+            ssl_context = ssl.create_default_context()
+        self.ssl_context = ssl_context if parts.scheme == "https" else None
+        if self.ssl_context is not None:
+            self.ssl_context.set_alpn_protocols(["h2", "http/1.1"])
+        self.server_hostname = server_hostname or self.host
+        self.proxy_url = proxy_url
+        if proxy_url:
+            scheme = urlsplit(proxy_url).scheme
+            if scheme not in ("http", "https", "socks5", "socks5h"):
+                raise ValueError(f"proxy URL scheme {scheme!r} is not http, https, socks5 or socks5h")
+        self.max_http1_connections = max_http1_connections
+        self.connect_timeout = connect_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.idle_close = idle_close
+        self.name = name or self.origin
+        self._protocol: str | None = None
+        self._h2: list[_H2Connection] = []
+        self._dialing: asyncio.Task[None] | None = None
+        self._h1_open: set[_H1Connection] = set()
+        self._h1_idle: list[_H1Connection] = []
+        self._h1_slots = 0  # open or being opened
+        self._h1_busy = 0
+        self._h1_waiters: collections.deque[asyncio.Future[_H1Connection | None]] = collections.deque()
+        self._closed = False
+
+    @property
+    def protocol(self) -> str | None:
+        """``h2``, ``http/1.1``, or None before the first connection."""
+        return self._protocol
+
+    @property
+    def connections(self) -> int:
+        """Open TCP connections now."""
+        return len(self._h2) + len(self._h1_open)
+
+    @property
+    def streams(self) -> int:
+        """Requests in flight now."""
+        return sum(len(conn.streams) for conn in self._h2) + self._h1_busy
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None = None,
+        *,
+        timeout: float = 60.0,
+    ) -> HttpResponse:
+        """Send a request; return once the response headers arrived (``timeout`` bounds
+        connecting and waiting for them). Never retried here: the caller decides."""
+        if self._closed:
+            raise TransportError("reset", "connection pool closed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        what = f"{method} {target.partition('?')[0]}"
+        while True:
+            if self._protocol == "http/1.1":
+                conn1 = await self._h1_acquire(deadline)
+                try:
+                    response: HttpResponse = conn1.start_request(method, target, headers, body)
+                except BaseException:
+                    conn1.close()
+                    raise
+                self._h1_busy += 1
+                return await self._headers(response, deadline, what, timeout)
+            conn = self._h2_with_capacity()
+            if conn is not None:
+                try:
+                    response = conn.start_request(method, target, headers, body)
+                except h2.exceptions.NoAvailableStreamIDError:
+                    conn.goaway = True  # stream IDs exhausted: let it drain, open another
+                    continue
+                return await self._headers(response, deadline, what, timeout)
+            await self._dial_shared(deadline)
+
+    async def aclose(self) -> None:
+        """Close every connection; requests in flight fail with TransportError(kind="reset")."""
+        self._closed = True
+        if self._dialing is not None:
+            self._dialing.cancel()
+        for conn in list(self._h2):
+            conn.close()
+        for conn1 in list(self._h1_open):
+            conn1.close()
+        while self._h1_waiters:
+            waiter = self._h1_waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(TransportError("reset", "connection pool closed"))
+        await asyncio.sleep(0)
+
+    # -- HTTP/2
+
+    def _h2_with_capacity(self) -> _H2Connection | None:
+        best = None
+        for conn in self._h2:
+            if conn.capacity > 0 and (best is None or conn.capacity < best.capacity):
+                best = conn  # fill the busiest usable one: fewer connections in the end
+        return best
+
+    async def _dial_shared(self, deadline: float) -> None:
+        """Wait for the connection being opened, opening one if none is: concurrent requests
+        that find every connection full share one dial."""
+        if self._dialing is None:
+            self._dialing = asyncio.get_running_loop().create_task(self._dial())
+            self._dialing.add_done_callback(self._dial_done)
+        dialing = self._dialing
+        if not await _until(asyncio.shield(dialing), deadline):
+            raise TransportError("timeout", f"no connection to {self.origin} within the request's timeout")
+        if dialing.cancelled():
+            raise TransportError("reset", "connection pool closed")
+        error = dialing.exception()
+        if error is not None:
+            raise error
+
+    def _dial_done(self, task: asyncio.Task[None]) -> None:
+        self._dialing = None
+        if not task.cancelled():
+            task.exception()  # retrieved here: the waiters re-raise it
+
+    async def _dial(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        transport, handoff, alpn = await self._open(deadline)
+        if alpn != "h2":
+            self._h1_slots += 1
+            conn1 = _H1Connection(self)
+            handoff.hand_over(transport, conn1)
+            self._h1_connected(conn1, "HTTP/1.1")
+            self._h1_offer(conn1)
+            return
+        conn = _H2Connection(self)
+        handoff.hand_over(transport, conn)
+        self._h2.append(conn)
+        try:
+            if not await _until(asyncio.shield(conn.ready), deadline):
+                conn.close()
+                raise TransportError(
+                    "connect", f"{self.origin} sent no HTTP/2 SETTINGS within {self.connect_timeout:g}s"
+                )
+        except BaseException:
+            conn.close()
+            raise
+        if conn.ready.exception() is not None:
+            raise conn.ready.exception()  # type: ignore[misc]
+        self._protocol = "h2"
+        log.info(
+            "%s: connected to %s over h2 (max %d concurrent streams)",
+            self.name,
+            self.origin,
+            conn.max_streams,
+        )
+
+    def _h2_gone(self, conn: _H2Connection) -> None:
+        if conn in self._h2:
+            self._h2.remove(conn)
+
+    # -- HTTP/1.1
+
+    async def _h1_acquire(self, deadline: float) -> _H1Connection:
+        while True:
+            while self._h1_idle:
+                conn = self._h1_idle.pop()
+                if not conn.closed:
+                    if conn.idle_timer is not None:
+                        conn.idle_timer.cancel()
+                        conn.idle_timer = None
+                    return conn
+            if self._closed:
+                raise TransportError("reset", "connection pool closed")
+            if self._h1_slots < self.max_http1_connections:
+                self._h1_slots += 1
+                try:
+                    return await self._dial_h1(deadline)
+                except BaseException:
+                    self._h1_slots -= 1
+                    self._wake_h1_waiter(None)
+                    raise
+            waiter: asyncio.Future[_H1Connection | None] = asyncio.get_running_loop().create_future()
+            self._h1_waiters.append(waiter)
+            if not await _until(waiter, deadline):
+                with_conn = waiter.done() and not waiter.cancelled() and waiter.exception() is None
+                if with_conn and waiter.result() is not None:
+                    self._h1_offer(waiter.result())  # type: ignore[arg-type]
+                raise TransportError(
+                    "timeout", f"all {self.max_http1_connections} HTTP/1.1 connections stayed busy"
+                )
+            conn_or_none = waiter.result()
+            if conn_or_none is not None:
+                return conn_or_none
+
+    async def _dial_h1(self, deadline: float) -> _H1Connection:
+        loop = asyncio.get_running_loop()
+        transport, handoff, alpn = await self._open(min(deadline, loop.time() + self.connect_timeout))
+        conn = _H1Connection(self)
+        handoff.hand_over(transport, conn)
+        if alpn == "h2":  # the server changed its mind: still speak HTTP/1.1 with this pool
+            log.debug("%s: %s offered h2 on an HTTP/1.1 pool", self.name, self.origin)
+        self._h1_connected(conn, "HTTP/1.1")
+        if conn.closed:
+            raise TransportError("reset", f"{self.origin} closed the connection at once")
+        return conn
+
+    def _h1_connected(self, conn: _H1Connection, what: str) -> None:
+        self._h1_open.add(conn)
+        self._protocol = "http/1.1"
+        log.info("%s: connected to %s over %s", self.name, self.origin, what)
+
+    def _h1_done(self, conn: _H1Connection) -> None:
+        """An exchange finished and left the connection reusable."""
+        self._h1_busy -= 1
+        self._h1_offer(conn)
+
+    def _h1_offer(self, conn: _H1Connection) -> None:
+        """A free connection: to the first waiter, else to the idle list (closed after
+        ``idle_close``)."""
+        if self._closed:
+            conn.close()
+            return
+        while self._h1_waiters:
+            waiter = self._h1_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        conn.idle_timer = asyncio.get_running_loop().call_later(self.idle_close, conn.close)
+        self._h1_idle.append(conn)
+
+    def _h1_gone(self, conn: _H1Connection, busy: bool) -> None:
+        if busy:
+            self._h1_busy -= 1
+        if conn in self._h1_open:
+            self._h1_open.discard(conn)
+            self._h1_slots -= 1
+        if conn in self._h1_idle:
+            self._h1_idle.remove(conn)
+        self._wake_h1_waiter(None)
+
+    def _wake_h1_waiter(self, conn: _H1Connection | None) -> None:
+        while self._h1_waiters:
+            waiter = self._h1_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+
+    # -- waiting for headers
+
+    async def _headers(
+        self, response: HttpResponse, deadline: float, what: str, timeout: float
+    ) -> HttpResponse:
+        loop = asyncio.get_running_loop()
+        try:
+            while response.status == 0:
+                if response._error is not None:
+                    raise response._error
+                if response._cancelled:
+                    raise TransportError("reset", f"{what}: request cancelled")
+                if not await response._wait(deadline - loop.time()):
+                    raise TransportError("timeout", f"{what}: no response within {timeout:g}s")
+        except BaseException:
+            response.cancel()
+            raise
+        return response
+
+    # -- opening connections
+
+    async def _open(self, deadline: float) -> tuple[asyncio.Transport, _Handoff, str | None]:
+        """A connected transport (TLS done, proxy tunnelled), its handoff protocol, and ALPN."""
+        loop = asyncio.get_running_loop()
+        timeout = max(deadline - loop.time(), 0.001)
+        try:
+            async with asyncio.timeout(timeout):
+                if self.proxy_url:
+                    transport, handoff = await self._open_via_proxy(timeout)
+                else:
+                    raw, handoff = await loop.create_connection(
+                        _Handoff,
+                        self.host,
+                        self.port,
+                        ssl=self.ssl_context,
+                        server_hostname=self.server_hostname if self.ssl_context else None,
+                        ssl_handshake_timeout=timeout if self.ssl_context else None,
+                    )
+                    transport = raw  # type: ignore[assignment]
+        except (OSError, ssl.SSLError, TimeoutError, TransportError) as exc:
+            raise _connect_error(exc, self.origin) from None
+        ssl_object = transport.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        return transport, handoff, alpn
+
+    async def _open_via_proxy(self, timeout: float) -> tuple[asyncio.Transport, _Handoff]:
+        assert self.proxy_url is not None
+        loop = asyncio.get_running_loop()
+        proxy = urlsplit(self.proxy_url)
+        if proxy.scheme in ("socks5", "socks5h"):
+            return await self._open_via_socks(timeout)
+        proxy_tls = ssl.create_default_context() if proxy.scheme == "https" else None
+        proxy_port = proxy.port or (443 if proxy.scheme == "https" else 80)
+        try:
+            raw, handoff = await loop.create_connection(
+                _Handoff,
+                proxy.hostname,
+                proxy_port,
+                ssl=proxy_tls,
+                server_hostname=proxy.hostname if proxy_tls else None,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise TransportError(
+                "proxy", f"cannot connect to the proxy {proxy.hostname}:{proxy_port}: {exc}"
+            ) from None
+        transport: asyncio.Transport = raw  # type: ignore[assignment]
+        request = f"CONNECT {self.host}:{self.port} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        if proxy.username is not None:
+            credentials = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}"
+            request += f"Proxy-Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n"
+        transport.write((request + "\r\n").encode())
+        try:
+            head = await handoff.read_head()
+        except BaseException:
+            transport.close()
+            raise
+        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        fields = status_line.split(" ", 2)
+        if len(fields) < 2 or fields[1] != "200":
+            transport.close()
+            raise TransportError("proxy", f"the proxy refused CONNECT {self.host}:{self.port}: {status_line}")
+        if self.ssl_context is None:
+            return transport, handoff
+        tls = await loop.start_tls(
+            transport,
+            handoff,
+            self.ssl_context,
+            server_hostname=self.server_hostname,
+            ssl_handshake_timeout=timeout,
+        )
+        assert tls is not None
+        return tls, handoff  # type: ignore[return-value]
+
+    async def _open_via_socks(self, timeout: float) -> tuple[asyncio.Transport, _Handoff]:
+        raise TransportError(
+            "proxy",
+            f"{urlsplit(self.proxy_url or '').scheme} proxies are not supported by the asyncio transport "
+            "(use an http:// or https:// proxy)",
+        )
