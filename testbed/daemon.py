@@ -1,6 +1,8 @@
 """The one launcher of ``k8s-watcher serve`` for the tests, the benchmarks, the chaos
 run and the demo: the daemon as users run it (its console script, a subprocess), on
-free loopback ports, with its health, metrics, status and memory at hand."""
+loopback ports it binds itself (port 0, read back from its ``--ready-file``: no port is
+picked here and handed over later, so two daemons can never be given the same one),
+with its health, metrics, status and memory at hand."""
 
 from __future__ import annotations
 
@@ -14,8 +16,6 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from testbed.cluster import free_port
 
 
 def console_script(name: str) -> str:
@@ -35,8 +35,9 @@ def watcher_status(cache: Path | str, *args: str) -> str:
 class DaemonProcess:
     """``k8s-watcher serve`` for ``contexts`` of ``kubeconfig`` (None: the default one, or
     in a pod the pod's service account, as ``env`` says), writing ``cache``; its
-    output goes to ``log``. ``start`` may be called again after ``kill`` or ``terminate``
-    (same ports, same cache: a restart)."""
+    output goes to ``log``. The ports are known once :meth:`start` returns. ``start``
+    may be called again after ``kill`` or ``terminate`` (same ports, same cache: a
+    restart)."""
 
     def __init__(
         self,
@@ -53,26 +54,36 @@ class DaemonProcess:
         self.extra_args = list(extra_args)
         #: The daemon's whole environment (None: this process's).
         self.env = dict(env) if env is not None else None
-        self.grpc_port, self.http_port = free_port(), free_port()
+        #: The ports the daemon listens on: 0 until its first start chose them.
+        self.grpc_port = self.http_port = 0
+        self.ready_file = log.with_name(log.name + ".ready")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def grpc_address(self) -> str:
+        if not self.grpc_port:
+            raise RuntimeError("the daemon's gRPC port is known once it has started")
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, *, synced: bool = True, timeout: float = 60) -> DaemonProcess:
         """Start and wait until /healthz answers 200, and (``synced``) until no informer
-        is still starting or listing."""
+        is still starting or listing. The first start lets the daemon choose its ports."""
+        self.ready_file.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [
                 console_script("k8s-watcher"), "serve",
                 *(["--kubeconfig", str(self.kubeconfig)] if self.kubeconfig else []),
                 "--contexts", self.contexts, "--cache", str(self.cache),
-                "--grpc-address", self.grpc_address, "--http-address", f"127.0.0.1:{self.http_port}",
+                "--grpc-address", f"127.0.0.1:{self.grpc_port}", "--http-address", f"127.0.0.1:{self.http_port}",
+                "--ready-file", str(self.ready_file),
                 *self.extra_args,
             ],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=self.env,
         )  # fmt: skip
+        self.wait_until(self.ready_file.exists, timeout=timeout, what="daemon listening")
+        ready = json.loads(self.ready_file.read_text())
+        self.grpc_port = int(ready["grpc_address"].rsplit(":", 1)[1])
+        self.http_port = int(ready["http_address"].rsplit(":", 1)[1])
         self.wait_until(lambda: self._healthy(synced), timeout=timeout, what="daemon healthy")
         return self
 

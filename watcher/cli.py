@@ -15,6 +15,7 @@ from typing import Any
 
 from watcher import __version__
 from watcher.checks.commands import register as register_check_commands
+from watcher.compat.commands import register as register_compat_commands
 
 log = logging.getLogger("watcher")
 
@@ -104,7 +105,11 @@ def _serve(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None
     }
     given.update(
-        {key: Path(getattr(args, key)) for key in ("grpc_tls_cert", "grpc_tls_key") if getattr(args, key)}
+        {
+            key: Path(getattr(args, key))
+            for key in ("grpc_tls_cert", "grpc_tls_key", "ready_file")
+            if getattr(args, key)
+        }
     )
     config = DaemonConfig(
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else default_kubeconfig(),
@@ -270,8 +275,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DURATION",
         help="a replica that stops renewing loses its contexts after this long (default 15s)",
     )
-    serve.add_argument("--grpc-address", help="plugin server for registry: grpc (default 127.0.0.1:7777)")
-    serve.add_argument("--http-address", help="/healthz and /metrics (default 127.0.0.1:9464)")
+    serve.add_argument(
+        "--grpc-address",
+        help="plugin server for registry: grpc (default 127.0.0.1:7777; port 0: any free port)",
+    )
+    serve.add_argument(
+        "--http-address", help="/healthz and /metrics (default 127.0.0.1:9464; port 0: any free port)"
+    )
+    serve.add_argument(
+        "--ready-file", metavar="FILE",
+        help="once listening, write the gRPC and HTTP addresses here as JSON (the ports chosen for port 0)",
+    )  # fmt: skip
     serve.add_argument(
         "--grpc-tls-cert", metavar="FILE", help="serve gRPC over TLS with this certificate (PEM)"
     )
@@ -321,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     status.set_defaults(func=_status)
     register_check_commands(sub)  # check, report
+    register_compat_commands(sub)  # compat install
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -10,7 +10,9 @@ periodic relist as a safety net.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -30,7 +32,7 @@ from watcher import state
 from watcher.credentials import DEFAULT_EXEC_TIMEOUT
 from watcher.errors import ConfigError
 from watcher.informers import InformerManager
-from watcher.kube import KubeClient
+from watcher.kube import KubeClient, connection_stats
 from watcher.kubeconfig import (
     entries_of,
     in_cluster_config,
@@ -54,8 +56,11 @@ class DaemonConfig:
     kubeconfig: Path
     contexts: list[str]
     cache_path: Path
+    #: Port 0 in either address: the system chooses one (written to ``ready_file``).
     grpc_address: str = "127.0.0.1:7777"
     http_address: str = "127.0.0.1:9464"
+    #: Once both listen, their addresses are written here (JSON), for a launcher.
+    ready_file: Path | None = None
     #: Tombstones older than this are purged; an incremental cursor older than the
     #: purge point falls back to a full snapshot.
     tombstone_retention: float = 24 * 3600
@@ -100,6 +105,14 @@ def purge_interval(retention: float) -> float:
     a tiny retention (tests) from spinning the scheduler.
     """
     return min(MAX_PURGE_INTERVAL, max(1.0, retention / 4))
+
+
+_CONNECTION_HELP = {
+    "pools": "Connection pools to API servers (one per server and TLS identity)",
+    "connections": "Open TCP connections to API servers",
+    "streams": "Requests in flight to API servers (every watch is one)",
+    "http2_pools": "Connection pools speaking HTTP/2",
+}
 
 
 class _MetricsCollector:
@@ -149,6 +162,8 @@ class _MetricsCollector:
                 "Context Leases this replica holds",
                 value=len(self.daemon.leases.held),
             )
+        for name, value in connection_stats(self.daemon.manager.io).items():
+            yield GaugeMetricFamily(f"k8s_watcher_api_{name}", _CONNECTION_HELP[name], value=value)
         yield from _stream_metrics(self.daemon.plugin.follow_status)
 
 
@@ -203,6 +218,15 @@ def _http_handler(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host or "127.0.0.1", int(port)
+
+
+def write_ready_file(path: Path, **addresses: str) -> None:
+    """Tell a launcher the addresses listened on (with port 0, the ports the system
+    chose, so no launcher has to guess a free one and race for it): one JSON object,
+    renamed into place so that a reader never sees half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**addresses, "pid": os.getpid()}))
+    os.replace(tmp, path)
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -432,6 +456,7 @@ class Daemon:
     def start(self) -> None:
         # Health first: /healthz answers (with "starting") while contexts connect.
         self.http = ThreadingHTTPServer(_split(self.config.http_address), _http_handler(self))
+        http_address = "{}:{}".format(*self.http.server_address[:2])
         threading.Thread(target=self.http.serve_forever, name="http", daemon=True).start()
         self.manager.start()
         if self.leases is not None:
@@ -447,11 +472,16 @@ class Daemon:
             daemon=True,
         ).start()
         host, port = _split(self.config.grpc_address)
-        self.grpc = serve_plugin(self.plugin, f"{host}:{port}", tls=self.grpc_tls)
+        listening: list[str] = []
+        self.grpc = serve_plugin(
+            self.plugin, f"{host}:{port}", tls=self.grpc_tls, on_listening=listening.append
+        )
         log.info(
             "k8s-watcher daemon: %d contexts, cache %s, plugin on %s, health/metrics on http://%s",
-            len(self.manager.contexts), self.config.cache, self.config.grpc_address, self.config.http_address,
+            len(self.manager.contexts), self.config.cache, listening[0], http_address,
         )  # fmt: skip
+        if self.config.ready_file is not None:
+            write_ready_file(self.config.ready_file, grpc_address=listening[0], http_address=http_address)
 
     def stop(self) -> None:
         if self._stopped.is_set():

@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,11 +86,13 @@ def serve_servicer(
     network: str = "tcp",
     max_workers: int = 10,
     tls: ServerTls | None = None,
+    on_listening: Callable[[str], None] | None = None,
 ) -> grpc.Server:
     """Start a gRPC server for a protocol v3 servicer (plus discovery v1) and return it.
 
     The CLI passes unix socket addresses as bare paths, which grpc cannot bind
-    ("Failed to bind"); they need the ``unix:`` scheme.
+    ("Failed to bind"); they need the ``unix:`` scheme. ``on_listening`` is told the
+    address listened on: with port 0, the port the system chose.
     """
     if network == "unix" and not address.startswith("unix:"):
         address = f"unix:{address}"
@@ -102,8 +104,12 @@ def serve_servicer(
     port = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
     if port == 0 and not address.startswith("unix:"):
         raise OSError(f"cannot listen on {address}")
+    if not address.startswith("unix:"):
+        address = f"{address.rsplit(':', 1)[0]}:{port}"
     server.start()
     log.info("plugin server listening on %s%s", address, " (TLS)" if tls else "")
+    if on_listening is not None:
+        on_listening(address)
     return server
 
 
@@ -251,6 +257,13 @@ class PluginServicer(plugin_pb2_grpc.PluginServicer):
 
 
 def serve_plugin(
-    plugin: Plugin, address: str, *, network: str = "tcp", tls: ServerTls | None = None
+    plugin: Plugin,
+    address: str,
+    *,
+    network: str = "tcp",
+    tls: ServerTls | None = None,
+    on_listening: Callable[[str], None] | None = None,
 ) -> grpc.Server:
-    return serve_servicer(PluginServicer(plugin), address, network=network, tls=tls)
+    return serve_servicer(
+        PluginServicer(plugin), address, network=network, tls=tls, on_listening=on_listening
+    )
