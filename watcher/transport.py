@@ -64,6 +64,8 @@ DEFAULT_MAX_STREAMS = 1000
 HTTP1_HIGH_WATER = 1 << 20
 HTTP1_LOW_WATER = 1 << 18
 
+#: Methods retried once on a reused HTTP/1.1 connection that closed before answering.
+_REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "host"}
 )
@@ -79,6 +81,11 @@ class TransportError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class _Unprocessed(TransportError):
+    """The server dropped the stream without processing it (GOAWAY above it, REFUSED_STREAM):
+    safe to send again."""
 
 
 class HttpResponse:
@@ -437,6 +444,9 @@ class _H2Connection(asyncio.Protocol):
     def _on_end(self, event: h2.events.StreamEnded) -> None:
         stream = self.streams.pop(event.stream_id, None)
         if stream is not None:
+            if stream._body:  # answered before the request body was sent: stop sending it
+                stream._body = b""
+                self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
             stream._finish()
             self._stream_gone()
 
@@ -449,7 +459,9 @@ class _H2Connection(asyncio.Protocol):
         if stream is not None:
             code = h2.errors._error_code_from_int(event.error_code)
             name = code.name if isinstance(code, h2.errors.ErrorCodes) else str(code)
-            stream._fail(TransportError("reset", f"stream reset by the server ({name})"))
+            message = f"stream reset by the server ({name})"
+            refused = code == h2.errors.ErrorCodes.REFUSED_STREAM and stream.status == 0
+            stream._fail(_Unprocessed("reset", message) if refused else TransportError("reset", message))
             self._stream_gone()
 
     def _on_window(self, event: h2.events.WindowUpdated) -> None:
@@ -480,7 +492,7 @@ class _H2Connection(asyncio.Protocol):
         log.info("%s: %s sent GOAWAY (%s, last stream %d)", self.pool.name, self.pool.origin, code, last)
         for sid in [sid for sid in self.streams if sid > last]:
             stream = self.streams.pop(sid)
-            stream._fail(TransportError("goaway", f"server sent GOAWAY ({code}) before handling the request"))
+            stream._fail(_Unprocessed("goaway", f"server sent GOAWAY ({code}) before handling the request"))
         if not self.ready.done():
             self.ready.set_exception(TransportError("goaway", f"server sent GOAWAY ({code}) at once"))
 
@@ -591,6 +603,7 @@ class _H1Connection(asyncio.Protocol):
         self.closed = False
         self.paused = False
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.exchanges = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -599,7 +612,10 @@ class _H1Connection(asyncio.Protocol):
     def start_request(
         self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
     ) -> _H1Response:
-        assert self.transport is not None and self.response is None
+        if self.closed or self.transport is None:
+            raise TransportError("reset", "connection closed")
+        assert self.response is None
+        self.exchanges += 1
         fields = [
             (n, v)
             for n, v in headers
@@ -838,31 +854,49 @@ class ConnectionPool:
         timeout: float = 60.0,
     ) -> HttpResponse:
         """Send a request; return once the response headers arrived (``timeout`` bounds
-        connecting and waiting for them). Never retried here: the caller decides."""
+        connecting and waiting for them).
+
+        Retried once, as Go's transport does, only when the server cannot have processed it:
+        an HTTP/2 stream dropped by GOAWAY or refused (REFUSED_STREAM), or a GET/HEAD/OPTIONS
+        on a kept-alive HTTP/1.1 connection that the server closed before answering.
+        """
         if self._closed:
             raise TransportError("reset", "connection pool closed")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         what = f"{method} {target.partition('?')[0]}"
+        retried = False
         while True:
+            response: HttpResponse
             if self._protocol == "http/1.1":
                 conn1 = await self._h1_acquire(deadline)
-                try:
-                    response: HttpResponse = conn1.start_request(method, target, headers, body)
-                except BaseException:
-                    conn1.close()
-                    raise
+                if conn1 is None:
+                    continue  # the server speaks h2 now
+                reused = conn1.exchanges > 0
+                response = conn1.start_request(method, target, headers, body)
                 self._h1_busy += 1
-                return await self._headers(response, deadline, what, timeout)
-            conn = self._h2_with_capacity()
-            if conn is not None:
                 try:
-                    response = conn.start_request(method, target, headers, body)
-                except h2.exceptions.NoAvailableStreamIDError:
-                    conn.goaway = True  # stream IDs exhausted: let it drain, open another
+                    return await self._headers(response, deadline, what, timeout)
+                except TransportError as exc:
+                    if retried or not reused or exc.kind != "reset" or method not in _REPLAYABLE:
+                        raise
+                    retried = True
                     continue
+            conn = self._h2_with_capacity()
+            if conn is None:
+                await self._dial_shared(deadline)
+                continue
+            try:
+                response = conn.start_request(method, target, headers, body)
+            except h2.exceptions.NoAvailableStreamIDError:
+                conn.goaway = True  # stream IDs exhausted: let it drain, open another
+                continue
+            try:
                 return await self._headers(response, deadline, what, timeout)
-            await self._dial_shared(deadline)
+            except _Unprocessed:
+                if retried:
+                    raise
+                retried = True
 
     async def aclose(self) -> None:
         """Close every connection; requests in flight fail with TransportError(kind="reset")."""
@@ -909,30 +943,41 @@ class ConnectionPool:
             task.exception()  # retrieved here: the waiters re-raise it
 
     async def _dial(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.connect_timeout
+        deadline = asyncio.get_running_loop().time() + self.connect_timeout
         transport, handoff, alpn = await self._open(deadline)
-        if alpn != "h2":
+        conn1 = await self._adopt(transport, handoff, alpn, deadline)
+        if conn1 is not None:
             self._h1_slots += 1
+            self._h1_offer(conn1)
+
+    async def _adopt(
+        self, transport: asyncio.Transport, handoff: _Handoff, alpn: str | None, deadline: float
+    ) -> _H1Connection | None:
+        """Run the protocol ALPN chose on a new connection: an HTTP/1.1 connection is
+        returned, an HTTP/2 one joins the pool once the server's SETTINGS arrived."""
+        if alpn != "h2":
             conn1 = _H1Connection(self)
             handoff.hand_over(transport, conn1)
-            self._h1_connected(conn1, "HTTP/1.1")
-            self._h1_offer(conn1)
-            return
+            if conn1.closed:
+                raise TransportError("reset", f"{self.origin} closed the connection at once")
+            self._h1_open.add(conn1)
+            self._protocol = "http/1.1"
+            log.info("%s: connected to %s over HTTP/1.1", self.name, self.origin)
+            return conn1
         conn = _H2Connection(self)
         handoff.hand_over(transport, conn)
         self._h2.append(conn)
         try:
             if not await _until(asyncio.shield(conn.ready), deadline):
-                conn.close()
                 raise TransportError(
                     "connect", f"{self.origin} sent no HTTP/2 SETTINGS within {self.connect_timeout:g}s"
                 )
+            error = conn.ready.exception()
+            if error is not None:
+                raise error
         except BaseException:
             conn.close()
             raise
-        if conn.ready.exception() is not None:
-            raise conn.ready.exception()  # type: ignore[misc]
         self._protocol = "h2"
         log.info(
             "%s: connected to %s over h2 (max %d concurrent streams)",
@@ -940,6 +985,7 @@ class ConnectionPool:
             self.origin,
             conn.max_streams,
         )
+        return None
 
     def _h2_gone(self, conn: _H2Connection) -> None:
         if conn in self._h2:
@@ -947,7 +993,9 @@ class ConnectionPool:
 
     # -- HTTP/1.1
 
-    async def _h1_acquire(self, deadline: float) -> _H1Connection:
+    async def _h1_acquire(self, deadline: float) -> _H1Connection | None:
+        """A free HTTP/1.1 connection: an idle one, a new one while under the limit, else
+        the next one freed (FIFO). None when a new connection turned out to speak h2."""
         while True:
             while self._h1_idle:
                 conn = self._h1_idle.pop()
@@ -961,40 +1009,30 @@ class ConnectionPool:
             if self._h1_slots < self.max_http1_connections:
                 self._h1_slots += 1
                 try:
-                    return await self._dial_h1(deadline)
+                    conn1 = await self._dial_h1(deadline)
                 except BaseException:
                     self._h1_slots -= 1
                     self._wake_h1_waiter(None)
                     raise
+                if conn1 is None:
+                    self._h1_slots -= 1
+                    self._wake_h1_waiter(None)
+                return conn1
             waiter: asyncio.Future[_H1Connection | None] = asyncio.get_running_loop().create_future()
             self._h1_waiters.append(waiter)
             if not await _until(waiter, deadline):
-                with_conn = waiter.done() and not waiter.cancelled() and waiter.exception() is None
-                if with_conn and waiter.result() is not None:
-                    self._h1_offer(waiter.result())  # type: ignore[arg-type]
                 raise TransportError(
                     "timeout", f"all {self.max_http1_connections} HTTP/1.1 connections stayed busy"
                 )
-            conn_or_none = waiter.result()
-            if conn_or_none is not None:
-                return conn_or_none
+            handed = waiter.result()
+            if handed is not None and not handed.closed:
+                return handed
 
-    async def _dial_h1(self, deadline: float) -> _H1Connection:
+    async def _dial_h1(self, deadline: float) -> _H1Connection | None:
         loop = asyncio.get_running_loop()
-        transport, handoff, alpn = await self._open(min(deadline, loop.time() + self.connect_timeout))
-        conn = _H1Connection(self)
-        handoff.hand_over(transport, conn)
-        if alpn == "h2":  # the server changed its mind: still speak HTTP/1.1 with this pool
-            log.debug("%s: %s offered h2 on an HTTP/1.1 pool", self.name, self.origin)
-        self._h1_connected(conn, "HTTP/1.1")
-        if conn.closed:
-            raise TransportError("reset", f"{self.origin} closed the connection at once")
-        return conn
-
-    def _h1_connected(self, conn: _H1Connection, what: str) -> None:
-        self._h1_open.add(conn)
-        self._protocol = "http/1.1"
-        log.info("%s: connected to %s over %s", self.name, self.origin, what)
+        deadline = min(deadline, loop.time() + self.connect_timeout)
+        transport, handoff, alpn = await self._open(deadline)
+        return await self._adopt(transport, handoff, alpn, deadline)
 
     def _h1_done(self, conn: _H1Connection) -> None:
         """An exchange finished and left the connection reusable."""

@@ -251,9 +251,9 @@ def test_full_connections_spill_over_to_new_ones(pki: Pki) -> None:
     run(main())
 
 
-def test_goaway_fails_only_unprocessed_streams_and_lets_the_others_finish(pki: Pki) -> None:
+def test_goaway_retries_unprocessed_streams_elsewhere_and_lets_the_others_finish(pki: Pki) -> None:
     async def handler(req: H2Request) -> None:
-        if req.stream_id < 5:
+        if req.conn is not req.conn.server.conns[0] or req.stream_id < 5:
             req.respond(200)
         await asyncio.Event().wait()
 
@@ -265,19 +265,51 @@ def test_goaway_fails_only_unprocessed_streams_and_lets_the_others_finish(pki: P
             await eventually(lambda: len(server.requests) == 3)
             conn = server.conns[0]
             conn.goaway(last_stream_id=3)
+            # Stream 5 was never processed: it is sent again on a new connection.
+            retried = await third
+            assert retried.status == 200 and len(server.conns) == 2
+            assert [r.headers[":path"] for r in server.conns[1].requests.values()] == ["/c"]
             # Streams 1 and 3 go on after the GOAWAY and end normally.
             await server.requests[0].send(b"one", end=True)
             await server.requests[1].send(b"two", end=True)
-            with pytest.raises(TransportError) as info:
-                await third
-            assert info.value.kind == "goaway"
             assert await first.read() == b"one"
             assert await second.read() == b"two"
-            # The drained connection is closed; a new request opens a new one.
+            # The drained connection is closed; new requests use the new one.
             await asyncio.wait_for(conn.closed.wait(), 5)
             fourth = await pool.request("GET", "/d", [])
             assert fourth.status == 200 and len(server.conns) == 2 and pool.connections == 1
-            fourth.cancel()
+            await pool.aclose()
+
+    run(main())
+
+
+def test_a_request_dropped_by_goaway_twice_fails_with_kind_goaway(pki: Pki) -> None:
+    async def go_away(req: H2Request) -> None:
+        req.conn.goaway(last_stream_id=0)
+
+    async def main() -> None:
+        async with FakeH2Server(pki, go_away) as server:
+            pool = server.pool()
+            with pytest.raises(TransportError) as info:
+                await pool.request("GET", "/a", [])
+            assert info.value.kind == "goaway" and len(server.conns) == 2
+            await pool.aclose()
+
+    run(main())
+
+
+def test_a_refused_stream_is_sent_again(pki: Pki) -> None:
+    async def refuse_first(req: H2Request) -> None:
+        if len(req.conn.server.requests) == 1:
+            req.reset(h2.errors.ErrorCodes.REFUSED_STREAM)
+        else:
+            req.respond(200, end=True)
+
+    async def main() -> None:
+        async with FakeH2Server(pki, refuse_first) as server:
+            pool = server.pool()
+            resp = await pool.request("GET", "/a", [])
+            assert resp.status == 200 and len(server.requests) == 2 and len(server.conns) == 1
             await pool.aclose()
 
     run(main())
@@ -481,6 +513,9 @@ class FakeH1Server:
         self.open = 0
         self.release = asyncio.Event()
         self.targets: list[str] = []
+        #: Close a kept-alive connection instead of answering its second request (the race
+        #: of a server closing an idle connection as the client reuses it).
+        self.close_reused = False
 
     async def __aenter__(self) -> FakeH1Server:
         ctx = server_tls(self.pki, ["http/1.1"]) if self.pki else None
@@ -500,6 +535,7 @@ class FakeH1Server:
         self.connections += 1
         self.open += 1
         conn = h11.Connection(h11.SERVER)
+        served = 0
         try:
             while True:
                 event = conn.next_event()
@@ -512,6 +548,9 @@ class FakeH1Server:
                 if isinstance(event, h11.Request):
                     target = event.target.decode()
                     self.targets.append(target)
+                    served += 1
+                    if self.close_reused and served > 1:
+                        return
                     if target.startswith("/hold"):
                         await self.release.wait()
                     if target.startswith("/chunked"):
@@ -606,6 +645,23 @@ def test_http1_abandoned_body_closes_the_connection(pki: Pki) -> None:
             assert pool.connections == 0 and pool.streams == 0
             assert await (await pool.request("GET", "/x", [])).read() == b"body of /x"
             assert server.connections == 2
+            await pool.aclose()
+
+    run(main())
+
+
+def test_http1_replays_a_get_once_when_a_reused_connection_was_closed(pki: Pki) -> None:
+    async def main() -> None:
+        async with FakeH1Server(None) as server:
+            server.close_reused = True
+            pool = server.pool()
+            assert await (await pool.request("GET", "/a", [])).read() == b"body of /a"
+            assert await (await pool.request("GET", "/b", [])).read() == b"body of /b"
+            assert server.targets == ["/a", "/b", "/b"] and server.connections == 2
+            # Not a replayable method: the caller decides.
+            with pytest.raises(TransportError) as info:
+                await pool.request("POST", "/c", [], b"{}")
+            assert info.value.kind == "reset"
             await pool.aclose()
 
     run(main())
