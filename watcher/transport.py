@@ -604,6 +604,7 @@ class _H1Connection(asyncio.Protocol):
         self.paused = False
         self.idle_timer: asyncio.TimerHandle | None = None
         self.exchanges = 0
+        self.busy = False  # from the request until its response ended
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -616,6 +617,7 @@ class _H1Connection(asyncio.Protocol):
             raise TransportError("reset", "connection closed")
         assert self.response is None
         self.exchanges += 1
+        self.busy = True
         fields = [
             (n, v)
             for n, v in headers
@@ -663,10 +665,11 @@ class _H1Connection(asyncio.Protocol):
                         self.transport.pause_reading()
             elif isinstance(event, h11.EndOfMessage) and response is not None:
                 self.response = None
+                self.busy = False
                 response._finish()
                 if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
                     self.h11.start_next_cycle()
-                    self.pool._h1_done(self)
+                    self.pool._h1_offer(self)
                 else:
                     self._die(TransportError("reset", "connection not reusable"))
             elif isinstance(event, h11.ConnectionClosed):
@@ -706,7 +709,7 @@ class _H1Connection(asyncio.Protocol):
             response._fail(error)
         if self.transport is not None:
             self.transport.close()
-        self.pool._h1_gone(self, busy=response is not None)
+        self.pool._h1_gone(self)
 
 
 # --------------------------------------------------------------------------- connecting
@@ -825,7 +828,6 @@ class ConnectionPool:
         self._h1_open: set[_H1Connection] = set()
         self._h1_idle: list[_H1Connection] = []
         self._h1_slots = 0  # open or being opened
-        self._h1_busy = 0
         self._h1_waiters: collections.deque[asyncio.Future[_H1Connection | None]] = collections.deque()
         self._closed = False
 
@@ -842,7 +844,7 @@ class ConnectionPool:
     @property
     def streams(self) -> int:
         """Requests in flight now."""
-        return sum(len(conn.streams) for conn in self._h2) + self._h1_busy
+        return sum(len(conn.streams) for conn in self._h2) + sum(conn.busy for conn in self._h1_open)
 
     async def request(
         self,
@@ -874,7 +876,6 @@ class ConnectionPool:
                     continue  # the server speaks h2 now
                 reused = conn1.exchanges > 0
                 response = conn1.start_request(method, target, headers, body)
-                self._h1_busy += 1
                 try:
                     return await self._headers(response, deadline, what, timeout)
                 except TransportError as exc:
@@ -1034,11 +1035,6 @@ class ConnectionPool:
         transport, handoff, alpn = await self._open(deadline)
         return await self._adopt(transport, handoff, alpn, deadline)
 
-    def _h1_done(self, conn: _H1Connection) -> None:
-        """An exchange finished and left the connection reusable."""
-        self._h1_busy -= 1
-        self._h1_offer(conn)
-
     def _h1_offer(self, conn: _H1Connection) -> None:
         """A free connection: to the first waiter, else to the idle list (closed after
         ``idle_close``)."""
@@ -1053,9 +1049,7 @@ class ConnectionPool:
         conn.idle_timer = asyncio.get_running_loop().call_later(self.idle_close, conn.close)
         self._h1_idle.append(conn)
 
-    def _h1_gone(self, conn: _H1Connection, busy: bool) -> None:
-        if busy:
-            self._h1_busy -= 1
+    def _h1_gone(self, conn: _H1Connection) -> None:
         if conn in self._h1_open:
             self._h1_open.discard(conn)
             self._h1_slots -= 1
