@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from watcher.resources import Column
-from watcher.state import UNSERVED
+from watcher.state import UNSERVED, informer_state
 from watcher.tables import document, rows_to_batch, table_schema
 
 CLUSTERS_TABLE = "k8s_clusters"
@@ -93,7 +93,7 @@ def cluster_batch(facts: ClusterFacts, now: float) -> pa.RecordBatch:
         "updated_at": _ts(info.get("updated_at")),
         "informer_states": {c["resource"]: c["state"] for c in cps},
         "informers_total": len(cps),
-        "informers_watching": sum(1 for c in cps if c["state"] == "watching"),
+        "informers_watching": sum(1 for c in cps if informer_state(c["state"]).synced),
         "last_event_at": _ts(last_event),
         "last_list_at": _ts(last_list),
         "cache_staleness_seconds": int(now - newest) if newest else None,

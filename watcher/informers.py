@@ -4,38 +4,48 @@ The layering follows client-go's Reflector and kopf's watching module:
 
 * :meth:`ResourceInformer.run` - the infinite loop. Absorbs every failure: backs
   off on transport errors, 429 and 5xx (re-watching from the same resourceVersion,
-  no relist), relists on 410 Gone, parks a forbidden resource and retries it
-  slowly. Ends only when asked to stop.
+  no relist; a ``Retry-After`` is a floor), relists on 410 Gone, parks a forbidden
+  resource and retries it slowly. Ends only when asked to stop.
 * :meth:`ResourceInformer._sync_once` - one list-then-watch cycle. Lists only when
   there is no resourceVersion to resume from; then watches until the server ends
   the request. Absorbs nothing.
 * :meth:`ResourceInformer._watch` / ``_list`` - one request each.
 
-State machine (``InformerStatus.state``): ``starting -> listing -> watching``,
+An informer is a coroutine on the process's I/O loop (``watcher.eventloop``), not a
+thread: a fleet's 25,000 watches are 25,000 small tasks, and the watches of a context
+are streams on one HTTP/2 connection (``watcher.kube``). It sees the world through
+three seams, as client-go's reflector does: a :class:`ListerWatcher` (the API side:
+``KubeClient``, or a scripted fake), a :class:`Sink` (the cache side: ``CacheStore``)
+and a :class:`Clock` (waits and timestamps: a fake one makes the backoff schedule a
+list of numbers in a unit test).
+
+States are :class:`~watcher.state.InformerState`: ``starting -> listing -> watching``,
 ``watching -> listing`` on 410, ``* -> backoff -> watching|listing`` on transient
-errors, ``* -> forbidden`` on 401/403, ``* -> error`` on anything else (retried
-with backoff), ``stopped`` at the end. ``listed`` is the one-shot state of a relist
-outside the daemon (:meth:`ResourceInformer.relist`: listed, not watching).
+errors, ``* -> forbidden`` on 401/403, ``* -> error`` on anything else (retried with
+backoff), ``stopped`` at the end; ``listed`` is the one-shot relist outside the daemon
+(:meth:`ResourceInformer.relist`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from watcher.discovery import EXCLUDED, REDISCOVER_SECONDS, Served, discover, plan_builtins, plan_discovered
+from watcher.eventloop import IoLoop, io_loop
 from watcher.kube import (
     JSON,
     PARTIAL_LIST,
     PARTIAL_OBJECT,
     ApiError,
     KubeClient,
-    WatchStream,
     is_expired,
     is_forbidden,
     is_not_found,
@@ -44,7 +54,7 @@ from watcher.kube import (
     is_unsupported_request,
 )
 from watcher.resources import CRD, RESOURCES, ResourceDescriptor, custom_object_descriptor
-from watcher.state import UNSERVED, CacheStore, InformerStatus
+from watcher.state import UNSERVED, CacheStore, InformerState, InformerStatus, informer_state
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +74,76 @@ class StreamingListUnsupported(Exception):
     """The server refused sendInitialEvents for this resource (no watch cache, old server)."""
 
 
+# --------------------------------------------------------------------------- seams
+
+
+class EventStream(Protocol):
+    """An open watch: batches of events (one network read each); ``close`` ends it."""
+
+    def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]: ...
+
+    def close(self) -> None: ...
+
+
+class ListerWatcher(Protocol):
+    """The API side of an informer (``KubeClient``)."""
+
+    context: str
+
+    async def aget(
+        self, path: str, query: Mapping[str, Any] | None = None, *, accept: str = JSON, timeout: float = 60
+    ) -> Any: ...
+
+    async def awatch(
+        self, path: str, query: Mapping[str, Any], *, accept: str = JSON, read_timeout: float
+    ) -> EventStream: ...
+
+
+class Sink(Protocol):
+    """The cache side of an informer (``CacheStore``): every call only enqueues a write."""
+
+    def begin_relist(self) -> int: ...
+
+    def relist_page(
+        self, context: str, desc: ResourceDescriptor, items: list[dict[str, Any]], gen: int
+    ) -> None: ...
+
+    def end_relist(
+        self, context: str, desc: ResourceDescriptor, gen: int, status: InformerStatus
+    ) -> None: ...
+
+    def apply_events(
+        self,
+        context: str,
+        desc: ResourceDescriptor,
+        events: Iterable[tuple[str, dict[str, Any]]],
+        status: InformerStatus,
+    ) -> None: ...
+
+    def write_status(self, status: InformerStatus) -> None: ...
+
+
+class Clock:
+    """Time as an informer sees it. :meth:`sleep` returns early, True, when ``wake``
+    is set (a stop). Unit tests pass a fake that records the waits and returns at once."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float, wake: asyncio.Event) -> bool:
+        try:
+            await asyncio.wait_for(wake.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+SYSTEM_CLOCK = Clock()
+
+
 @dataclass
 class Backoff:
     """Exponential backoff with jitter, as client-go's (0.8 s doubling to 30 s), reset
@@ -74,11 +154,12 @@ class Backoff:
     factor: float = 2.0
     jitter: float = 1.0
     reset_after: float = 120.0
+    clock: Clock = SYSTEM_CLOCK
     _current: float = 0.0
     _last_failure: float = 0.0
 
     def next_delay(self) -> float:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if not self._current or now - self._last_failure > self.reset_after:
             self._current = self.initial
         else:
@@ -86,6 +167,22 @@ class Backoff:
         self._last_failure = now
         # Jitter spreads reconnects of many informers; it never takes a delay past the cap.
         return min(self._current * (1 + random.random() * self.jitter), self.cap)
+
+
+class ListSlots:
+    """Initial lists (a LIST, or a streaming list's initial state) in progress at once,
+    per API server: bounds the memory of parsed pages and how hard a (re)starting fleet
+    hits each server. Used on the I/O loop only."""
+
+    def __init__(self, per_server: int = 8) -> None:
+        self.per_server = per_server
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    def of(self, server: str) -> asyncio.Semaphore:
+        slot = self._slots.get(server)
+        if slot is None:
+            slot = self._slots[server] = asyncio.Semaphore(self.per_server)
+        return slot
 
 
 @dataclass
@@ -101,7 +198,18 @@ class InformerOptions:
     read_timeout_slack: float = 30.0
     forbidden_retry: float = 300.0
     streaming_list: bool = True
-    list_semaphore: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(4))
+    list_slots: ListSlots = field(default_factory=ListSlots)
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None  # not on a loop
+
+
+def _server_of(client: Any) -> str:
+    return str(getattr(client, "server_key", "") or client.context)
 
 
 class ResourceInformer:
@@ -110,20 +218,21 @@ class ResourceInformer:
     def __init__(
         self,
         *,
-        client: KubeClient,
+        client: ListerWatcher,
         descriptor: ResourceDescriptor,
-        store: CacheStore,
+        store: Sink,
         options: InformerOptions,
         resume_from: str | None = None,
         streaming: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.client = client
         self.descriptor = descriptor
         self.store = store
         self.options = options
+        self.clock = clock
         self.streaming = streaming and options.streaming_list
-        self.stop_event = threading.Event()
-        self.backoff = Backoff()
+        self.backoff = Backoff(clock=clock)
         self.status = InformerStatus(
             context=client.context, resource=descriptor.key, table_name=descriptor.table, state="starting"
         )
@@ -134,66 +243,117 @@ class ResourceInformer:
         #: After an expired RV, list with RV "" (a consistent read from etcd), never "0":
         #: the watch cache that served "0" may be just as stale as what expired.
         self._consistent_list = False
-        self._thread: threading.Thread | None = None
-        self._stream: WatchStream | None = None
+        self._stream: EventStream | None = None
         self._relist_requested = False
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._future: Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._done = threading.Event()
+        self._gen = 0
+        self._holding_slot = False
 
     @property
     def name(self) -> str:
         return f"{self.client.context}/{self.descriptor.key}"
 
-    # -- lifecycle -----------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name=f"informer {self.name}", daemon=True)
-        self._thread.start()
+    # -- lifecycle (any thread) ------------------------------------------------
+
+    def start(self, io: IoLoop) -> None:
+        """Run on ``io`` until stopped."""
+        self._future = io.spawn(self.run())
 
     def stop(self) -> None:
-        self.stop_event.set()
+        self._stopping = True
+        self._poke()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._future is not None:
+            self._done.wait(timeout)
+
+    def request_relist(self) -> None:
+        """Make the running loop relist (a safety net against missed events)."""
+        self._relist_requested = True
+        self._poke()
+
+    def _poke(self) -> None:
+        """Interrupt a wait or a running watch, on the informer's loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._interrupt()  # not running (yet): only the flags matter
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._interrupt()
+        else:
+            loop.call_soon_threadsafe(self._interrupt)
+
+    def _interrupt(self) -> None:
         stream = self._stream
         if stream is not None:
             stream.close()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._stopping:
+            self._wake.set()
+            # Waiting for a list slot, a page or a connection: a stop from outside
+            # cancels that wait. (A stop from the informer's own task - a scripted API
+            # in a unit test - only sets the flag, which the loop reads next.)
+            task = self._task
+            if task is not None and not task.done() and task is not _current_task() and stream is None:
+                task.cancel()
 
     def _set_state(self, state: str, error: str | None = None) -> None:
         self.status.state = state
         self.status.resource_version = self.resource_version
         if error is not None:
             self.status.last_error = error
-        self.status.updated_at = time.time()
+        self.status.updated_at = self.clock.time()
         self.store.write_status(self.status)
 
-    def request_relist(self) -> None:
-        """Make the running loop relist (a safety net against missed events)."""
-        self._relist_requested = True
-        stream = self._stream
-        if stream is not None:
-            stream.close()
-
-    def relist(self) -> None:
+    async def relist(self) -> None:
         """One consistent paginated LIST into the cache, and no watch: the plugin's
         fallback when no daemon keeps the cache warm."""
         self._consistent_list = True
-        self._list()
-        self._set_state("listed")
+        await self._list()
+        self._set_state(InformerState.LISTED)
 
     def record_failure(self, exc: ApiError) -> None:
         self.status.errors += 1
-        self._set_state("forbidden" if is_forbidden(exc) else "error", str(exc))
+        self._set_state(InformerState.FORBIDDEN if is_forbidden(exc) else InformerState.ERROR, str(exc))
+
+    async def _wait(self, seconds: float) -> None:
+        await self.clock.sleep(seconds, self._wake)
 
     # -- layer 1: the infinite loop ------------------------------------------
 
-    def run(self) -> None:
+    async def run(self) -> None:
         """Keep the cache in step with the server until stopped; absorb every failure."""
-        while not self.stop_event.is_set():
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise  # the loop is going away, not a stop of ours
+        finally:
+            if self._stopping:
+                self._set_state(InformerState.STOPPED)
+            self._done.set()
+
+    async def _run(self) -> None:
+        while not self._stopping:
             if self._relist_requested:
                 self._relist_requested = False
                 self.resource_version = None
             try:
-                self._sync_once()
+                await self._sync_once()
             except WatchExpired as exc:
                 log.info(
                     "%s: resourceVersion %s expired (%s); relisting", self.name, self.resource_version, exc
@@ -202,119 +362,126 @@ class ResourceInformer:
                 self._consistent_list = True
                 self.status.relists += 1
             except WatchBroken as exc:
-                if self.stop_event.is_set():
+                if self._stopping:
                     break
                 self.status.errors += 1
                 delay = random.uniform(0.05, 0.25)
                 log.info("%s: %s; re-watching from RV %s", self.name, exc, self.resource_version)
-                self._set_state("backoff", str(exc))
-                self.stop_event.wait(delay)
+                self._set_state(InformerState.BACKOFF, str(exc))
+                await self._wait(delay)
             except ApiError as exc:
-                if self.stop_event.is_set():
+                if self._stopping:
                     break
-                self.status.errors += 1
-                if is_forbidden(exc):
-                    log.warning(
-                        "%s: %s; parked as forbidden, retrying in %.0fs",
-                        self.name,
-                        exc,
-                        self.options.forbidden_retry,
-                    )
-                    self._set_state("forbidden", str(exc))
-                    self.stop_event.wait(self.options.forbidden_retry)
-                    continue
-                if is_not_found(exc) and self.descriptor.custom:
-                    # The CRD is gone (or not yet served); the manager stops us.
-                    self._set_state("error", str(exc))
-                    self.stop_event.wait(self.backoff.next_delay())
-                    continue
-                delay = self.backoff.next_delay()
-                state = "backoff" if is_retryable(exc) else "error"
-                log.warning(
-                    "%s: %s; %s for %.1fs, then re-watch from RV %s",
-                    self.name,
-                    exc,
-                    state,
-                    delay,
-                    self.resource_version,
-                )
-                self._set_state(state, str(exc))
-                self.stop_event.wait(delay)
+                await self._after_api_error(exc)
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:
                 self.status.errors += 1
                 delay = self.backoff.next_delay()
                 log.exception("%s: unexpected failure; retrying in %.1fs", self.name, delay)
-                self._set_state("error", f"{type(exc).__name__}: {exc}")
-                self.stop_event.wait(delay)
-        self._set_state("stopped")
+                self._set_state(InformerState.ERROR, f"{type(exc).__name__}: {exc}")
+                await self._wait(delay)
+
+    async def _after_api_error(self, exc: ApiError) -> None:
+        self.status.errors += 1
+        if is_forbidden(exc):
+            log.warning(
+                "%s: %s; parked as forbidden, retrying in %.0fs", self.name, exc, self.options.forbidden_retry
+            )
+            self._set_state(InformerState.FORBIDDEN, str(exc))
+            await self._wait(self.options.forbidden_retry)
+            return
+        if is_not_found(exc) and self.descriptor.custom:
+            # The CRD is gone (or not yet served); the manager stops us.
+            self._set_state(InformerState.ERROR, str(exc))
+            await self._wait(self.backoff.next_delay())
+            return
+        # API Priority and Fairness says how long to stay away: never less.
+        delay = max(self.backoff.next_delay(), exc.retry_after or 0.0)
+        state = InformerState.BACKOFF if is_retryable(exc) else InformerState.ERROR
+        log.warning(
+            "%s: %s; %s for %.1fs, then re-watch from RV %s",
+            self.name,
+            exc,
+            state,
+            delay,
+            self.resource_version,
+        )
+        self._set_state(state, str(exc))
+        await self._wait(delay)
 
     # -- layer 2: one list-then-watch cycle ----------------------------------
 
-    def _sync_once(self) -> None:
+    async def _sync_once(self) -> None:
         if self.resource_version is None:
             if self.streaming:
                 try:
-                    self._watch(streaming_list=True)
+                    await self._watch(streaming_list=True)
                     return
                 except StreamingListUnsupported as exc:
                     log.info("%s: streaming list unsupported (%s); using LIST", self.name, exc)
                     self.streaming = False
-            self._list()
-        self._watch(streaming_list=False)
+            await self._list()
+        await self._watch(streaming_list=False)
 
     # -- layer 3: single requests --------------------------------------------
 
-    def _list(self) -> None:
+    async def _list(self) -> None:
         """Paginated LIST into the cache; the cache then equals the list (deletions too)."""
-        self._set_state("listing")
+        self._set_state(InformerState.LISTING)
+        async with self.options.list_slots.of(_server_of(self.client)):
+            page = await self._list_pages()
+        self.resource_version = page["metadata"]["resourceVersion"]
+        self._consistent_list = False
+        self.status.lists += 1
+        self.status.last_list_at = self.clock.time()
+        self.status.resource_version = self.resource_version
+        self.store.end_relist(self.client.context, self.descriptor, self._gen, self._status_copy())
+
+    async def _list_pages(self) -> dict[str, Any]:
         desc = self.descriptor
         accept = PARTIAL_LIST if desc.metadata_only else JSON
         # RV "0": any state the API server has (its watch cache) - cheap for the server.
         # RV "": a consistent read, needed after a 410 (see _consistent_list).
         rv = "" if self._consistent_list else "0"
-        with self.options.list_semaphore:
-            gen = self.store.begin_relist()
-            cont: str | None = None
-            count = 0
-            while True:
-                query: dict[str, Any] = {"limit": self.options.page_size}
-                if cont:
-                    query["continue"] = cont
-                else:
-                    query["resourceVersion"] = rv
-                    if rv == "0":
-                        query["resourceVersionMatch"] = "NotOlderThan"
-                try:
-                    page = self.client.get(desc.collection_path(), query, accept=accept)
-                except ApiError as exc:
-                    if is_expired(exc) and cont:
-                        # The continue token expired (about 5 min): start over, consistently.
-                        log.info("%s: continue token expired; restarting the list", self.name)
-                        rv, cont, count = "", None, 0
-                        gen = self.store.begin_relist()
-                        continue
-                    if is_expired(exc):
-                        raise WatchExpired(str(exc)) from exc
-                    raise
-                items = page.get("items") or []
-                count += len(items)
-                self.store.relist_page(self.client.context, desc, items, gen)
-                cont = (page.get("metadata") or {}).get("continue")
-                if not cont:
-                    break
-        self.resource_version = page["metadata"]["resourceVersion"]
-        self._consistent_list = False
-        self.status.lists += 1
-        self.status.last_list_at = time.time()
-        self.status.resource_version = self.resource_version
-        self.store.end_relist(self.client.context, desc, gen, self._status_copy())
-        log.info("%s: listed %d objects at RV %s", self.name, count, self.resource_version)
+        self._gen = self.store.begin_relist()
+        cont: str | None = None
+        count = 0
+        while True:
+            query: dict[str, Any] = {"limit": self.options.page_size}
+            if cont:
+                query["continue"] = cont
+            else:
+                query["resourceVersion"] = rv
+                if rv == "0":
+                    query["resourceVersionMatch"] = "NotOlderThan"
+            try:
+                page = await self.client.aget(desc.collection_path(), query, accept=accept)
+            except ApiError as exc:
+                if is_expired(exc) and cont:
+                    # The continue token expired (about 5 min): start over, consistently.
+                    log.info("%s: continue token expired; restarting the list", self.name)
+                    rv, cont, count = "", None, 0
+                    self._gen = self.store.begin_relist()
+                    continue
+                if is_expired(exc):
+                    raise WatchExpired(str(exc)) from exc
+                raise
+            items = page.get("items") or []
+            count += len(items)
+            self.store.relist_page(self.client.context, desc, items, self._gen)
+            cont = (page.get("metadata") or {}).get("continue")
+            if not cont:
+                log.info(
+                    "%s: listed %d objects at RV %s", self.name, count, page["metadata"]["resourceVersion"]
+                )
+                return page
 
     def _status_copy(self) -> InformerStatus:
-        self.status.updated_at = time.time()
+        self.status.updated_at = self.clock.time()
         return InformerStatus(**self.status.__dict__)
 
-    def _watch(self, *, streaming_list: bool) -> None:
+    async def _watch(self, *, streaming_list: bool) -> None:
         """One WATCH request, applied to the cache until the server ends it.
 
         With ``streaming_list`` the server first sends the whole current state as
@@ -334,58 +501,69 @@ class ResourceInformer:
         else:
             query["resourceVersion"] = self.resource_version
         accept = PARTIAL_OBJECT if desc.metadata_only else JSON
-        gen = self.store.begin_relist() if streaming_list else None
-        initial: list[dict[str, Any]] = []
-        self._set_state("listing" if streaming_list else "watching")
+        self._set_state(InformerState.LISTING if streaming_list else InformerState.WATCHING)
         # The initial state of a streaming list takes a listing slot, like a LIST: it
         # bounds how many informers hold pages of parsed objects at once (memory) and
         # how hard a (re)starting daemon hits the API servers.
-        slot = self.options.list_semaphore if streaming_list else None
+        slot = self.options.list_slots.of(_server_of(self.client)) if streaming_list else None
         if slot is not None:
-            slot.acquire()
+            await slot.acquire()
         try:
-            try:
-                events = self.client.stream(
-                    desc.collection_path(),
-                    query,
-                    accept=accept,
-                    read_timeout=timeout + self.options.read_timeout_slack,
-                )
-            except ApiError as exc:
-                if is_expired(exc):
-                    raise WatchExpired(str(exc)) from exc
-                if streaming_list and is_unsupported_request(exc):
-                    raise StreamingListUnsupported(str(exc)) from exc
-                raise
-            self.status.watches += 1
-            self._stream = events
-            # A stop or relist asked for while no stream was open (during a LIST, a
-            # backoff, or while waiting for a slot) must not wait for this watch's timeout.
-            if self.stop_event.is_set() or self._relist_requested:
-                events.close()
-            opened, delivered = time.monotonic(), 0
-            try:
-                for batch in events:
-                    delivered += len(batch)
-                    gen, initial = self._apply_batch(batch, gen, initial)
-                    if slot is not None and gen is None:
-                        slot.release()
-                        slot = None
-            except ApiError as exc:
-                # A watch that worked and then broke is a network event, not a failing
-                # server: back to watching at once. One that broke at once backs off.
-                if is_transport(exc) and (delivered or time.monotonic() - opened > 1.0):
-                    raise WatchBroken(str(exc)) from exc
-                raise
-            finally:
-                self._stream = None
+            await self._stream_events(query, accept, timeout, streaming_list, slot)
         finally:
-            if slot is not None:
+            if slot is not None and self._holding_slot:
                 slot.release()
+
+    async def _stream_events(
+        self,
+        query: dict[str, Any],
+        accept: str,
+        timeout: int,
+        streaming_list: bool,
+        slot: asyncio.Semaphore | None,
+    ) -> None:
+        self._holding_slot = slot is not None
+        gen = self.store.begin_relist() if streaming_list else None
+        initial: list[dict[str, Any]] = []
+        try:
+            events = await self.client.awatch(
+                self.descriptor.collection_path(),
+                query,
+                accept=accept,
+                read_timeout=timeout + self.options.read_timeout_slack,
+            )
+        except ApiError as exc:
+            if is_expired(exc):
+                raise WatchExpired(str(exc)) from exc
+            if streaming_list and is_unsupported_request(exc):
+                raise StreamingListUnsupported(str(exc)) from exc
+            raise
+        self.status.watches += 1
+        self._stream = events
+        # A stop or relist asked for while no stream was open (during a LIST, a
+        # backoff, or while waiting for a slot) must not wait for this watch's timeout.
+        if self._stopping or self._relist_requested:
+            events.close()
+        opened, delivered = self.clock.monotonic(), 0
+        try:
+            async for batch in events:
+                delivered += len(batch)
+                gen, initial = self._apply_batch(batch, gen, initial)
+                if slot is not None and gen is None and self._holding_slot:
+                    slot.release()
+                    self._holding_slot = False
+        except ApiError as exc:
+            # A watch that worked and then broke is a network event, not a failing
+            # server: back to watching at once. One that broke at once backs off.
+            if is_transport(exc) and (delivered or self.clock.monotonic() - opened > 1.0):
+                raise WatchBroken(str(exc)) from exc
+            raise
+        finally:
+            self._stream = None
         # Ended before the initial-events-end bookmark: only a server that does not
         # stream lists does that. We closed it ourselves on stop or on a relist request
         # (the loop then starts a new streaming list): that says nothing about the server.
-        if gen is not None and not self.stop_event.is_set() and not self._relist_requested:
+        if gen is not None and not self._stopping and not self._relist_requested:
             raise StreamingListUnsupported(
                 "the server ended the watch before the initial-events-end bookmark"
             )
@@ -409,7 +587,7 @@ class ResourceInformer:
                     self.resource_version = rv
                 if kind != "BOOKMARK":
                     self.status.events += 1
-                    self.status.last_event_at = time.time()
+                    self.status.last_event_at = self.clock.time()
                 pending.append((kind, obj))
             elif kind == "ADDED":
                 initial.append(obj)
@@ -424,8 +602,8 @@ class ResourceInformer:
                 self.store.relist_page(self.client.context, desc, initial, gen)
                 self.resource_version = rv
                 self.status.lists += 1
-                self.status.last_list_at = time.time()
-                self.status.state = "watching"
+                self.status.last_list_at = self.clock.time()
+                self.status.state = InformerState.WATCHING
                 self.status.resource_version = rv
                 self.store.end_relist(self.client.context, desc, gen, self._status_copy())
                 log.info("%s: streamed initial state at RV %s", self.name, rv)
@@ -533,10 +711,12 @@ class ContextInformers:
         options: InformerOptions,
         watch_custom_objects: bool = True,
         discovery: bool = True,
+        io: IoLoop | None = None,
     ) -> None:
         self.client = client
         self.store = store
         self.options = options
+        self.io = io or io_loop()
         self.descriptors = descriptors
         self.watch_custom_objects = watch_custom_objects
         self.discovery = discovery
@@ -548,6 +728,9 @@ class ContextInformers:
         self._served_at = 0.0
         self._skips_logged: set[str] = set()
         self._crd_versions: dict[str, str] = {}
+        #: The CRD informer's (lists, events, relists) at the last reconcile that read
+        #: the cached CRDs: unchanged means no CRD changed, so nothing is read again.
+        self._crds_seen: tuple[int, int, int] | None = None
         #: Set by the first reconcile that saw the CRDs listed: from then on every custom
         #: and discovered resource has its informer (until then the context is starting).
         self.complete = False
@@ -583,7 +766,7 @@ class ContextInformers:
             streaming=self.streaming,
         )
         self.informers[desc.key] = informer
-        informer.start()
+        informer.start(self.io)
 
     def reconcile(self) -> None:
         """Start informers for new CRDs and newly served resources, stop and tombstone
@@ -593,11 +776,16 @@ class ContextInformers:
         if not self.watch_custom_objects or CRD.key not in self.informers:
             self.complete = True  # nothing more will be started
             return
-        if self.informers[CRD.key].status.lists == 0 and CRD.key not in self._resume:
+        crd_status = self.informers[CRD.key].status
+        if crd_status.lists == 0 and CRD.key not in self._resume:
             return  # CRDs not listed yet: absence of a CRD means nothing so far
+        seen = (crd_status.lists, crd_status.events, crd_status.relists)
+        if seen == self._crds_seen and not self._discovery_due():
+            return  # a fleet of idle contexts costs no reads of the cache
         # The list's pages were queued before it counted: once committed, the cached CRDs
         # are complete (a custom resource missing here would pass for a discovered one).
         self.store.flush()
+        self._crds_seen = seen
         crds = self.store.live_rows(self.context, CRD)
         wanted = {d.key: d for d in (custom_object_descriptor(c) for c in crds) if d is not None}
         self._follow_crd_changes(
@@ -642,12 +830,18 @@ class ContextInformers:
                 informer.request_relist()
         self._crd_versions = versions
 
+    def _discovery_due(self) -> bool:
+        """Discovery is read again every REDISCOVER_SECONDS (a tenth of it while it
+        cannot be read)."""
+        if not self.discovery:
+            return False
+        wait = REDISCOVER_SECONDS if self._served is not None else REDISCOVER_SECONDS / 10
+        return time.monotonic() - self._served_at > wait
+
     def _discovered(self, custom: set[str]) -> list[ResourceDescriptor] | None:
         """Descriptors for the served resources that have none and are not custom
-        resources; discovery is read again every REDISCOVER_SECONDS (a tenth of it while
-        it cannot be read). None while what the server serves is unknown."""
-        wait = REDISCOVER_SECONDS if self._served is not None else REDISCOVER_SECONDS / 10
-        if time.monotonic() - self._served_at > wait:
+        resources. None while what the server serves is unknown."""
+        if self._discovery_due():
             self._served = discover(self.client) or self._served
             self._served_at = time.monotonic()
         if self._served is None:
@@ -678,6 +872,19 @@ class ContextInformers:
             informer.join(timeout)
 
 
+#: Threads that start contexts (server version, discovery) at once.
+START_THREADS = 16
+
+
+def _start_context(ctx: ContextInformers) -> str | None:
+    try:
+        ctx.start()
+        return None
+    except Exception as exc:  # one context's failure must not stop the others
+        log.exception("%s: start failed", ctx.context)
+        return f"{type(exc).__name__}: {exc}"
+
+
 class InformerManager:
     """All contexts' informers, and the periodic CRD reconcile."""
 
@@ -690,9 +897,11 @@ class InformerManager:
         options: InformerOptions | None = None,
         watch_custom_objects: bool = True,
         reconcile_interval: float = 2.0,
+        io: IoLoop | None = None,
     ) -> None:
         self.store = store
         self.options = options or InformerOptions()
+        self.io = io or io_loop()
         self.contexts = [
             ContextInformers(
                 client=c,
@@ -700,6 +909,7 @@ class InformerManager:
                 descriptors=descriptors,
                 options=self.options,
                 watch_custom_objects=watch_custom_objects,
+                io=self.io,
             )
             for c in clients
         ]
@@ -713,13 +923,13 @@ class InformerManager:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        # Contexts start in parallel: an unreachable one (connect timeouts) must not
-        # delay the others.
-        starters = [threading.Thread(target=ctx.start, name=f"start {ctx.context}") for ctx in self.contexts]
-        for t in starters:
-            t.start()
-        for t in starters:
-            t.join()
+        # Contexts start in parallel (their version and discovery requests wait on the
+        # network, not on us): an unreachable one (connect timeouts) must not delay the
+        # others. A few threads do it for a fleet; the informers themselves are tasks.
+        with ThreadPoolExecutor(max_workers=START_THREADS, thread_name_prefix="start") as pool:
+            for ctx, error in zip(self.contexts, pool.map(_start_context, self.contexts), strict=True):
+                if error is not None:
+                    log.error("%s: failed to start: %s", ctx.context, error)
         self._thread = threading.Thread(target=self._reconcile_loop, name="informer-reconcile", daemon=True)
         self._thread.start()
 
@@ -747,6 +957,7 @@ class InformerManager:
             descriptors=self._descriptors,
             options=self.options,
             watch_custom_objects=self._watch_custom_objects,
+            io=self.io,
         )
         ctx.start()
         with self._lock:
@@ -780,7 +991,7 @@ class InformerManager:
         """Wait until every informer has listed (or resumed) and is watching."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.contexts_starting() and all(s.state == "watching" for s in self.statuses()):
+            if not self.contexts_starting() and all(informer_state(s.state).synced for s in self.statuses()):
                 return True
             time.sleep(0.1)
         return False

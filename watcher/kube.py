@@ -1,40 +1,48 @@
 """Kubeconfig contexts to API clients, and raw JSON requests.
 
 A context's kubeconfig entries (``watcher.kubeconfig``) give the server, its TLS
-settings and the user's credential sources (``watcher.credentials``); requests go
-through urllib3 directly with the response left unparsed until :mod:`orjson` reads
-it. No model objects are built: they are slow, memory-hungry and would hold secret
-data we never asked for.
+settings and the user's credential sources (``watcher.credentials``). Requests run on
+the process's I/O loop (``watcher.eventloop``) over ``watcher.transport``: HTTP/2 where
+the server speaks it, so every watch of a context is one stream on one connection (as
+client-go's are), HTTP/1.1 with a bounded number of connections otherwise. Responses
+stay unparsed until :mod:`orjson` reads them; no model objects are built (they are
+slow, memory-hungry and would hold secret data we never asked for).
+
+Connections are shared by every client with the same server and TLS identity (CA,
+client certificate, server name, proxy): contexts of one cluster that differ only in
+their bearer token share one connection, since a token travels per request.
 
 Credentials are consulted on every request: an expired exec or OIDC token is fetched
-again, a rotated token or certificate file is read again, and a 401 refreshes the
-credential and retries the request once. A new client certificate builds a new
-connection pool; connections already open (running watches) keep theirs.
+again (in an executor: a plugin may run for seconds), a rotated token or certificate
+file is read again, and a 401 refreshes the credential and retries the request once.
+A new client certificate moves the client to a new connection pool; the old pool is
+closed, so its watches break and re-watch (from their resourceVersion) with the new one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import contextlib
+import concurrent.futures
+import http
 import logging
 import os
 import ssl
 import tempfile
-import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import orjson
-import urllib3
 
 from watcher import __version__
-from watcher.credentials import DEFAULT_EXEC_TIMEOUT, ClientCert, CredentialError, Credentials
+from watcher.credentials import DEFAULT_EXEC_TIMEOUT, ClientCert, Credential, CredentialError, Credentials
+from watcher.eventloop import IoLoop, io_loop
 from watcher.kubeconfig import ContextEntry, KubeconfigError, context_entry
+from watcher.transport import ConnectionPool, HttpResponse, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +59,15 @@ class ApiError(Exception):
     ``apierrors.IsForbidden`` and friends), never by comparing status numbers.
     """
 
-    def __init__(self, status: int, reason: str, message: str = "", *, status_reason: str = "") -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str = "",
+        *,
+        status_reason: str = "",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"HTTP {status} {reason}: {message}" if status else f"{reason}: {message}")
         self.status = status
         self.reason = reason
@@ -59,6 +75,9 @@ class ApiError(Exception):
         #: The ``reason`` of the Status body (``AlreadyExists``, ``Conflict``, ...): what
         #: the server means, where ``reason`` is only the HTTP reason phrase.
         self.status_reason = status_reason
+        #: Seconds the server asked us to wait (``Retry-After`` of a 429 or 503: API
+        #: Priority and Fairness shedding load); a backoff never waits less.
+        self.retry_after = retry_after
 
 
 class CredentialsUnavailable(ApiError):
@@ -165,14 +184,21 @@ def _load_client_cert(ctx: ssl.SSLContext, cert: ClientCert) -> None:
         ctx.load_cert_chain(str(cert_path), str(key_path))
 
 
-class Transport:
-    """The connection pool of one context, rebuilt when its TLS material changes (a new
-    client certificate, a rewritten CA file)."""
+#: HTTP/1.1 connections per pool when a server (or a proxy) refuses HTTP/2: a watch
+#: holds one for its whole life, so past this many the watches take turns (see
+#: ``watcher.informers``); with HTTP/2 one connection carries them all.
+HTTP1_MAX_CONNECTIONS = 100
+
+
+class TlsSettings:
+    """A context's server, TLS and proxy settings from its kubeconfig entries, checked
+    at once (a bad CA or proxy is reported when the client is built, not at the first
+    request), and the connection pool for a client certificate."""
 
     def __init__(self, entry: ContextEntry) -> None:
         cluster = entry.cluster
         self.context = entry.name
-        self.server = str(cluster.get("server") or "")
+        self.server = str(cluster.get("server") or "").rstrip("/")
         if not self.server.startswith(("https://", "http://")):
             raise KubeconfigError(
                 f"context {entry.name}: cluster server {self.server or '(none)'} is not an http(s) URL"
@@ -195,18 +221,17 @@ class Transport:
             raise KubeconfigError(
                 f"context {entry.name}: proxy-url {self.proxy_url} is not http(s) or socks5"
             )
-        self._key: tuple[Any, ...] | None = None
-        self._pool: urllib3.PoolManager | None = None
-        self._lock = threading.Lock()
         if self.insecure and entry.name not in _warned_insecure:
             _warned_insecure.add(entry.name)
             log.warning(
                 "%s: insecure-skip-tls-verify is set: the API server's certificate is not verified",
                 entry.name,
             )
-        self.pool(None)  # a bad CA file or proxy is reported now, not at the first request
+        self.ssl_context(None)  # a bad CA file is reported now, not at the first request
 
-    def _ssl_context(self, cert: ClientCert | None) -> ssl.SSLContext:
+    def ssl_context(self, cert: ClientCert | None) -> ssl.SSLContext | None:
+        if self.server.startswith("http://"):
+            return None
         try:
             ctx = ssl.create_default_context(
                 cafile=str(self.ca_file) if self.ca_file else None, cadata=self.ca_data
@@ -233,53 +258,80 @@ class Transport:
         except OSError:
             return None
 
-    def pool(self, cert: ClientCert | None) -> urllib3.PoolManager:
-        key = (cert, self._ca_stamp())
-        if key == self._key and self._pool is not None:
-            return self._pool
-        with self._lock:
-            if key != self._key or self._pool is None:
-                old = self._pool
-                self._pool = self._build(self._ssl_context(cert))
-                self._key = key
-                if old is not None:
-                    log.info("%s: TLS material changed; new connections use it", self.context)
-                    old.clear()  # idle connections only: running watches keep theirs
-            return self._pool
+    def pool_key(self, cert: ClientCert | None) -> tuple[Any, ...]:
+        """Clients with equal keys share connections: same server, same TLS identity."""
+        return (self.server, self.ca_file, self._ca_stamp(), self.ca_data, self.insecure, self.server_name,
+                self.proxy_url, cert)  # fmt: skip
 
-    def _build(self, ctx: ssl.SSLContext) -> urllib3.PoolManager:
-        kw: dict[str, Any] = {
-            "num_pools": 4,
-            "maxsize": 64,
-            "ssl_context": ctx,
-            "cert_reqs": "CERT_NONE" if self.insecure else "CERT_REQUIRED",
-            "retries": False,
+
+class _SharedPools:
+    """The connection pools of the process, by :meth:`TlsSettings.pool_key`, each kept
+    while a client uses it. Only touched on the I/O loop."""
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple[Any, ...], tuple[ConnectionPool, int]] = {}
+
+    def acquire(self, key: tuple[Any, ...], tls: TlsSettings, cert: ClientCert | None) -> ConnectionPool:
+        found = self._pools.get(key)
+        if found is not None:
+            self._pools[key] = (found[0], found[1] + 1)
+            return found[0]
+        pool = ConnectionPool(
+            tls.server,
+            ssl_context=tls.ssl_context(cert),
+            server_hostname=tls.server_name,
+            proxy_url=tls.proxy_url,
+            max_http1_connections=HTTP1_MAX_CONNECTIONS,
+            name=tls.context,
+        )
+        self._pools[key] = (pool, 1)
+        return pool
+
+    def release(self, key: tuple[Any, ...]) -> None:
+        found = self._pools.get(key)
+        if found is None:
+            return
+        pool, users = found
+        if users > 1:
+            self._pools[key] = (pool, users - 1)
+            return
+        del self._pools[key]
+        # Its last user is gone (a removed context, a rotated certificate): running
+        # watches on it break and re-watch from their resourceVersion elsewhere.
+        asyncio.get_running_loop().create_task(pool.aclose())
+
+    def pools(self) -> list[ConnectionPool]:
+        return [pool for pool, _ in self._pools.values()]
+
+
+_shared_pools = _SharedPools()
+
+#: Runs credential fetches that may block (exec plugins, OIDC refreshes) off the loop.
+_credential_executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="credentials")
+
+
+def connection_stats(io: IoLoop | None = None) -> dict[str, int]:
+    """Connection pools, open connections and requests in flight of the process, and
+    how many pools speak HTTP/2 (from any thread but the loop's)."""
+
+    async def stats() -> dict[str, int]:
+        pools = _shared_pools.pools()
+        return {
+            "pools": len(pools),
+            "connections": sum(p.connections for p in pools),
+            "streams": sum(p.streams for p in pools),
+            "http2_pools": sum(1 for p in pools if p.protocol == "h2"),
         }
-        if self.server_name:
-            kw["server_hostname"] = self.server_name
-            kw["assert_hostname"] = self.server_name
-        if self.insecure:
-            kw["assert_hostname"] = False
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-        if not self.proxy_url:
-            return urllib3.PoolManager(**kw)
-        if self.proxy_url.startswith("socks"):
-            try:
-                from urllib3.contrib.socks import SOCKSProxyManager
-            except ImportError:
-                raise KubeconfigError(
-                    f"context {self.context}: proxy-url {self.proxy_url} needs the PySocks package"
-                ) from None
-            return SOCKSProxyManager(self.proxy_url, **kw)
-        return urllib3.ProxyManager(self.proxy_url, **kw)
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.clear()
+    return (io or io_loop()).run(stats(), timeout=10)
 
 
 class KubeClient:
-    """Raw JSON access to one context's API server."""
+    """Raw JSON access to one context's API server.
+
+    The ``a*`` methods are coroutines for the I/O loop (the informers use them);
+    :meth:`get` and :meth:`send` run the same requests from any other thread.
+    """
 
     def __init__(
         self,
@@ -288,77 +340,121 @@ class KubeClient:
         *,
         exec_timeout: float = DEFAULT_EXEC_TIMEOUT,
         entry: ContextEntry | None = None,
+        loop: IoLoop | None = None,
     ) -> None:
         """``entry``: the context's entries already read (the pod's own, from no file)."""
         entry = entry or context_entry(kubeconfig, context)
         self.entry = entry
         self.context = context
+        self.io = loop or io_loop()
         try:
             self.credentials = Credentials.for_entry(entry, exec_timeout=exec_timeout)
-            self.transport = Transport(entry)
+            self.tls = TlsSettings(entry)
         except KubeconfigError as exc:
             raise KubeconfigError(f"{exc} (kubeconfig {kubeconfig})") from exc
         self.info = ClusterInfo(
             context=context,
             cluster_name=entry.cluster_name,
-            server=self.transport.server,
+            server=self.tls.server,
             ca_file=entry.cluster.get("certificate-authority"),
-            insecure_skip_verify=self.transport.insecure,
+            insecure_skip_verify=self.tls.insecure,
             namespace=entry.namespace,
         )
+        self._pool_key: tuple[Any, ...] | None = None
+        self._pool: ConnectionPool | None = None
+        self._closed = False
 
-    def _send(
-        self, url: str, accept: str, timeout: urllib3.Timeout, method: str = "GET", body: bytes | None = None
-    ) -> tuple[Any, float]:
-        """One request with the current credentials; returns the response and the
-        monotonic time the credentials were taken (for :meth:`Credentials.refresh`)."""
+    @property
+    def server_key(self) -> str:
+        """Clients of one API server share its list slots (``watcher.informers``)."""
+        return self.tls.server
+
+    @property
+    def protocol(self) -> str | None:
+        """``h2``, ``http/1.1``, or None before the first connection."""
+        return self._pool.protocol if self._pool is not None else None
+
+    # -- requests on the loop ---------------------------------------------------
+
+    async def _credential(self) -> Credential:
         try:
-            cred = self.credentials.get()
-            pool = self.transport.pool(cred.client_cert)
+            if self.credentials.may_block:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(_credential_executor, self.credentials.get)
+            return self.credentials.get()
         except CredentialError as exc:
             raise CredentialsUnavailable(str(exc)) from exc
-        taken = time.monotonic()
-        headers = {"Accept": accept, "User-Agent": f"k8s-watcher/{__version__}"}
-        if cred.authorization:
-            headers["Authorization"] = cred.authorization
-        if body is not None:
-            headers["Content-Type"] = JSON
-        try:
-            resp = pool.request(
-                method, url, body=body, headers=headers, timeout=timeout, preload_content=False
-            )
-        except urllib3.exceptions.SSLError as exc:
-            raise ApiError(0, "TLS error", str(exc)) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise ApiError(0, "connection error", str(exc)) from exc
-        return resp, taken
 
-    def _open(
+    async def _refresh_credentials(self, taken: float) -> None:
+        if self.credentials.may_block:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(_credential_executor, self.credentials.refresh, taken)
+        else:
+            self.credentials.refresh(taken)
+
+    def _pool_for(self, cert: ClientCert | None) -> ConnectionPool:
+        key = self.tls.pool_key(cert)
+        if key != self._pool_key or self._pool is None:
+            if self._closed:
+                raise ApiError(0, "client closed", f"context {self.context} is no longer watched")
+            try:
+                pool = _shared_pools.acquire(key, self.tls, cert)
+            except (CredentialError, KubeconfigError) as exc:
+                raise CredentialsUnavailable(str(exc)) from exc
+            if self._pool_key is not None:
+                log.info("%s: TLS material changed; new connections use it", self.context)
+                _shared_pools.release(self._pool_key)
+            self._pool, self._pool_key = pool, key
+        return self._pool
+
+    async def _send(
+        self, target: str, accept: str, timeout: float, method: str, body: bytes | None
+    ) -> tuple[HttpResponse, float]:
+        """One request with the current credentials; returns the response and the
+        monotonic time the credentials were taken (for :meth:`Credentials.refresh`)."""
+        cred = await self._credential()
+        pool = self._pool_for(cred.client_cert)
+        taken = asyncio.get_running_loop().time()
+        headers = [("accept", accept), ("user-agent", f"k8s-watcher/{__version__}")]
+        if cred.authorization:
+            headers.append(("authorization", cred.authorization))
+        if body is not None:
+            headers.append(("content-type", JSON))
+        try:
+            return await pool.request(method, target, headers, body, timeout=timeout), taken
+        except TransportError as exc:
+            raise _transport_error(exc) from exc
+
+    async def open(
         self,
         path: str,
-        query: Mapping[str, Any],
+        query: Mapping[str, Any] | None = None,
         *,
-        accept: str,
-        timeout: urllib3.Timeout,
+        accept: str = JSON,
+        timeout: float = 60,
         method: str = "GET",
         body: bytes | None = None,
-    ) -> Any:
-        url = self.transport.server.rstrip("/") + path
+    ) -> HttpResponse:
+        """Send a request; its response once its status is below 400 (the body unread).
+        Transport errors and HTTP >= 400 raise :class:`ApiError`."""
+        target = path
         if query:
-            url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
-        resp, taken = self._send(url, accept, timeout, method, body)
+            target += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+        resp, taken = await self._send(target, accept, timeout, method, body)
         if resp.status == 401:
             # Expired, revoked or rotated: fetch the credential again (once for all the
-            # requests it failed) and retry this request once (a write too: the server
-            # did nothing with a request it did not authenticate).
-            resp.drain_conn()
-            resp.release_conn()
+            # requests it failed: refresh() forgets only a credential taken before this
+            # one was) and retry this request once (a write too: the server did nothing
+            # with a request it did not authenticate).
+            await resp.aclose()
             log.debug("%s: 401 from the API server; refreshing the credentials and retrying", self.context)
-            self.credentials.refresh(taken)
-            resp, _ = self._send(url, accept, timeout, method, body)
+            await self._refresh_credentials(taken)
+            resp, _ = await self._send(target, accept, timeout, method, body)
         if resp.status >= 400:
-            raw = resp.read()
-            resp.release_conn()
+            try:
+                raw = await resp.read()
+            except TransportError:
+                raw = b""
             message = status_reason = ""
             try:
                 status = orjson.loads(raw)
@@ -366,20 +462,70 @@ class KubeClient:
                 status_reason = str(status.get("reason") or "")
             except (orjson.JSONDecodeError, AttributeError):
                 message = raw[:200].decode(errors="replace")
-            raise ApiError(resp.status, resp.reason or "", message, status_reason=status_reason)
+            raise ApiError(
+                resp.status,
+                resp.reason or http.HTTPStatus(resp.status).phrase,
+                message,
+                status_reason=status_reason,
+                retry_after=_retry_after(resp.headers.get("retry-after")),
+            )
         return resp
+
+    async def aget(
+        self, path: str, query: Mapping[str, Any] | None = None, *, accept: str = JSON, timeout: float = 60
+    ) -> Any:
+        """One GET, parsed."""
+        resp = await self.open(path, query, accept=accept, timeout=timeout)
+        try:
+            return orjson.loads(await resp.read())
+        except TransportError as exc:
+            raise _transport_error(exc) from exc
+
+    async def asend(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: Mapping[str, Any] | None = None,
+        *,
+        timeout: float = 30,
+    ) -> dict[str, Any]:
+        """One request with a JSON body or none (POST, PUT, DELETE; not PATCH, which
+        needs a patch content type), the answer parsed. A 409 is :func:`is_conflict`
+        (and :func:`is_already_exists` for a create)."""
+        resp = await self.open(
+            path,
+            query,
+            timeout=timeout,
+            method=method,
+            body=orjson.dumps(body) if body is not None else None,
+        )
+        try:
+            raw = await resp.read()
+        except TransportError as exc:
+            raise _transport_error(exc) from exc
+        return orjson.loads(raw) if raw else {}
+
+    async def awatch(
+        self, path: str, query: Mapping[str, Any], *, accept: str = JSON, read_timeout: float
+    ) -> WatchStream:
+        """Open a watch; HTTP errors raise here, events come from the returned stream.
+
+        ``read_timeout`` bounds the silence between two reads: the server ends a watch
+        at its ``timeoutSeconds`` and sends bookmarks meanwhile, so only a connection
+        that died silently (no FIN, no RST) stays quiet longer. (An HTTP/2 connection
+        also notices that by itself, with PINGs.)
+        """
+        resp = await self.open(path, query, accept=accept, timeout=30)
+        return WatchStream(resp, read_timeout)
+
+    # -- the same from other threads --------------------------------------------
 
     def get(
         self, path: str, query: Mapping[str, Any] | None = None, *, accept: str = JSON, timeout: float = 60
     ) -> Any:
-        """One GET, parsed. Transport errors and HTTP >= 400 raise :class:`ApiError`."""
-        resp = self._open(path, query or {}, accept=accept, timeout=urllib3.Timeout(connect=10, read=timeout))
-        try:
-            return orjson.loads(resp.read())
-        except urllib3.exceptions.HTTPError as exc:
-            raise ApiError(0, "connection error", str(exc)) from exc
-        finally:
-            resp.release_conn()
+        """:meth:`aget` from a thread other than the loop's."""
+        return self.io.run(self.aget(path, query, accept=accept, timeout=timeout))
 
     def send(
         self,
@@ -390,70 +536,65 @@ class KubeClient:
         *,
         timeout: float = 30,
     ) -> dict[str, Any]:
-        """One request with a JSON body or none (POST, PUT, DELETE; not PATCH, which
-        needs a patch content type), the answer parsed. Errors as :meth:`get`; a 409 is
-        :func:`is_conflict` (and :func:`is_already_exists` for a create)."""
-        resp = self._open(
-            path,
-            query or {},
-            accept=JSON,
-            timeout=urllib3.Timeout(connect=10, read=timeout),
-            method=method,
-            body=orjson.dumps(body) if body is not None else None,
-        )
-        try:
-            raw = resp.read()
-        except urllib3.exceptions.HTTPError as exc:
-            raise ApiError(0, "connection error", str(exc)) from exc
-        finally:
-            resp.release_conn()
-        return orjson.loads(raw) if raw else {}
-
-    def stream(
-        self, path: str, query: Mapping[str, Any], *, accept: str = JSON, read_timeout: float
-    ) -> WatchStream:
-        """Open a watch; HTTP errors raise here, events come from the returned stream.
-
-        ``read_timeout`` bounds each socket read, so a connection that died silently
-        (no FIN, no RST) is noticed instead of hanging forever.
-        """
-        resp = self._open(path, query, accept=accept, timeout=urllib3.Timeout(connect=10, read=read_timeout))
-        return WatchStream(resp)
+        """:meth:`asend` from a thread other than the loop's."""
+        return self.io.run(self.asend(method, path, body, query, timeout=timeout))
 
     def close(self) -> None:
-        self.transport.close()
+        """Give the connection pool back (closed when no other client uses it)."""
+        self.io.call(self._release)
+
+    def _release(self) -> None:
+        self._closed = True
+        if self._pool_key is not None:
+            _shared_pools.release(self._pool_key)
+            self._pool_key = self._pool = None
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: the API server sends seconds
+
+
+def _transport_error(exc: TransportError) -> ApiError:
+    reason = "TLS error" if exc.kind == "tls" else "connection error"
+    return ApiError(0, reason, str(exc))
 
 
 class WatchStream:
     """The events of one watch response. Iterating yields the events of each network
     read as a list, so a burst is applied to the cache in one transaction.
-    :meth:`close` may be called from another thread to interrupt a blocked read."""
+    :meth:`close` (on the loop) ends the iteration quietly."""
 
-    def __init__(self, resp: Any) -> None:
+    def __init__(self, resp: HttpResponse, read_timeout: float | None) -> None:
         self._resp = resp
+        self._read_timeout = read_timeout
         self.closed = False
 
-    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+    async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
         buffer = b""
         try:
-            for chunk in self._resp.stream(1 << 16, decode_content=True):
+            async for chunk in self._resp.chunks(self._read_timeout):
                 buffer += chunk
+                if b"\n" not in chunk:
+                    continue
                 *lines, buffer = buffer.split(b"\n")
                 events = [orjson.loads(line) for line in lines if line.strip()]
                 if events:
                     yield events
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except (TransportError, ValueError) as exc:
             if not self.closed:
                 raise ApiError(0, "watch connection broken", str(exc)) from exc
         finally:
-            self._resp.release_conn()
+            if not self.closed:
+                self.closed = True
+                self._resp.cancel()
 
     def close(self) -> None:
-        self.closed = True
-        # shutdown() interrupts a read blocked in another thread; it raises ValueError
-        # when the response has no socket yet (or any more): nothing to interrupt then.
-        with contextlib.suppress(OSError, ValueError):
-            self._resp.shutdown()
+        if not self.closed:
+            self.closed = True
+            self._resp.cancel()
 
 
 def probe_contexts(kubeconfig: Path, contexts: list[str]) -> list[str]:

@@ -18,8 +18,8 @@ still sends what the cache holds for them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +29,7 @@ from watcher.clusters import CLUSTERS_TABLE
 from watcher.discovery import plan_discovered
 from watcher.informers import (
     InformerOptions,
+    ListSlots,
     ResourceInformer,
     cached_custom_descriptors,
     record_cluster_info,
@@ -47,7 +48,7 @@ from watcher.resources import (
 )
 from watcher.snapshot import Freshness, SnapshotReader
 from watcher.spec import ALL_TABLES, Spec
-from watcher.state import UNSERVED, CacheStore, CacheUnusable
+from watcher.state import UNSERVED, CacheStore, CacheUnusable, informer_state
 
 if TYPE_CHECKING:
     from watcher.informers import InformerManager
@@ -107,7 +108,7 @@ def stale_resources(
                 continue  # the server does not serve it: nothing to list
             if f is None or not f.listed:
                 reason = "cold (never listed)"
-            elif f.state == "watching" and daemon_alive:
+            elif informer_state(f.state).synced and daemon_alive:
                 continue
             elif now - f.updated_at > max_staleness:
                 reason = f"stale ({now - f.updated_at:.0f}s old, no live watch)"
@@ -148,7 +149,7 @@ class Relister:
     ) -> dict[str, str]:
         failures: dict[str, str] = {}
         store = CacheStore(spec.cache)
-        options = InformerOptions(list_semaphore=threading.Semaphore(spec.concurrency))
+        options = InformerOptions(list_slots=ListSlots(spec.concurrency))
         try:
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(todo)))) as pool:
                 pending = {
@@ -186,9 +187,13 @@ def _relist_context(
         descs, served = watchable_builtins(client, store, descs, spec.exclude)
 
         def relist_all(todo: list[ResourceDescriptor]) -> list[str]:
-            with ThreadPoolExecutor(max_workers=spec.concurrency) as pool:
-                results = pool.map(lambda d: _relist_one(client, store, d, options), todo)
-                return [f"{d.key}: {e}" for d, e in zip(todo, results, strict=True) if e]
+            # Every resource at once on the I/O loop (the context's one connection);
+            # the list slots bound how many lists run together.
+            async def relist() -> list[str | None]:
+                return await asyncio.gather(*(_relist_one(client, store, d, options) for d in todo))
+
+            results = client.io.run(relist())
+            return [f"{d.key}: {e}" for d, e in zip(todo, results, strict=True) if e]
 
         builtin_errors = relist_all(descs)
         errors += builtin_errors
@@ -211,12 +216,12 @@ def _relist_context(
     return None
 
 
-def _relist_one(
+async def _relist_one(
     client: KubeClient, store: CacheStore, desc: ResourceDescriptor, options: InformerOptions
 ) -> str | None:
     informer = ResourceInformer(client=client, descriptor=desc, store=store, options=options, streaming=False)
     try:
-        informer.relist()
+        await informer.relist()
         return None
     except ApiError as exc:
         informer.record_failure(exc)
@@ -248,7 +253,7 @@ class DaemonInformers:
                     for s in watched[ctx].statuses()
                     if (s.resource in wanted or (spec.discovery and s.table_name not in static))
                     and not s.resource_version
-                    and s.state not in ("forbidden", "error")
+                    and not informer_state(s.state).failing
                 ]
                 if not cold or time.monotonic() > deadline:
                     break
@@ -281,7 +286,7 @@ class ReplicaGroup:
                     for key in wanted
                     if not (
                         (f := known.get((ctx, key)))
-                        and (f.listed or f.state in (UNSERVED, "forbidden", "error"))
+                        and (f.listed or informer_state(f.state).failing or f.state == UNSERVED)
                     )
                 )
                 for ctx in contexts

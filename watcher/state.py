@@ -48,6 +48,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -264,9 +265,49 @@ class _Op:
     coalesced: bool = False
 
 
-#: The checkpoint state of a built-in resource the API server does not serve: no
-#: informer runs for it, and a sync does not count it as cold.
-UNSERVED = "unserved"
+class InformerState(StrEnum):
+    """Where an informer is, as stored in ``checkpoints.state``. The questions asked of
+    it (is the cache current? is waiting any use?) have one answer each, here."""
+
+    STARTING = "starting"
+    LISTING = "listing"
+    WATCHING = "watching"
+    BACKOFF = "backoff"
+    FORBIDDEN = "forbidden"
+    ERROR = "error"
+    STOPPED = "stopped"
+    #: A one-shot relist outside the daemon (listed, not watching).
+    LISTED = "listed"
+    #: A built-in resource the API server does not serve: no informer runs for it, and
+    #: a sync does not count it as cold.
+    UNSERVED = "unserved"
+
+    @property
+    def synced(self) -> bool:
+        """The informer holds the server's state and follows it: the daemon is synced."""
+        return self is InformerState.WATCHING
+
+    @property
+    def failing(self) -> bool:
+        """Refused or broken: waiting for it to list won't help a sync."""
+        return self in (InformerState.FORBIDDEN, InformerState.ERROR)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing to wait for: it follows the server, or never will without a change."""
+        return self.synced or self.failing or self is InformerState.UNSERVED
+
+
+UNSERVED = InformerState.UNSERVED
+
+
+def informer_state(value: str) -> InformerState:
+    """A stored state; one this version does not know counts as starting."""
+    try:
+        return InformerState(value)
+    except ValueError:
+        return InformerState.STARTING
+
 
 #: How long a write waits at most between two attempts while the database is unreachable.
 MAX_RETRY_DELAY = 30.0

@@ -38,8 +38,7 @@ def api() -> ScriptedApi:
 def make_informer(api: ScriptedApi, store: CacheStore) -> Iterator[MakeInformer]:
     """``make_informer(descriptor=CMS, *, resume_from=None, streaming=True, **options)``:
     a ResourceInformer on ``api`` and ``store`` whose waits return at once (recorded in
-    ``api.waits``). Call ``informer.run()`` directly: it returns once the script is
-    played out."""
+    ``api.waits``). ``fake_api.run(informer)`` returns once the script is played out."""
     made: list[ResourceInformer] = []
 
     def make(
@@ -56,6 +55,7 @@ def make_informer(api: ScriptedApi, store: CacheStore) -> Iterator[MakeInformer]
             options=InformerOptions(**options),
             resume_from=resume_from,
             streaming=streaming,
+            clock=api.clock,
         )
         made.append(informer)
         return api.attach(informer)

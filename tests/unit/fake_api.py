@@ -1,19 +1,21 @@
 """A scripted API server for one informer, as client-go's reflector_test.go fakes its
 ListerWatcher: each LIST or WATCH request gets the next scripted answer (a page, a
 watch stream, or an ApiError to raise), every request is recorded with its query,
-and every wait of the informer (backoff, forbidden retry) is recorded and returns at
-once. When the script is played out the informer is stopped, so ``informer.run()``
-returns in the test's own thread.
+and every wait of the informer (backoff, forbidden retry) goes to a fake clock that
+records it and returns at once. When the script is played out the informer is
+stopped, so ``run(informer)`` returns in the test's own thread, in milliseconds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from watcher.informers import ResourceInformer
+from watcher.informers import Clock, ResourceInformer
 from watcher.kube import ApiError
 
 #: A scripted watch stream's items: a batch of events (one network read), an exception
@@ -35,7 +37,7 @@ class ScriptedStream:
     def __init__(self, batches: list[StreamItem], on_batch: Any = None) -> None:
         self.batches, self.on_batch, self.closed, self.delivered = batches, on_batch, False, 0
 
-    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+    async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
         for batch in self.batches:
             if self.closed:
                 return
@@ -68,8 +70,37 @@ class Wait:
     error: str | None  # the informer's last_error then
 
 
+class FakeClock(Clock):
+    """The informer's clock: ``now`` (monotonic) stands still unless a test moves it,
+    and every sleep is recorded in ``waits`` and returns at once (``before_wait`` runs
+    first, to act on the informer while it waits)."""
+
+    def __init__(self, api: ScriptedApi) -> None:
+        self.api = api
+        self.now = 1000.0
+        self.before_wait: Callable[[], None] | None = None
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float, wake: asyncio.Event) -> bool:
+        informer = self.api.informer
+        assert informer is not None
+        if self.before_wait is not None:
+            self.before_wait()
+        self.api.waits.append(
+            Wait(seconds, informer.status.state, informer.resource_version, informer.status.last_error)
+        )
+        if len(self.api.waits) >= MAX_WAITS:
+            informer.stop()
+        return informer.stopping
+
+
 class ScriptedApi:
-    """The fake ``KubeClient`` (``context``, ``get``, ``stream``) of one informer."""
+    """The fake ``KubeClient`` (``context``, ``aget``, ``awatch``) of one informer."""
 
     context = "ctx"
 
@@ -79,6 +110,7 @@ class ScriptedApi:
         self.waits: list[Wait] = []
         self.unexpected: list[str] = []
         self.informer: ResourceInformer | None = None
+        self.clock = FakeClock(self)
 
     # -- the script ----------------------------------------------------------
 
@@ -98,10 +130,10 @@ class ScriptedApi:
 
     # -- KubeClient ------------------------------------------------------------
 
-    def get(self, path: str, query: dict[str, Any] | None = None, **_kwargs: Any) -> Any:
+    async def aget(self, path: str, query: dict[str, Any] | None = None, **_kwargs: Any) -> Any:
         return self._answer("list", path, query or {})
 
-    def stream(self, path: str, query: dict[str, Any], **_kwargs: Any) -> Any:
+    async def awatch(self, path: str, query: dict[str, Any], **_kwargs: Any) -> Any:
         return self._answer("watch", path, query)
 
     def _answer(self, verb: str, path: str, query: dict[str, Any]) -> Any:
@@ -124,19 +156,8 @@ class ScriptedApi:
     # -- the informer's waits ---------------------------------------------------
 
     def attach(self, informer: ResourceInformer) -> ResourceInformer:
-        """Record the informer's waits instead of sleeping them."""
+        """The informer this script plays to (stopped when the script is played out)."""
         self.informer = informer
-        stop_event = informer.stop_event
-
-        def wait(timeout: float | None = None) -> bool:
-            self.waits.append(
-                Wait(timeout, informer.status.state, informer.resource_version, informer.status.last_error)
-            )
-            if len(self.waits) >= MAX_WAITS:
-                informer.stop()
-            return stop_event.is_set()
-
-        stop_event.wait = wait  # type: ignore[method-assign]
         return informer
 
     # -- what the informer asked ------------------------------------------------
@@ -151,6 +172,12 @@ class ScriptedApi:
             for r in self.requests
             if r.verb == "watch" and "sendInitialEvents" not in r.query
         ]
+
+
+def run(informer: ResourceInformer) -> None:
+    """Run the informer's loop to its end (the script stops it) on a loop of its own."""
+    informer._stopping = False  # a test may run it again after it stopped
+    asyncio.run(informer.run())
 
 
 # --------------------------------------------------------------------------- events and pages

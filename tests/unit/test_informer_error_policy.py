@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.unit.builders import crd_row, named_configmap, stored_rows
-from tests.unit.fake_api import MakeInformer, ScriptedApi, bookmark, error_event, event, page
+from tests.unit.fake_api import MakeInformer, ScriptedApi, bookmark, error_event, event, page, run
 from watcher.kube import ApiError
 from watcher.resources import custom_object_descriptor
 from watcher.state import CacheStore
@@ -32,7 +32,7 @@ def test_a_forbidden_watch_parks_the_informer_for_forbidden_retry_then_rewatches
 ) -> None:
     api.watches(ApiError(status, reason, 'configmaps is forbidden: User "x" cannot watch'))
     inf = make_informer(resume_from="5", forbidden_retry=123.0)
-    inf.run()
+    run(inf)
     (wait,) = api.waits
     assert (wait.seconds, wait.state, wait.resource_version) == (123.0, "forbidden", "5")
     assert f"HTTP {status} {reason}" in (wait.error or "")
@@ -47,7 +47,7 @@ def test_a_forbidden_list_parks_the_informer_then_lists_again(
     api.lists(ApiError(status, "Forbidden", "no"))
     api.lists(page([named_configmap("a", "7")], rv="7"))
     inf = make_informer(streaming=False, forbidden_retry=300.0)
-    inf.run()
+    run(inf)
     assert [(w.seconds, w.state) for w in api.waits] == [(300.0, "forbidden")]
     assert api.verbs() == ["list", "list", "watch"]
     assert api.watch_rvs() == ["7"]
@@ -68,7 +68,7 @@ def test_a_404_on_a_custom_resource_sets_error_and_backs_off_quietly(
     not_found = ApiError(404, "Not Found", "the server could not find the requested resource")
     api.watches(not_found).watches(not_found)
     inf = make_informer(widgets, resume_from="5")
-    inf.run()
+    run(inf)
     assert api.requests[0].path == "/apis/example.com/v1beta1/widgets"
     first, second = api.waits
     assert first.state == second.state == "error"
@@ -85,7 +85,7 @@ def test_a_404_on_a_built_in_resource_is_an_error_backed_off_with_a_warning(
 ) -> None:
     api.watches(ApiError(404, "Not Found", "no such API group"))
     inf = make_informer(resume_from="5")
-    inf.run()
+    run(inf)
     (wait,) = api.waits
     assert wait.state == "error" and _between(wait.seconds, FIRST_BACKOFF)
     assert api.watch_rvs() == ["5", "5"]
@@ -116,7 +116,7 @@ def test_a_410_on_watch_relists_with_a_consistent_read_and_counts_a_relist(
         )
     api.lists(page([named_configmap("a", "95"), named_configmap("b", "96")], rv="100"))
     inf = make_informer(resume_from="5", streaming=False)
-    inf.run()
+    run(inf)
     assert api.verbs() == ["watch", "list", "watch"]
     # RV "": a consistent read from etcd, never "0" (the watch cache may be as stale as what expired)
     assert api.requests[1].query == CONSISTENT_LIST
@@ -132,7 +132,7 @@ def test_a_410_on_watch_relists_through_a_streaming_list_when_the_server_streams
     api.watches(ApiError(410, "Gone", "too old resource version"))
     api.watches([[event("ADDED", named_configmap("a", "95"))], [bookmark("100", initial_events_end=True)]])
     inf = make_informer(resume_from="5", streaming=True)
-    inf.run()
+    run(inf)
     assert api.verbs() == ["watch", "watch", "watch"]
     relist = api.requests[1].query
     assert relist["sendInitialEvents"] == "true" and relist["resourceVersion"] == ""
@@ -148,13 +148,12 @@ def test_the_list_after_a_consistent_relist_reads_the_watch_cache_again(
     api.watches([[error_event(410, "Expired", "too old")]])
     api.lists(page([], rv="200"))
     inf = make_informer(resume_from="5", streaming=False)
-    inf.run()
+    run(inf)
     assert [r.query.get("resourceVersion") for r in api.requests if r.verb == "list"] == ["", ""]
     assert inf.status.relists == 2
     inf.request_relist()  # a relist that is not after a 410 (the safety net): RV "0" again
     api.lists(page([], rv="300"))
-    inf.stop_event.clear()
-    inf.run()
+    run(inf)
     assert api.requests[-2].query["resourceVersion"] == "0"
 
 
@@ -176,7 +175,7 @@ def test_a_retryable_error_opening_a_watch_backs_off_and_rewatches_from_the_same
 ) -> None:
     api.watches(error).watches(error)
     inf = make_informer(resume_from="5")
-    inf.run()
+    run(inf)
     assert api.verbs() == ["watch", "watch", "watch"]
     assert api.watch_rvs() == ["5", "5", "5"]
     first, second = api.waits
@@ -192,7 +191,7 @@ def test_a_retryable_error_event_backs_off_and_rewatches_from_the_last_rv_withou
 ) -> None:
     api.watches([[event("ADDED", named_configmap("a", "6"))], [error_event(status, "Busy", "try later")]])
     inf = make_informer(resume_from="5")
-    inf.run()
+    run(inf)
     assert api.verbs() == ["watch", "watch"]
     assert api.watch_rvs() == ["5", "6"]
     (wait,) = api.waits
@@ -220,7 +219,7 @@ def test_any_other_failure_is_an_error_backed_off_and_the_informer_keeps_going(
         api.watches([failure])
     api.watches([[event("ADDED", named_configmap("a", "6"))]])
     inf = make_informer(resume_from="5")
-    inf.run()
+    run(inf)
     (wait,) = api.waits
     assert wait.state == "error" and _between(wait.seconds, FIRST_BACKOFF)
     assert str(failure) in (wait.error or "")
@@ -233,13 +232,7 @@ def test_a_stop_during_a_backoff_ends_the_loop_without_another_request(
 ) -> None:
     api.watches(ApiError(503, "Service Unavailable", "down"))
     inf = make_informer(resume_from="5")
-    real_wait = inf.stop_event.wait
-
-    def stop_while_waiting(timeout: float | None = None) -> bool:
-        inf.stop()
-        return real_wait(timeout)
-
-    inf.stop_event.wait = stop_while_waiting  # type: ignore[method-assign]
-    inf.run()
+    api.clock.before_wait = inf.stop
+    run(inf)
     assert api.verbs() == ["watch"] and len(api.waits) == 1
     assert inf.status.state == "stopped"

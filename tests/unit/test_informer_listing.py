@@ -5,7 +5,7 @@ LIST (the listing half of client-go's reflector_test.go)."""
 from __future__ import annotations
 
 from tests.unit.builders import CMS, informer_status, named_configmap, stored_rows
-from tests.unit.fake_api import MakeInformer, ScriptedApi, bookmark, event, page
+from tests.unit.fake_api import MakeInformer, ScriptedApi, bookmark, event, page, run
 from watcher.kube import ApiError
 from watcher.state import CacheStore
 
@@ -19,7 +19,7 @@ def test_a_first_start_lists_from_the_watch_cache_then_watches_from_the_lists_rv
     api.lists(page([named_configmap("a", "8"), named_configmap("b", "9")], rv="10"))
     api.watches([[event("ADDED", named_configmap("c", "11"))]])
     inf = make_informer(streaming=False)
-    inf.run()
+    run(inf)
     assert api.played_out
     assert api.verbs() == ["list", "watch", "watch"]
     assert api.requests[0].path == "/api/v1/configmaps"
@@ -47,7 +47,7 @@ def test_a_list_follows_continue_tokens_and_only_its_first_page_names_a_resource
     api.lists(page([named_configmap("c", "5")], rv="12", cont="token-2"))
     api.lists(page([], rv="12"))
     inf = make_informer(streaming=False, page_size=2)
-    inf.run()
+    run(inf)
     assert api.verbs() == ["list", "list", "list", "watch"]
     assert [r.query for r in api.requests[:3]] == [
         {"limit": 2, "resourceVersion": "0", "resourceVersionMatch": "NotOlderThan"},
@@ -64,7 +64,7 @@ def test_a_list_tombstones_what_the_cache_has_and_the_list_has_not(
 ) -> None:
     store.apply_events("ctx", CMS, [("ADDED", named_configmap("gone", "1"))], informer_status())
     api.lists(page([named_configmap("kept", "2")], rv="10"))
-    make_informer(streaming=False).run()
+    run(make_informer(streaming=False))
     rows = stored_rows(store)
     assert (rows["gone"]["deleted"], rows["kept"]["deleted"]) == (1, 0)
 
@@ -76,7 +76,7 @@ def test_an_expired_continue_token_restarts_the_list_with_a_consistent_read(
     api.lists(ApiError(410, "Gone", "The provided continue parameter is too old"))
     api.lists(page([named_configmap("b", "15")], rv="20"))
     inf = make_informer(streaming=False)
-    inf.run()
+    run(inf)
     assert api.verbs() == ["list", "list", "list", "watch"]
     assert api.requests[1].query == {"limit": 500, "continue": "token-1"}
     # Started over without the token, as a consistent read (not "0": not older than before).
@@ -95,7 +95,7 @@ def test_a_410_on_a_lists_first_page_relists_with_a_consistent_read(
     api.lists(ApiError(410, "Expired", "too old resource version"))
     api.lists(page([named_configmap("a", "30")], rv="30"))
     inf = make_informer(streaming=False)
-    inf.run()
+    run(inf)
     assert [r.query for r in api.requests[:2]] == [FIRST_LIST, CONSISTENT_LIST]
     assert api.watch_rvs() == ["30"] and api.waits == []
     assert (inf.status.lists, inf.status.relists) == (1, 1)
@@ -113,7 +113,7 @@ def test_a_streaming_list_writes_the_initial_state_as_a_list_and_watches_on_in_t
         ]
     )
     inf = make_informer(streaming=True)
-    inf.run()
+    run(inf)
     assert api.verbs() == ["watch", "watch"]
     assert api.requests[0].query | {"timeoutSeconds": 0} == {
         "watch": "1",
@@ -141,7 +141,7 @@ def test_a_server_that_cannot_stream_lists_is_listed_from_then_on(
     api.lists(page([named_configmap("a", "5")], rv="5"))
     api.watches([])
     inf = make_informer(streaming=True)
-    inf.run()
+    run(inf)
     assert api.verbs() == ["watch", "list", "watch", "watch"]
     assert api.requests[0].query["sendInitialEvents"] == "true"
     assert api.requests[1].query == FIRST_LIST

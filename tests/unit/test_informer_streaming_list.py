@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -21,7 +22,7 @@ def test_relist_requested_during_a_streaming_list_keeps_streaming(
     api.watches(stream)
     inf = make_informer()
     stream.on_batch = inf.request_relist
-    inf._watch(streaming_list=True)  # no StreamingListUnsupported
+    asyncio.run(inf._watch(streaming_list=True))  # no StreamingListUnsupported
     assert inf.streaming and stream.closed and stream.delivered == 1
 
 
@@ -31,7 +32,7 @@ def test_stream_that_ends_before_the_initial_bookmark_still_means_unsupported(
     stream = ScriptedStream([[{"type": "ADDED", "object": configmap("a", str(uuid.uuid4()), "5")}]])
     api.watches(stream)
     with pytest.raises(StreamingListUnsupported):
-        make_informer()._watch(streaming_list=True)
+        asyncio.run(make_informer()._watch(streaming_list=True))
 
 
 def test_relist_requested_while_no_watch_is_open_closes_the_next_watch_at_once(
@@ -43,5 +44,5 @@ def test_relist_requested_while_no_watch_is_open_closes_the_next_watch_at_once(
     api.watches(stream)
     inf = make_informer(resume_from="5")
     inf.request_relist()  # no stream open yet
-    inf._watch(streaming_list=False)
+    asyncio.run(inf._watch(streaming_list=False))
     assert stream.closed and stream.delivered == 0

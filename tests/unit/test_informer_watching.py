@@ -4,14 +4,10 @@ half of client-go's reflector_test.go)."""
 
 from __future__ import annotations
 
-import time
-import types
-
 import pytest
 
 from tests.unit.builders import named_configmap, query_cache, stored_rows
-from tests.unit.fake_api import MakeInformer, ScriptedApi, bookmark, broken, event
-from watcher import informers
+from tests.unit.fake_api import FakeClock, MakeInformer, ScriptedApi, bookmark, broken, event, run
 from watcher.kube import ApiError
 from watcher.state import CacheStore
 
@@ -20,11 +16,9 @@ FIRST_BACKOFF = (0.8, 1.6)  # client-go's first backoff delay, with up to 100 % 
 
 
 @pytest.fixture
-def monotonic(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The informers' monotonic clock, frozen until a test moves ``[0]``."""
-    now = [1000.0]
-    monkeypatch.setattr(informers, "time", types.SimpleNamespace(monotonic=lambda: now[0], time=time.time))
-    return now
+def clock(api: ScriptedApi) -> FakeClock:
+    """The informer's monotonic clock, frozen until a test moves ``now``."""
+    return api.clock
 
 
 def test_a_resumed_informer_watches_from_its_stored_rv_and_lists_nothing(
@@ -32,7 +26,7 @@ def test_a_resumed_informer_watches_from_its_stored_rv_and_lists_nothing(
 ) -> None:
     api.watches([])
     inf = make_informer(resume_from="42")
-    inf.run()
+    run(inf)
     assert api.verbs() == ["watch", "watch"]
     assert api.watch_rvs() == ["42", "42"]
     assert inf.status.lists == 0 and api.waits == []
@@ -45,7 +39,7 @@ def test_every_event_including_a_bookmark_advances_the_resource_version(
     api.watches([[event("DELETED", named_configmap("a", "11"))]])
     api.watches([[bookmark("15")]])
     inf = make_informer(resume_from="5")
-    inf.run()
+    run(inf)
     assert api.watch_rvs() == ["5", "9", "11", "15"]
     assert inf.resource_version == "15"
     assert inf.status.events == 2  # ADDED and DELETED; bookmarks are not events
@@ -60,7 +54,7 @@ def test_a_watch_that_delivered_events_and_then_broke_rewatches_promptly_from_th
     api.watches([[event("ADDED", named_configmap("a", "6"))], broken()])
     api.watches(ApiError(503, "Service Unavailable", "etcd leader changed"))
     inf = make_informer(resume_from="5")
-    inf.run()
+    run(inf)
     assert api.verbs() == ["watch", "watch", "watch"]
     assert api.watch_rvs() == ["5", "6", "6"]
     first, second = api.waits
@@ -73,26 +67,26 @@ def test_a_watch_that_delivered_events_and_then_broke_rewatches_promptly_from_th
 
 
 def test_a_watch_open_for_over_a_second_that_broke_without_events_rewatches_promptly(
-    api: ScriptedApi, make_informer: MakeInformer, monotonic: list[float]
+    api: ScriptedApi, make_informer: MakeInformer, clock: FakeClock
 ) -> None:
     def quiet_for_two_seconds() -> None:
-        monotonic[0] += 2.0
+        clock.now += 2.0
 
     api.watches([quiet_for_two_seconds, broken()])
     inf = make_informer(resume_from="5")
-    inf.run()
+    run(inf)
     assert api.watch_rvs() == ["5", "5"]
     (wait,) = api.waits
     assert wait.state == "backoff" and PROMPT[0] <= wait.seconds <= PROMPT[1]
 
 
 def test_a_watch_that_broke_at_once_backs_off_exponentially_and_rewatches_from_the_same_rv(
-    api: ScriptedApi, make_informer: MakeInformer, monotonic: list[float]
+    api: ScriptedApi, make_informer: MakeInformer, clock: FakeClock
 ) -> None:
     """(The clock stands still: the watch broke at once however slow the machine.)"""
     api.watches([broken()]).watches([broken()])
     inf = make_informer(resume_from="5")
-    inf.run()
+    run(inf)
     assert api.verbs() == ["watch", "watch", "watch"]
     assert api.watch_rvs() == ["5", "5", "5"]
     first, second = api.waits
