@@ -180,7 +180,9 @@ def stream_rows(conn: Connection, query: Select[Any], *, chunk: int = 4096) -> A
     """Run ``query`` on the raw DB-API cursor of ``conn`` (in its transaction) and return
     the cursor, for ``fetchmany``: SQLAlchemy's row objects cost more than the whole
     Arrow conversion. PostgreSQL: a server-side binary cursor, so memory stays bounded."""
-    compiled = query.compile(conn)
+    # render_postcompile: an IN list becomes one placeholder per value, which a raw
+    # DB-API cursor understands (SQLAlchemy expands them only on its own execution).
+    compiled = query.compile(conn, compile_kwargs={"render_postcompile": True})
     driver = conn.connection.driver_connection
     if conn.dialect.name == "postgresql":
         cursor = driver.cursor(name=f"snapshot_{uuid.uuid4().hex[:12]}", binary=True)

@@ -200,20 +200,28 @@ class Plugin:
             # A context that could not be refreshed still sends what the cache holds for
             # it (k8s_clusters says how stale): skipping it would let delete-stale wipe
             # its rows, and would move the incremental cursor past changes never sent.
+            # Only the (table, context) pairs that moved since the cursor are read: an
+            # idle fleet's incremental sync costs a query per context, not per pair.
+            after = {ctx: seq for ctx in self.contexts if since and (seq := since.get(ctx)) is not None}
+            moved = snap.changed(after) if after else set()
             for table in tables:
                 per_object = table != CLUSTERS_TABLE
-                for ctx in (c for c in self.contexts if owns(table, c)):
-                    after = since.get(ctx) if since is not None else None
-                    if after is not None and per_object:
-                        for uid in snap.deleted_uids(table, ctx, since_seq=after):
-                            deletes += 1
-                            yield SyncDeleteRecord(table, ctx, uid)
-                    elif cursor is not None and per_object:
-                        # A full snapshot in incremental mode (first run, lost or expired
-                        # cursor): the destination does not delete stale rows in overwrite
-                        # mode, so clear this context's rows first.
-                        yield SyncDeleteRecord(table, ctx)
-                    for batch in snap.batches(table, ctx, since_seq=after if per_object else None):
+                mine = [c for c in self.contexts if owns(table, c)]
+                whole = [c for c in mine if c not in after or not per_object]
+                for ctx in whole if cursor is not None and per_object else ():
+                    # A full snapshot in incremental mode (first run, lost or expired
+                    # cursor): the destination does not delete stale rows in overwrite
+                    # mode, so clear this context's rows first.
+                    yield SyncDeleteRecord(table, ctx)
+                # The contexts sent whole share one query and full batches.
+                for batch in snap.table_batches(table, whole):
+                    rows += batch.num_rows
+                    yield SyncInsert(batch)
+                for ctx in (c for c in mine if c not in whole and (table, c) in moved):
+                    for uid in snap.deleted_uids(table, ctx, since_seq=after[ctx]):
+                        deletes += 1
+                        yield SyncDeleteRecord(table, ctx, uid)
+                    for batch in snap.batches(table, ctx, since_seq=after[ctx]):
                         rows += batch.num_rows
                         yield SyncInsert(batch)
             full = since is None or all(since.get(ctx) is None for ctx in self.contexts)

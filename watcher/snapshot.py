@@ -167,18 +167,36 @@ class SnapshotReader:
         if table == CLUSTERS_TABLE:
             yield self._cluster_batch(context)
             return
+        where = objects.c.context == context
+        if since_seq is not None:
+            where &= objects.c.seq > since_seq
+        yield from self._batches(table, where, context)
+
+    def table_batches(self, table: str, contexts: list[str]) -> Iterator[pa.RecordBatch]:
+        """Live rows of one table in all these contexts, in batches that mix contexts:
+        a fleet's thousands of small (table, context) pairs cost one query per table and
+        a few full batches, not a query and a message each."""
+        if table == CLUSTERS_TABLE:
+            for context in contexts:
+                yield self._cluster_batch(context)
+            return
+        if contexts:
+            yield from self._batches(table, objects.c.context.in_(contexts), None)
+
+    def _batches(self, table: str, where: Any, context: str | None) -> Iterator[pa.RecordBatch]:
+        """The live rows of ``table`` matching ``where``; all of ``context``, or (None)
+        each naming its own."""
         schema = self.schema(table)
         custom = self.custom.get(table)
         # The uid only for a typed table's projection: the hot path reads row documents alone.
-        query = select(objects.c.row, objects.c.uid) if custom is not None else select(objects.c.row)
-        query = query.where(
-            self._rows_of(table) & (objects.c.context == context) & (objects.c.deleted == False)  # noqa: E712
-        )
-        if since_seq is not None:
-            query = query.where(objects.c.seq > since_seq)
+        columns = [objects.c.row] if custom is None else [objects.c.row, objects.c.uid]
+        if context is None:
+            columns.append(objects.c.context)
+        query = select(*columns).where(self._rows_of(table) & where & (objects.c.deleted == False))  # noqa: E712
         # No ORDER BY: any order is a snapshot, and sorting row blobs costs more than reading them.
         cursor = cachedb.stream_rows(self._conn, query)
         rows: list[bytes] = []
+        contexts: list[str] = []
         size = 0
         while chunk := cursor.fetchmany(4096):
             for found in chunk:
@@ -188,16 +206,18 @@ class SnapshotReader:
                     else custom.document(found[1], decode_row(found[0], CUSTOM_OBJECT_COLUMNS))
                 )
                 rows.append(row)
+                if context is None:
+                    contexts.append(found[-1])
                 size += len(row)
                 if len(rows) >= self.batch_max_rows or size >= self.batch_max_bytes:
                     # Drop the row documents before the batch goes out: the consumer
                     # serialises it (more copies), and peak memory is what a sync costs.
-                    batch = rows_to_batch(schema, context, rows)
-                    rows, size = [], 0
+                    batch = rows_to_batch(schema, context or contexts, rows)
+                    rows, contexts, size = [], [], 0
                     yield batch
         cursor.close()
         if rows:
-            yield rows_to_batch(schema, context, rows)
+            yield rows_to_batch(schema, context or contexts, rows)
 
     def deleted_uids(self, table: str, context: str, *, since_seq: int) -> list[str]:
         """uids of objects deleted after ``since_seq`` (tombstones)."""

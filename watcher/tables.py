@@ -231,6 +231,11 @@ def _repeated(value: str, n: int) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data * n)])
 
 
+def _strings(values: Sequence[str]) -> pa.Array:
+    """Strings as a string array, built from buffers (no pandas probe)."""
+    return _joined([v.encode() for v in values]).cast(pa.string())
+
+
 def _joined(parts: list[bytes]) -> pa.Array:
     """Byte strings as one binary array built from buffers; an empty one is NULL."""
     n = len(parts)
@@ -245,8 +250,9 @@ def _joined(parts: list[bytes]) -> pa.Array:
     )
 
 
-def rows_to_batch(schema: pa.Schema, context: str, rows: Sequence[bytes]) -> pa.RecordBatch:
-    """Build one RecordBatch of ``schema`` from row documents of one context.
+def rows_to_batch(schema: pa.Schema, context: str | Sequence[str], rows: Sequence[bytes]) -> pa.RecordBatch:
+    """Build one RecordBatch of ``schema`` from row documents of one context (or of
+    several: ``context`` then names each row's).
 
     Every array is built by pyarrow's JSON reader or from buffers: converting Python
     objects (``pa.array``) makes pyarrow import pandas, 45 MB the daemon can spare.
@@ -270,7 +276,9 @@ def rows_to_batch(schema: pa.Schema, context: str, rows: Sequence[bytes]) -> pa.
     ).combine_chunks()
     json_arrays = {name: _joined([parts[i] for parts in split]) for i, name in enumerate(json_fields, 1)}
     del split
-    arrays: list[pa.Array] = [_repeated(context, len(rows))]
+    arrays: list[pa.Array] = [
+        _repeated(context, len(rows)) if isinstance(context, str) else _strings(context)
+    ]
     for f in schema:
         if f.name == "context_name":
             continue
