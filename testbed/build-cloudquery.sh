@@ -16,6 +16,10 @@ tarball=${CLOUDQUERY_SRC_TARBALL:-$here/../../shared/third_party/cloudquery/clou
 dest_version=v8.16.0
 k8s_version=v6.2.4
 mkdir -p "$out" "$work"
+# One build at a time: tests, the demo and a setup may ask at once; the others wait
+# here and then find the binaries up to date.
+exec 9>"$out/.cq-build.lock"
+flock 9
 
 if [[ -f "$tarball" ]]; then
   source_id=$(sha256sum "$tarball" | cut -c1-16)
