@@ -199,6 +199,8 @@ class InformerOptions:
     forbidden_retry: float = 300.0
     streaming_list: bool = True
     list_slots: ListSlots = field(default_factory=ListSlots)
+    #: A watch's server timeout while watches queue for HTTP/1.1 connections.
+    crowded_watch_seconds: int = 15
 
 
 def _current_task() -> asyncio.Task[Any] | None:
@@ -491,6 +493,10 @@ class ResourceInformer:
         desc = self.descriptor
         low, high = self.options.watch_timeout_range
         timeout = random.randint(low, high)
+        if getattr(self.client, "crowded", False):
+            # More watches than HTTP/1.1 connections (a server or proxy without HTTP/2):
+            # they take turns; events wait for a turn, none is lost (each resumes from its RV).
+            timeout = min(timeout, self.options.crowded_watch_seconds)
         query: dict[str, Any] = {
             "watch": "1",
             "allowWatchBookmarks": "true",

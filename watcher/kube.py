@@ -190,6 +190,10 @@ def _load_client_cert(ctx: ssl.SSLContext, cert: ClientCert) -> None:
 HTTP1_MAX_CONNECTIONS = 100
 
 
+#: How long a watch may wait for an HTTP/1.1 connection of a crowded pool.
+HTTP1_WATCH_QUEUE_SECONDS = 900
+
+
 class TlsSettings:
     """A context's server, TLS and proxy settings from its kubeconfig entries, checked
     at once (a bad CA or proxy is reported when the client is built, not at the first
@@ -374,6 +378,13 @@ class KubeClient:
         """``h2``, ``http/1.1``, or None before the first connection."""
         return self._pool.protocol if self._pool is not None else None
 
+    @property
+    def crowded(self) -> bool:
+        """Requests wait for one of the bounded HTTP/1.1 connections: watches should
+        take turns (``watcher.informers``), not hold a connection for minutes."""
+        pool = self._pool
+        return pool is not None and pool.protocol == "http/1.1" and pool.waiting > 0
+
     # -- requests on the loop ---------------------------------------------------
 
     async def _credential(self) -> Credential:
@@ -516,7 +527,9 @@ class KubeClient:
         that died silently (no FIN, no RST) stays quiet longer. (An HTTP/2 connection
         also notices that by itself, with PINGs.)
         """
-        resp = await self.open(path, query, accept=accept, timeout=30)
+        # Over HTTP/1.1 a watch may queue for a connection behind others taking turns.
+        opening = HTTP1_WATCH_QUEUE_SECONDS if self.protocol == "http/1.1" else 30
+        resp = await self.open(path, query, accept=accept, timeout=opening)
         return WatchStream(resp, read_timeout)
 
     # -- the same from other threads --------------------------------------------

@@ -842,6 +842,11 @@ class ConnectionPool:
         return len(self._h2) + len(self._h1_open)
 
     @property
+    def waiting(self) -> int:
+        """Requests waiting for an HTTP/1.1 connection (all of them busy)."""
+        return len(self._h1_waiters)
+
+    @property
     def streams(self) -> int:
         """Requests in flight now."""
         return sum(len(conn.streams) for conn in self._h2) + sum(conn.busy for conn in self._h1_open)
