@@ -35,7 +35,9 @@ import base64
 import collections
 import contextlib
 import http
+import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -66,6 +68,16 @@ HTTP1_LOW_WATER = 1 << 18
 
 #: Methods retried once on a reused HTTP/1.1 connection that closed before answering.
 _REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+_SOCKS_REPLIES = {
+    1: "general failure",
+    2: "not allowed by the ruleset",
+    3: "network unreachable",
+    4: "host unreachable",
+    5: "connection refused",
+    6: "TTL expired",
+    7: "command not supported",
+    8: "address type not supported",
+}
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "host"}
 )
@@ -745,13 +757,25 @@ class _Handoff(asyncio.Protocol):
     async def read_head(self) -> bytes:
         """Read up to the end of an HTTP/1.1 response head (a proxy's answer to CONNECT)."""
         while b"\r\n\r\n" not in self.buffer:
-            if self.lost:
-                raise TransportError("proxy", "the proxy closed the connection before answering CONNECT")
-            self.waiter = asyncio.get_running_loop().create_future()
-            await self.waiter
+            if len(self.buffer) > 65536:
+                raise TransportError("proxy", "the proxy's answer to CONNECT has no end")
+            await self._more()
         head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
         self.buffer = bytearray(rest)
         return head
+
+    async def read_exactly(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            await self._more()
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    async def _more(self) -> None:
+        if self.lost:
+            raise TransportError("proxy", "the proxy closed the connection before the tunnel was set up")
+        self.waiter = asyncio.get_running_loop().create_future()
+        await self.waiter
 
     def hand_over(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
         transport.set_protocol(protocol)
@@ -805,6 +829,8 @@ class ConnectionPool:
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.authority = parts.netloc
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.authority_for_connect = f"{host}:{self.port}"
         if parts.scheme == "https" and ssl_context is None:
             ssl_context = ssl.create_default_context()
         self.ssl_context = ssl_context if parts.scheme == "https" else None
@@ -1115,13 +1141,14 @@ class ConnectionPool:
         return transport, handoff, alpn
 
     async def _open_via_proxy(self, timeout: float) -> tuple[asyncio.Transport, _Handoff]:
+        """A tunnel through the proxy (HTTP CONNECT, or SOCKS5 CONNECT), then TLS with ALPN
+        inside it. An https:// proxy's certificate is checked against the system's CAs."""
         assert self.proxy_url is not None
         loop = asyncio.get_running_loop()
         proxy = urlsplit(self.proxy_url)
-        if proxy.scheme in ("socks5", "socks5h"):
-            return await self._open_via_socks(timeout)
+        socks = proxy.scheme in ("socks5", "socks5h")
         proxy_tls = ssl.create_default_context() if proxy.scheme == "https" else None
-        proxy_port = proxy.port or (443 if proxy.scheme == "https" else 80)
+        proxy_port = proxy.port or (1080 if socks else 443 if proxy_tls else 80)
         try:
             raw, handoff = await loop.create_connection(
                 _Handoff,
@@ -1135,21 +1162,14 @@ class ConnectionPool:
                 "proxy", f"cannot connect to the proxy {proxy.hostname}:{proxy_port}: {exc}"
             ) from None
         transport: asyncio.Transport = raw  # type: ignore[assignment]
-        request = f"CONNECT {self.host}:{self.port} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-        if proxy.username is not None:
-            credentials = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}"
-            request += f"Proxy-Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n"
-        transport.write((request + "\r\n").encode())
         try:
-            head = await handoff.read_head()
+            if socks:
+                await self._socks5_connect(transport, handoff, proxy.username, proxy.password, proxy.scheme)
+            else:
+                await self._http_connect(transport, handoff, proxy.username, proxy.password)
         except BaseException:
             transport.close()
             raise
-        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        fields = status_line.split(" ", 2)
-        if len(fields) < 2 or fields[1] != "200":
-            transport.close()
-            raise TransportError("proxy", f"the proxy refused CONNECT {self.host}:{self.port}: {status_line}")
         if self.ssl_context is None:
             return transport, handoff
         tls = await loop.start_tls(
@@ -1162,9 +1182,63 @@ class ConnectionPool:
         assert tls is not None
         return tls, handoff  # type: ignore[return-value]
 
-    async def _open_via_socks(self, timeout: float) -> tuple[asyncio.Transport, _Handoff]:
-        raise TransportError(
-            "proxy",
-            f"{urlsplit(self.proxy_url or '').scheme} proxies are not supported by the asyncio transport "
-            "(use an http:// or https:// proxy)",
-        )
+    async def _http_connect(
+        self, transport: asyncio.Transport, handoff: _Handoff, user: str | None, password: str | None
+    ) -> None:
+        request = f"CONNECT {self.authority_for_connect} HTTP/1.1\r\nHost: {self.authority_for_connect}\r\n"
+        if user is not None:
+            credentials = f"{unquote(user)}:{unquote(password or '')}"
+            request += f"Proxy-Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n"
+        transport.write((request + "\r\n").encode())
+        head = await handoff.read_head()
+        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        fields = status_line.split(" ", 2)
+        if len(fields) < 2 or fields[1] != "200":
+            raise TransportError(
+                "proxy", f"the proxy refused CONNECT {self.authority_for_connect}: {status_line}"
+            )
+
+    async def _socks5_connect(
+        self,
+        transport: asyncio.Transport,
+        handoff: _Handoff,
+        user: str | None,
+        password: str | None,
+        scheme: str,
+    ) -> None:
+        """RFC 1928 CONNECT (with RFC 1929 username/password when the URL has them);
+        ``socks5h`` lets the proxy resolve the name, ``socks5`` resolves it here."""
+        transport.write(b"\x05\x02\x00\x02" if user is not None else b"\x05\x01\x00")
+        version, method = await handoff.read_exactly(2)
+        if version != 5:
+            raise TransportError("proxy", "the proxy does not speak SOCKS5")
+        if method == 2 and user is not None:
+            name, secret = unquote(user).encode(), unquote(password or "").encode()
+            transport.write(b"\x01" + bytes([len(name)]) + name + bytes([len(secret)]) + secret)
+            if (await handoff.read_exactly(2))[1] != 0:
+                raise TransportError("proxy", "the SOCKS5 proxy refused the username and password")
+        elif method != 0:
+            raise TransportError("proxy", "the SOCKS5 proxy accepts none of our authentication methods")
+        address = await self._socks_address(remote_dns=scheme == "socks5h")
+        transport.write(b"\x05\x01\x00" + address + self.port.to_bytes(2, "big"))
+        _, reply, _, kind = await handoff.read_exactly(4)
+        if reply != 0:
+            why = _SOCKS_REPLIES.get(reply, f"error {reply}")
+            raise TransportError(
+                "proxy", f"the SOCKS5 proxy refused CONNECT {self.authority_for_connect}: {why}"
+            )
+        bound = {1: 4, 4: 16}.get(kind) or (await handoff.read_exactly(1))[0]
+        await handoff.read_exactly(bound + 2)
+
+    async def _socks_address(self, *, remote_dns: bool) -> bytes:
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            if remote_dns:
+                name = self.host.encode("idna")
+                return b"\x03" + bytes([len(name)]) + name
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                self.host, self.port, type=socket.SOCK_STREAM
+            )
+            ip = ipaddress.ip_address(infos[0][4][0])
+        return (b"\x01" if ip.version == 4 else b"\x04") + ip.packed

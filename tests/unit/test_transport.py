@@ -8,6 +8,8 @@ keep-alive and the HTTP/1.1 connection limit, CONNECT proxies.
 from __future__ import annotations
 
 import asyncio
+import base64
+import ipaddress
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
@@ -24,7 +26,7 @@ import pytest
 
 from testbed.cluster import Pki
 from testbed.proxy import ConnectProxy
-from watcher.transport import STREAM_WINDOW, ConnectionPool, HttpResponse, TransportError
+from watcher.transport import HTTP1_HIGH_WATER, STREAM_WINDOW, ConnectionPool, HttpResponse, TransportError
 
 MiB = 1 << 20
 
@@ -516,6 +518,7 @@ class FakeH1Server:
         #: Close a kept-alive connection instead of answering its second request (the race
         #: of a server closing an idle connection as the client reuses it).
         self.close_reused = False
+        self.written = 0
 
     async def __aenter__(self) -> FakeH1Server:
         ctx = server_tls(self.pki, ["http/1.1"]) if self.pki else None
@@ -553,7 +556,10 @@ class FakeH1Server:
                         return
                     if target.startswith("/hold"):
                         await self.release.wait()
-                    if target.startswith("/chunked"):
+                    if target.startswith("/big"):
+                        headers = [("transfer-encoding", "chunked")]
+                        parts = [b"z" * 65536] * 128
+                    elif target.startswith("/chunked"):
                         headers = [("transfer-encoding", "chunked")]
                         parts = [b"ab", b"cd", b"ef"]
                     else:
@@ -563,6 +569,7 @@ class FakeH1Server:
                     for part in parts:
                         writer.write(conn.send(h11.Data(data=part)))
                         await writer.drain()
+                        self.written += len(part)
                 elif isinstance(event, h11.EndOfMessage):
                     if conn.our_state is h11.SEND_BODY:
                         writer.write(conn.send(h11.EndOfMessage()))
@@ -667,6 +674,37 @@ def test_http1_replays_a_get_once_when_a_reused_connection_was_closed(pki: Pki) 
     run(main())
 
 
+def test_http1_a_slow_consumer_stops_reading_the_socket(pki: Pki) -> None:
+    async def main() -> None:
+        async with FakeH1Server(None) as server:
+            pool = server.pool()
+            resp = await pool.request("GET", "/big", [])
+            await asyncio.sleep(0.3)
+            # Unread bytes stop at the high-water mark (plus what the kernel buffers): the
+            # server is blocked long before its 8 MiB are out.
+            assert resp._unacked <= HTTP1_HIGH_WATER + 2 * 65536
+            assert server.written < 8 * MiB
+            assert len(await resp.read()) == 8 * MiB and server.written == 8 * MiB
+            await pool.aclose()
+
+    run(main())
+
+
+def test_http1_idle_connections_close_after_idle_close(pki: Pki) -> None:
+    async def main() -> None:
+        async with FakeH1Server(None) as server:
+            pool = server.pool(idle_close=0.1)
+            assert await (await pool.request("GET", "/a", [])).read() == b"body of /a"
+            assert pool.connections == 1
+            await eventually(lambda: server.open == 0)
+            assert pool.connections == 0
+            assert await (await pool.request("GET", "/b", [])).read() == b"body of /b"
+            assert server.connections == 2
+            await pool.aclose()
+
+    run(main())
+
+
 # --------------------------------------------------------------------------- connecting
 
 
@@ -725,14 +763,125 @@ def test_requests_go_through_a_connect_proxy(pki: Pki) -> None:
         proxy.stop()
 
 
-def test_socks_proxies_are_refused_clearly(pki: Pki) -> None:
+class FakeProxy:
+    """An asyncio tunnelling proxy: HTTP CONNECT (over TLS when given a Pki, demanding
+    ``user:password`` when given) or SOCKS5; ``targets`` records what it was asked for."""
+
+    def __init__(self, kind: str, pki: Pki | None = None, credentials: tuple[str, str] | None = None) -> None:
+        self.kind = kind
+        self.pki = pki
+        self.credentials = credentials
+        self.targets: list[tuple[str, int]] = []
+
+    async def __aenter__(self) -> FakeProxy:
+        ctx = server_tls(self.pki, ["http/1.1"]) if self.pki else None
+        serve = self._socks if self.kind == "socks5" else self._connect
+        self.server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=ctx)
+        port = self.server.sockets[0].getsockname()[1]
+        auth = f"{self.credentials[0]}:{self.credentials[1]}@" if self.credentials else ""
+        scheme = "https" if self.pki else self.kind
+        self.url = f"{scheme}://{auth}127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        host, _, port = head.split(" ")[1].rpartition(":")
+        if self.credentials:
+            token = base64.b64encode(":".join(self.credentials).encode()).decode()
+            if f"Proxy-Authorization: Basic {token}" not in head:
+                writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+                writer.close()
+                return
+        self.targets.append((host, int(port)))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await self._pipe(reader, writer, "127.0.0.1", int(port))
+
+    async def _socks(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, count = await reader.readexactly(2)
+        methods = await reader.readexactly(count)
+        if self.credentials:
+            assert 2 in methods
+            writer.write(b"\x05\x02")
+            await reader.readexactly(1)
+            user = (await reader.readexactly((await reader.readexactly(1))[0])).decode()
+            password = (await reader.readexactly((await reader.readexactly(1))[0])).decode()
+            ok = (user, password) == self.credentials
+            writer.write(b"\x01" + (b"\x00" if ok else b"\x01"))
+            if not ok:
+                writer.close()
+                return
+        else:
+            writer.write(b"\x05\x00")
+        _, _, _, kind = await reader.readexactly(4)
+        if kind == 3:
+            host = (await reader.readexactly((await reader.readexactly(1))[0])).decode()
+        else:
+            host = str(ipaddress.ip_address(await reader.readexactly(4 if kind == 1 else 16)))
+        port = int.from_bytes(await reader.readexactly(2), "big")
+        self.targets.append((host, port))
+        writer.write(b"\x05\x00\x00\x01\x7f\x00\x00\x01" + port.to_bytes(2, "big"))
+        await self._pipe(reader, writer, "127.0.0.1", port)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int
+    ) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, port)
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+
+
+def test_an_https_proxy_with_credentials_tunnels_tls_in_tls(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))  # the proxy's certificate, from "system" CAs
+
     async def main() -> None:
-        pool = ConnectionPool(
-            "https://127.0.0.1:6443", ssl_context=client_tls(pki), proxy_url="socks5://127.0.0.1:1080"
-        )
-        with pytest.raises(TransportError) as info:
-            await pool.request("GET", "/", [])
-        assert info.value.kind == "proxy" and "socks5" in str(info.value)
+        async with FakeH2Server(pki, hold_open) as server, FakeProxy("http", pki, ("bob", "p@ss")) as proxy:
+            pool = server.pool(proxy_url=proxy.url.replace("p@ss", "p%40ss"))
+            resp = await pool.request("GET", "/w", [])
+            assert resp.status == 200 and pool.protocol == "h2"
+            assert proxy.targets == [("127.0.0.1", server.port)]
+            await pool.aclose()
+            wrong = server.pool(proxy_url=proxy.url.replace("p@ss", "nope"))
+            with pytest.raises(TransportError) as info:
+                await wrong.request("GET", "/w", [])
+            assert info.value.kind == "proxy" and "407" in str(info.value) and "nope" not in str(info.value)
+
+    run(main())
+
+
+@pytest.mark.parametrize("scheme", ["socks5", "socks5h"])
+def test_socks5_proxies(pki: Pki, scheme: str) -> None:
+    async def main() -> None:
+        async with FakeH2Server(pki, hold_open) as server, FakeProxy("socks5", None, ("amy", "pw")) as proxy:
+            origin = f"https://localhost:{server.port}"
+            url = proxy.url.replace("socks5://", f"{scheme}://")
+            pool = ConnectionPool(origin, ssl_context=client_tls(pki), proxy_url=url)
+            resp = await pool.request("GET", "/w", [])
+            assert resp.status == 200 and pool.protocol == "h2"
+            # socks5h: the proxy resolves the name; socks5: it is resolved here.
+            expected_host = "localhost" if scheme == "socks5h" else "127.0.0.1"
+            assert proxy.targets == [(expected_host, server.port)]
+            await pool.aclose()
+            refused = ConnectionPool(
+                origin, ssl_context=client_tls(pki), proxy_url=url.replace(":pw@", ":no@")
+            )
+            with pytest.raises(TransportError) as info:
+                await refused.request("GET", "/w", [])
+            assert info.value.kind == "proxy" and "username and password" in str(info.value)
 
     run(main())
 
