@@ -236,3 +236,35 @@ def test_a_stop_during_a_backoff_ends_the_loop_without_another_request(
     run(inf)
     assert api.verbs() == ["watch"] and len(api.waits) == 1
     assert inf.status.state == "stopped"
+
+
+# --------------------------------------------------------------------------- fleets
+
+
+def test_a_429s_retry_after_is_the_least_the_informer_waits(
+    api: ScriptedApi, make_informer: MakeInformer
+) -> None:
+    """API Priority and Fairness sheds load with 429 and says how long to stay away."""
+    api.watches(ApiError(429, "Too Many Requests", "throttled", retry_after=45.0))
+    api.watches(ApiError(429, "Too Many Requests", "throttled"))
+    inf = make_informer(resume_from="5")
+    run(inf)
+    first, second = api.waits
+    assert first.seconds == 45.0 and first.state == "backoff"
+    assert second.seconds is not None and second.seconds <= 30.0  # no Retry-After: the backoff alone
+    assert api.watch_rvs() == ["5", "5", "5"] and inf.status.lists == 0
+
+
+def test_watches_take_short_turns_while_http11_connections_are_all_taken(
+    api: ScriptedApi, make_informer: MakeInformer
+) -> None:
+    api.watches([[bookmark("6")]])
+    inf = make_informer(resume_from="5", crowded_watch_seconds=15)
+    api.crowded = True  # type: ignore[attr-defined]
+    run(inf)
+    timeouts = [r.query["timeoutSeconds"] for r in api.requests if r.verb == "watch"]
+    assert timeouts and all(t <= 15 for t in timeouts)
+    api.crowded = False  # type: ignore[attr-defined]
+    api.watches([[bookmark("7")]])
+    run(inf)
+    assert api.requests[-2].query["timeoutSeconds"] >= 300  # client-go's 5-10 minutes again
