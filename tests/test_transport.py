@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import signal
 import ssl
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -205,3 +206,62 @@ def test_watches_go_through_a_connect_proxy(plane: ControlPlanes) -> None:
         assert proxy.tunnels == [f"127.0.0.1:{server.port}"]
     finally:
         proxy.stop()
+
+
+def test_a_frozen_server_is_detected_by_ping(plane: ControlPlanes) -> None:
+    """No frame for ping_interval sends a PING; kube-apiserver answers it while alive, and a
+    stopped (SIGSTOP) server fails every stream of the connection after ping_timeout."""
+    server = plane.servers["tp"]
+    assert server.process.proc is not None
+    pid = server.process.proc.pid
+
+    async def main() -> None:
+        pool = pool_for(server, ping_interval=0.5, ping_timeout=1.0)
+        watches = await asyncio.gather(*(pool.request("GET", WATCH, auth(server)) for _ in range(5)))
+        await asyncio.sleep(2.5)  # several PINGs answered: the quiet connection lives
+        assert pool.connections == 1 and pool.streams == 5
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = asyncio.get_running_loop().time()
+            for w in watches:
+                with pytest.raises(TransportError) as info:
+                    async for _ in w.chunks():
+                        pass
+                assert info.value.kind == "timeout"
+            assert asyncio.get_running_loop().time() - started < 3
+            assert pool.connections == 0 and pool.streams == 0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        resp = await pool.request("GET", "/version", auth(server))
+        assert resp.status == 200 and pool.connections == 1
+        await pool.aclose()
+
+    run(main())
+
+
+def test_watches_end_when_the_server_restarts_and_the_pool_reconnects(plane: ControlPlanes) -> None:
+    server = plane.servers["tp"]
+
+    async def main() -> None:
+        pool = pool_for(server)
+        watches = await asyncio.gather(*(pool.request("GET", WATCH, auth(server)) for _ in range(10)))
+
+        async def drain(w: HttpResponse) -> str:
+            try:
+                async for _ in w.chunks(idle_timeout=60):
+                    pass
+            except TransportError as exc:
+                return exc.kind
+            return "ended"
+
+        readers = [asyncio.ensure_future(drain(w)) for w in watches]
+        await asyncio.to_thread(server.stop)
+        outcomes = set(await asyncio.gather(*readers))
+        assert outcomes <= {"ended", "reset", "goaway"}, outcomes
+        assert pool.streams == 0
+        await asyncio.to_thread(server.start)
+        resp = await pool.request("GET", "/version", auth(server))
+        assert resp.status == 200 and pool.connections == 1 and pool.protocol == "h2"
+        await pool.aclose()
+
+    run(main())
