@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# Installs and builds everything the demo and the tests need, caching what it can:
-#   - Debian's postgresql server binaries and chromium (apt, only when missing;
-#     the report test opens the HTML report in headless chromium)
-#   - Debian's buildah, podman, runc and debootstrap (apt, only when missing; the
-#     image test builds the Dockerfile and runs it read-only, see testbed/image.py)
+# Installs and builds what the tests (default) or only the demo (--demo) need, caching
+# what it can:
+#   - Debian's postgresql server binaries (apt, only when missing)
+#   - tests only: Debian's chromium (the report test opens the HTML report in headless
+#     chromium), buildah, podman, runc and debootstrap (the image test builds the
+#     Dockerfile and runs it read-only, see testbed/image.py)
 #   - a virtualenv in .venv with the package and its test extras (skipped when
 #     pyproject.toml is unchanged since the last install)
-#   - kube-apiserver and etcd from the Go module proxy (testbed/build.sh; cached
-#     under ~/.cache/k8s-watcher, a second run rebuilds nothing)
+#   - kube-apiserver, etcd and the CloudQuery PostgreSQL destination from source
+#     (testbed/build.sh; cached under ~/.cache/k8s-watcher, a second run rebuilds
+#     nothing); tests only: the official CloudQuery k8s source the benchmark measures
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+demo=false
+case "${1:-}" in
+  --demo) demo=true ;;
+  "") ;;
+  *) echo "usage: scripts/setup.sh [--demo]" >&2; exit 2 ;;
+esac
+
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
-command -v chromium >/dev/null || missing+=(chromium)
-for tool in buildah podman runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ! $demo; then
+  command -v chromium >/dev/null || missing+=(chromium)
+  for tool in buildah podman runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian's ${missing[*]}"
   sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
@@ -37,4 +48,7 @@ if [ "$(cat .venv/.k8s-watcher-stamp 2>/dev/null)" != "$stamp" ]; then
   echo "$stamp" > .venv/.k8s-watcher-stamp
 fi
 
+# The demo syncs into the destination only: the official k8s source (minutes of
+# compiling) is for the tests and the benchmark (testbed/build-cloudquery.sh reads this).
+if $demo; then export K8S_WATCHER_CQ_PLUGINS=destination; fi
 testbed/build.sh

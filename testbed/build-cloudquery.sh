@@ -8,6 +8,9 @@
 # CloudQuery SDK modules the tarball carries; everything else comes from the module proxy.
 # Without the tarball (a machine that reaches the proxy for CloudQuery modules) the same
 # tags are downloaded from the proxy instead; that path cannot run in this sandbox.
+#
+# K8S_WATCHER_CQ_PLUGINS=destination (scripts/demo.sh) builds the destination only; the
+# official source, minutes of compiling, is for the tests and the benchmark.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${K8S_WATCHER_TESTBED_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-watcher/testbed/bin}
@@ -27,8 +30,19 @@ else
   source_id=proxy
 fi
 stamp=$( (cat "$0"; echo "$source_id $dest_version $k8s_version") | sha256sum | cut -c1-16)
-if [[ -f "$out/.cq-stamp" && "$(cat "$out/.cq-stamp")" == "$stamp" && -x "$out/cq-postgresql" && -x "$out/cq-source-k8s" ]]; then
-  echo "cloudquery plugins up to date in $out (postgresql $dest_version, k8s $k8s_version)"
+case "${K8S_WATCHER_CQ_PLUGINS:-all}" in
+  all) wanted=(cq-postgresql cq-source-k8s) ;;
+  destination) wanted=(cq-postgresql) ;;
+  *) echo "K8S_WATCHER_CQ_PLUGINS: all or destination, not ${K8S_WATCHER_CQ_PLUGINS}" >&2; exit 2 ;;
+esac
+if [[ ! -f "$out/.cq-stamp" || "$(cat "$out/.cq-stamp")" != "$stamp" ]]; then
+  # Built from other inputs: none of them may pass for up to date below.
+  rm -f "$out/cq-postgresql" "$out/cq-source-k8s"
+fi
+todo=()
+for binary in "${wanted[@]}"; do [[ -x "$out/$binary" ]] || todo+=("$binary"); done
+if [[ ${#todo[@]} -eq 0 ]]; then
+  echo "cloudquery plugins up to date in $out (${wanted[*]}: postgresql $dest_version, k8s $k8s_version)"
   exit 0
 fi
 
@@ -67,6 +81,7 @@ else
 fi
 
 build() { # dir, binary, module path of the plugin package, version
+  [[ " ${todo[*]} " == *" $2 "* ]] || return 0
   echo "cloudquery: building $2 $4 (a few minutes on 2 cores)"
   (cd "$1" && go mod download && go build -pgo=off -trimpath -ldflags "-s -w -X $3.Version=$4" -o "$out/$2" .)
 }
@@ -74,4 +89,4 @@ build "$dest_dir" cq-postgresql github.com/cloudquery/cloudquery/plugins/destina
 build "$k8s_dir" cq-source-k8s github.com/cloudquery/cloudquery/plugins/source/k8s/resources/plugin "$k8s_version"
 echo "$stamp" > "$out/.cq-stamp"
 rm -rf "$work/src"
-echo "cloudquery plugins built in $out (postgresql $dest_version, k8s $k8s_version)"
+echo "cloudquery plugins built in $out (${todo[*]}: postgresql $dest_version, k8s $k8s_version)"
