@@ -498,11 +498,16 @@ class ControlPlanes:
     watch_cache_sizes: str = "configmaps#0"
     #: More kube-apiserver flags (e.g. ``--client-ca-file=...``).
     apiserver_args: tuple[str, ...] = ()
+    #: The audit log (level Metadata, blocking) some tests read; a benchmark of a busy
+    #: cluster turns it off so that kube-apiserver's CPU is its own work, not the log's.
+    audit: bool = True
+    #: The CA and service-account key (the live test bed's controller manager signs with it).
+    pki: Pki | None = None
 
     def start(self) -> ControlPlanes:
         bindir = ensure_binaries()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        pki = Pki.create(self.workdir / "pki")
+        pki = self.pki = Pki.create(self.workdir / "pki")
         self.etcd = Etcd(self.workdir, bindir)
         self.etcd.start()
         policy = self.workdir / "audit-policy.yaml"
@@ -565,9 +570,15 @@ class ControlPlanes:
             # No watch cache for configmaps: their watches read etcd directly, so a compaction
             # gives a real 410 and their LIST cannot be streamed (exercising the LIST fallback).
             f"--watch-cache-sizes={self.watch_cache_sizes}",
-            f"--audit-policy-file={policy}",
-            f"--audit-log-path={audit_log}",
-            "--audit-log-mode=blocking",
+            *(
+                [
+                    f"--audit-policy-file={policy}",
+                    f"--audit-log-path={audit_log}",
+                    "--audit-log-mode=blocking",
+                ]
+                if self.audit
+                else []
+            ),
             "--profiling=false",
             "--v=1",
             *self.apiserver_args,
@@ -630,10 +641,13 @@ def control_planes(
     workdir: Path | None = None,
     with_proxy: bool = False,
     apiserver_args: tuple[str, ...] = (),
+    audit: bool = True,
 ) -> Iterator[ControlPlanes]:
     """Start etcd and one API server per name; stop them all on exit, error or not."""
     tmp = Path(tempfile.mkdtemp(prefix="k8s-watcher-testbed-")) if workdir is None else workdir
-    planes = ControlPlanes(workdir=tmp, names=names, with_proxy=with_proxy, apiserver_args=apiserver_args)
+    planes = ControlPlanes(
+        workdir=tmp, names=names, with_proxy=with_proxy, apiserver_args=apiserver_args, audit=audit
+    )
     try:
         planes.start()
         yield planes
