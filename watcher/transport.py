@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import collections
 import contextlib
 import http
@@ -50,6 +51,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h11
+import hyperframe.frame
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +216,19 @@ class HttpResponse:
         """Stop the exchange (RST_STREAM, or close an HTTP/1.1 connection mid-body)."""
 
 
+_HEADER_NAMES: dict[bytes, str] = {}
+
+
+def _header_name(raw: bytes) -> str:
+    """One str per header name for every response (a watch keeps its headers for hours)."""
+    name = _HEADER_NAMES.get(raw)
+    if name is None:
+        name = raw.decode("latin-1")
+        if len(_HEADER_NAMES) < 512:
+            _HEADER_NAMES[raw] = name
+    return name
+
+
 def _expire(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)
@@ -244,6 +259,22 @@ async def _until(fut: asyncio.Future[Any], deadline: float) -> bool:
 
 
 # --------------------------------------------------------------------------- HTTP/2
+
+
+def _short_data_repr(data: bytes | None) -> str:
+    """hyperframe's ``_raw_data_repr`` with the same result, from the first 11 bytes only.
+
+    h2 evaluates ``repr(frame)`` of every received frame for a trace log even when nothing
+    logs, and the original hex-encodes the whole payload before cutting it to 20 digits:
+    that was half of the client's CPU reading a large LIST.
+    """
+    if not data:
+        return "None"
+    digits = binascii.hexlify(data[:11]).decode("ascii")
+    return "<hex:" + (digits[:20] + "..." if len(digits) > 20 else digits) + ">"
+
+
+hyperframe.frame._raw_data_repr = _short_data_repr
 
 
 class _H2State(h2.connection.H2Connection):
@@ -431,7 +462,7 @@ class _H2Connection(asyncio.Protocol):
             return
         headers: dict[str, str] = {}
         for raw_name, raw_value in event.headers:
-            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            name, value = _header_name(raw_name), raw_value.decode("latin-1")
             if name == ":status":
                 stream.status = int(value)
             elif name in headers:
@@ -665,7 +696,7 @@ class _H1Connection(asyncio.Protocol):
                 response.status = event.status_code
                 headers: dict[str, str] = {}
                 for raw_name, raw_value in event.headers:
-                    name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+                    name, value = _header_name(raw_name), raw_value.decode("latin-1")
                     headers[name] = headers[name] + ", " + value if name in headers else value
                 response.headers = headers
                 response._wake()
