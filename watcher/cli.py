@@ -1,4 +1,4 @@
-"""Command line: ``k8s-watcher serve | stream | status | check | report`` and the ``k8s-watcher-plugin`` entry
+"""Command line: ``k8s-watcher serve | stream | status | check | report | compat`` and the ``k8s-watcher-plugin`` entry
 that CloudQuery's ``registry: local`` starts (``<path> serve --network unix ...``)."""
 
 from __future__ import annotations
@@ -245,11 +245,37 @@ def _stream_status(address: str) -> dict[str, str]:
     return found
 
 
+#: ``k8s-watcher --help``: plain text (the module docstring is for readers of the code).
+_DESCRIPTION = """\
+A live inventory of Kubernetes clusters, kept by watches in a cache (a SQLite file or
+a PostgreSQL database) and served to CloudQuery as a source plugin."""
+_EXAMPLES = """\
+examples:
+  k8s-watcher serve                      watch every context of $KUBECONFIG
+  k8s-watcher serve --contexts prod,dev --cache /var/lib/k8s-watcher/cache.db
+  k8s-watcher status                     what the cache holds, per context and informer
+  cloudquery sync examples/grpc-snapshot.yml
+  k8s-watcher check --dsn postgresql://user@host/db
+
+'k8s-watcher COMMAND --help' describes a command. Documentation: README.md and docs/."""
+
+
+def _command(sub: Any, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with the same one-line summary the list shows."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="k8s-watcher", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="k8s-watcher",
+        description=_DESCRIPTION,
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"k8s-watcher {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the daemon: informers + gRPC plugin server + health/metrics")
+    serve = _command(sub, "serve", "run the daemon: informers, the gRPC plugin server, /healthz and /metrics")
     serve.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     serve.add_argument("--contexts", help="comma-separated context names (default: all)")
     serve.add_argument("--cache", help="cache file (default: ~/.local/state/k8s-watcher/cache.db)")
@@ -326,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     stream.add_argument("--log-level", default="info")
     stream.add_argument("cli_args", nargs="*", help="more CLI arguments, after --")
     stream.set_defaults(func=_stream)
-    status = sub.add_parser("status", help="print each informer's state from the cache file")
+    status = _command(
+        sub, "status", "print each context's and informer's state from the cache (file or database)"
+    )
     status.add_argument("--cache", help="cache file (default: ~/.local/state/k8s-watcher/cache.db)")
     status.add_argument("--cache-url", **_CACHE_URL)
     status.add_argument("--json", action="store_true")
@@ -345,11 +373,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def plugin_main(argv: list[str] | None = None) -> int:
     """What ``registry: local`` runs: ``serve --network unix --address PATH ...``."""
-    parser = argparse.ArgumentParser(prog="k8s-watcher-plugin")
+    parser = argparse.ArgumentParser(
+        prog="k8s-watcher-plugin",
+        description="The k8s-watcher source plugin as CloudQuery's registry: local starts it. "
+        "Without a daemon keeping the cache warm, it lists what is cold or stale first.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve")
-    serve.add_argument("--address", default="127.0.0.1:7777")
-    serve.add_argument("--network", default="tcp", choices=["tcp", "unix"])
+    serve = _command(sub, "serve", "serve the plugin (protocol v3) until SIGINT or SIGTERM")
+    serve.add_argument(
+        "--address", default="127.0.0.1:7777", help="host:port, or a socket path (default %(default)s)"
+    )
+    serve.add_argument("--network", default="tcp", choices=["tcp", "unix"], help="(default %(default)s)")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--log-format", default="text", choices=["text", "json"])
     serve.add_argument("--no-sentry", action="store_true")
