@@ -230,6 +230,8 @@ def test_a_frozen_server_is_detected_by_ping(plane: ControlPlanes) -> None:
                 assert info.value.kind == "timeout"
             assert asyncio.get_running_loop().time() - started < 3
             assert pool.connections == 0 and pool.streams == 0
+            await asyncio.sleep(0.1)
+            assert sockets_to(server.port) == 0  # aborted, not waiting for a TLS goodbye
         finally:
             os.kill(pid, signal.SIGCONT)
         resp = await pool.request("GET", "/version", auth(server))

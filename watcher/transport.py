@@ -19,10 +19,16 @@ What it copies from Go's ``net/http`` + ``x/net/http2`` transport:
 - ReadIdleTimeout/PingTimeout: one timer per connection (not per stream); no frame for
   ``ping_interval`` sends a PING, no ACK within ``ping_timeout`` kills the connection and fails
   its streams. Connections without streams close after ``idle_close``.
-- GOAWAY: no new streams on that connection; streams above ``last_stream_id`` fail with
-  ``kind="goaway"`` (never processed by the server, safe to retry); the others finish.
+- GOAWAY: no new streams on that connection; the streams up to ``last_stream_id`` finish.
+  A request above it was never processed: :meth:`ConnectionPool.request` sends it once more
+  on another connection (so does a stream refused with REFUSED_STREAM), and a second drop
+  raises ``kind="goaway"``. A stream that already had its response fails instead.
 - HTTP/1.1: one request per connection at a time, keep-alive reuse, at most
-  ``max_http1_connections`` per pool, further requests wait FIFO.
+  ``max_http1_connections`` per pool, further requests wait FIFO; a GET on a kept-alive
+  connection that the server closed before answering is sent once more.
+- Proxies: ``http://`` and ``https://`` (CONNECT, Basic credentials from the URL), ``socks5://``
+  (the name resolved here) and ``socks5h://`` (resolved by the proxy), then TLS and ALPN inside
+  the tunnel.
 
 Everything runs on the loop thread that created the pool; nothing here is thread-safe.
 Header values (the Authorization header) never appear in logs or exception messages.
@@ -560,7 +566,8 @@ class _H2Connection(asyncio.Protocol):
         now = self.loop.time()
         pool = self.pool
         if self._ping_deadline is not None and now >= self._ping_deadline:
-            self._die(TransportError("timeout", f"no PING answer within {pool.ping_timeout:g}s"))
+            # The peer is gone: abort, a polite TLS close would wait for it.
+            self._die(TransportError("timeout", f"no PING answer within {pool.ping_timeout:g}s"), abort=True)
             return
         if self.idle_since is not None and now - self.idle_since >= pool.idle_close:
             self.close()
@@ -598,7 +605,7 @@ class _H2Connection(asyncio.Protocol):
             pass
         self._die(TransportError("reset", "connection closed by the client"))
 
-    def _die(self, error: TransportError) -> None:
+    def _die(self, error: TransportError, *, abort: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
@@ -612,7 +619,10 @@ class _H2Connection(asyncio.Protocol):
         for stream in streams.values():
             stream._fail(error)
         if self.transport is not None:
-            self.transport.close()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
         self.pool._h2_gone(self)
 
 
