@@ -964,6 +964,8 @@ class ConnectionPool:
             except h2.exceptions.NoAvailableStreamIDError:
                 conn.goaway = True  # stream IDs exhausted: let it drain, open another
                 continue
+            except h2.exceptions.ProtocolError as exc:
+                raise TransportError("reset", f"{what}: cannot start an HTTP/2 stream: {exc}") from None
             try:
                 return await self._headers(response, deadline, what, timeout)
             except _Unprocessed:
