@@ -22,6 +22,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -91,10 +92,31 @@ def ensure_binaries() -> Path:
     return binary_dir()
 
 
+#: Ports :func:`free_port` handed out: never handed out twice by one process.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+#: Starts of a process whose port was taken before it could bind it.
+BIND_ATTEMPTS = 5
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port that was free a moment ago, for a process that cannot bind port 0
+    itself and report the port it got (etcd, kube-apiserver, PostgreSQL). No two calls
+    in this process return the same port; another process may still take it before it
+    is bound, so whoever starts the process retries on :func:`bind_failed`."""
+    with _handed_out_lock:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+
+
+def bind_failed(log_text: str) -> bool:
+    """Whether a process's log says it could not bind its port (taken meanwhile)."""
+    return "address already in use" in log_text.lower()
 
 
 class ProcessExited(RuntimeError):
@@ -225,6 +247,11 @@ class Etcd:
     """One etcd member on loopback; backs every API server under its own prefix."""
 
     def __init__(self, workdir: Path, bindir: Path) -> None:
+        self.workdir, self.bindir = workdir, bindir
+        self._take_ports()
+
+    def _take_ports(self) -> None:
+        workdir, bindir = self.workdir, self.bindir
         self.client_port = free_port()
         self.peer_port = free_port()
         self.url = f"http://127.0.0.1:{self.client_port}"
@@ -248,12 +275,26 @@ class Etcd:
         )
 
     def start(self) -> None:
-        self.process.start()
-        _wait_for(lambda: self._post("/v3/maintenance/status", {}), timeout=30, what="etcd")
+        """Start, on other ports if one was taken before etcd could bind it."""
+        for attempt in range(BIND_ATTEMPTS):
+            self.process.start()
+            try:
+                _wait_for(self._ready, timeout=30, what="etcd")
+                return
+            except ProcessExited:
+                if attempt == BIND_ATTEMPTS - 1 or not bind_failed(self.process.log_tail()):
+                    raise
+                self._take_ports()
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _ready(self) -> bool:
+        if not self.process.alive():
+            raise ProcessExited(f"etcd exited:\n{self.process.log_tail()}")
+        # A short timeout: whoever took the port may accept and never answer.
+        return bool(self._post("/v3/maintenance/status", {}, timeout=2))
+
+    def _post(self, path: str, body: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
 
     def revision(self) -> int:
@@ -303,6 +344,23 @@ class ApiServer:
             return self.admin().request("GET", "/readyz", timeout=5) is not None
 
         _wait_for(ready, timeout=timeout, what=f"kube-apiserver {self.name}", interval=0.5)
+
+    def wait_first_ready(self) -> None:
+        """:meth:`wait_ready` after the first start, which moves to another port (the
+        proxy with it) when the port was taken before kube-apiserver could bind it."""
+        for attempt in range(BIND_ATTEMPTS):
+            try:
+                self.wait_ready()
+                return
+            except ProcessExited:
+                if attempt == BIND_ATTEMPTS - 1 or not bind_failed(self.process.log_tail()):
+                    raise
+            self.port = free_port()
+            flag = "--secure-port="
+            self.process.argv = [f"{flag}{self.port}" if a.startswith(flag) else a for a in self.process.argv]
+            if self.proxy is not None:
+                self.proxy.target = ("127.0.0.1", self.port)
+            self.process.start()
 
     def admin(self) -> KubeHttp:
         return KubeHttp(self.url, self.admin_token, self.ca_file)
@@ -517,7 +575,7 @@ class ControlPlanes:
         for server in self.servers.values():
             server.process.start()
         for server in self.servers.values():
-            server.wait_ready()
+            server.wait_first_ready()
             server.admin().apply("/apis/rbac.authorization.k8s.io/v1/clusterroles", _VIEWER_ROLE)
             server.admin().apply(
                 "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",

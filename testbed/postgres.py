@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.cluster import free_port
+from testbed.cluster import BIND_ATTEMPTS, bind_failed, free_port
 
 
 def pg_bin() -> Path:
@@ -83,7 +83,17 @@ def postgres_server() -> Iterator[Postgres]:
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     server = Postgres(datadir=datadir, port=free_port(), user=user, bindir=bindir, run_as=run_as)
-    server.start()
+    for attempt in range(BIND_ATTEMPTS):
+        try:
+            server.start()
+            break
+        except subprocess.CalledProcessError:
+            # The port was taken before PostgreSQL could bind it: another one.
+            log = tmp / "pg.log"
+            if attempt == BIND_ATTEMPTS - 1 or not bind_failed(log.read_text(errors="replace")):
+                raise
+            log.unlink()
+            server.port = free_port()
     try:
         yield server
     finally:
