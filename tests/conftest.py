@@ -34,6 +34,7 @@ def pytest_report_header() -> list[str]:
     """The versions of every real part the suite runs against, at the top of its output."""
     from testbed.cluster import binary_dir
     from testbed.cq import cloudquery_binary
+    from testbed.live import versions as live_versions
     from testbed.postgres import pg_bin
 
     def version(argv: list[str]) -> str:
@@ -50,6 +51,7 @@ def pytest_report_header() -> list[str]:
             [
                 version([str(bindir / "kube-apiserver"), "--version"]),
                 "etcd " + version([str(bindir / "etcd"), "--version"]).split()[-1],
+                *live_versions().values(),
                 version([str(cloudquery_binary()), "--version"]),
                 "destination " + version([str(bindir / "cq-postgresql"), "--version"]),
                 "official source " + version([str(bindir / "cq-source-k8s"), "--version"]),
@@ -185,12 +187,17 @@ def start_daemon(tmp_path: Path) -> Iterator[Any]:
     started: list[DaemonProcess] = []
 
     def start(
-        kubeconfig: Path, cache: Path, contexts: str = "*", *, extra_args: Sequence[str] = ()
+        kubeconfig: Path,
+        cache: Path,
+        contexts: str = "*",
+        *,
+        extra_args: Sequence[str] = (),
+        timeout: float = 60,
     ) -> DaemonProcess:
         log = tmp_path / f"daemon-{len(started)}.log"
         daemon = DaemonProcess(kubeconfig, cache, log, contexts, extra_args=extra_args)
         started.append(daemon)
-        return daemon.start()
+        return daemon.start(timeout=timeout)
 
     yield start
     for d in started:
