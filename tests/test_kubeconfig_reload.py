@@ -124,3 +124,54 @@ def test_a_changed_cluster_is_rebuilt_from_the_periodic_check_resuming_without_a
     eventually(lambda: daemon.status()["kubeconfig"]["error"], timeout=20, what="reload error reported")
     assert "not valid YAML" in daemon.status()["kubeconfig"]["error"]
     assert watching(daemon, "moving")
+
+
+def cluster_errors(daemon: DaemonProcess) -> dict[str, str]:
+    return {c["context"]: c["last_error"] or "" for c in daemon.status()["contexts"]}
+
+
+def test_a_bad_entry_at_start_or_on_reload_is_reported_and_the_other_contexts_run(
+    planes: ControlPlanes, dsn: str, tmp_path: Path, start_daemon: Any
+) -> None:
+    """One policy for a context whose entries cannot make a client, at start as on a
+    reload: it is not watched, `status` and k8s_clusters.last_error say why (naming the
+    context and the field), the others run; fixed, it is watched at the next reload."""
+    prod, dev = planes.servers["prod"], planes.servers["dev"]
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", {"good": (prod, prod.url), "oidc": (dev, dev.url)})
+    config = yaml.safe_load(kubeconfig.read_text())
+    good_user, oidc_user = (u["user"] for u in config["users"])
+    oidc_user.clear()
+    oidc_user["auth-provider"] = {
+        "name": "oidc",
+        "config": {
+            "idp-issuer-url": "https://issuer.invalid",
+            "idp-certificate-authority-data": "not base64!",
+        },
+    }
+    kubeconfig.write_text(yaml.safe_dump(config))
+    cache = tmp_path / "cache.db"
+    daemon = start_daemon(kubeconfig, cache)
+    assert watching(daemon, "good") and "oidc" not in informer_states(daemon)
+    expected = "context oidc: auth-provider oidc idp-certificate-authority-data is not valid base64"
+    eventually(lambda: expected in cluster_errors(daemon).get("oidc", ""), what="the bad entry reported")
+    assert expected in watcher_status(cache)
+
+    source = {"registry": "grpc", "path": daemon.grpc_address}
+    synced = sync(tmp_path, dsn, {"tables": ["k8s_clusters", "k8s_namespaces"]}, **source)
+    assert synced.returncode == 0, synced.output[-3000:]
+    with psycopg.connect(dsn) as conn:
+        rows = dict(conn.execute("SELECT context_name, last_error FROM k8s_clusters").fetchall())
+    assert expected in (rows["oidc"] or "") and not rows["good"]
+    assert pg_contexts(dsn, "k8s_namespaces") == {"good"}
+
+    # The fixed entry is watched; an entry broken by the same reload is reported.
+    oidc_user.clear()
+    oidc_user["token"] = dev.admin_token
+    good_user["client-certificate-data"], good_user["client-key-data"] = "%%%", "%%%"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_until(lambda: watching(daemon, "oidc"), timeout=60, what="the fixed context watched")
+    eventually(lambda: not cluster_errors(daemon)["oidc"], what="the fixed context's error cleared")
+    assert "context good: client-certificate-data is not valid base64" in cluster_errors(daemon)["good"]
+    assert "good: cannot be watched: context good: client-certificate-data" in daemon.log.read_text()
