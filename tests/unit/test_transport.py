@@ -558,7 +558,7 @@ class FakeH1Server:
                         await self.release.wait()
                     if target.startswith("/big"):
                         headers = [("transfer-encoding", "chunked")]
-                        parts = [b"z" * 65536] * 128
+                        parts = [b"z" * 65536] * 512
                     elif target.startswith("/chunked"):
                         headers = [("transfer-encoding", "chunked")]
                         parts = [b"ab", b"cd", b"ef"]
@@ -681,10 +681,10 @@ def test_http1_a_slow_consumer_stops_reading_the_socket(pki: Pki) -> None:
             resp = await pool.request("GET", "/big", [])
             await asyncio.sleep(0.3)
             # Unread bytes stop at the high-water mark (plus what the kernel buffers): the
-            # server is blocked long before its 8 MiB are out.
+            # server is blocked long before its 32 MiB are out.
             assert resp._unacked <= HTTP1_HIGH_WATER + 2 * 65536
-            assert server.written < 8 * MiB
-            assert len(await resp.read()) == 8 * MiB and server.written == 8 * MiB
+            assert server.written < 32 * MiB
+            assert len(await resp.read()) == 32 * MiB and server.written == 32 * MiB
             await pool.aclose()
 
     run(main())
