@@ -502,6 +502,23 @@ def test_connections_without_streams_close_after_idle_close(pki: Pki) -> None:
     run(main())
 
 
+def test_closing_the_pool_fails_what_is_in_flight(pki: Pki) -> None:
+    async def main() -> None:
+        async with FakeH2Server(pki, hold_open) as server:
+            pool = server.pool()
+            watch = await pool.request("GET", "/watch", [])
+            await pool.aclose()
+            with pytest.raises(TransportError) as info:
+                await watch.read()
+            assert info.value.kind == "reset"
+            assert pool.connections == 0
+            with pytest.raises(TransportError):
+                await pool.request("GET", "/late", [])
+            await asyncio.wait_for(server.conns[0].closed.wait(), 2)
+
+    run(main())
+
+
 # --------------------------------------------------------------------------- fake HTTP/1.1 server
 
 
@@ -734,6 +751,13 @@ def test_connect_and_tls_failures_have_their_kind(pki: Pki, tmp_path: Path) -> N
             resp = await right_name.request("GET", "/", [])
             assert resp.status == 200
             await right_name.aclose()
+            # insecure-skip-tls-verify: no CA, no name check.
+            insecure = ssl.create_default_context()
+            insecure.check_hostname = False
+            insecure.verify_mode = ssl.CERT_NONE
+            skip = ConnectionPool(server.origin, ssl_context=insecure, server_hostname="kubernetes")
+            assert (await skip.request("GET", "/", [])).status == 200 and skip.protocol == "h2"
+            await skip.aclose()
 
     run(main())
 
