@@ -46,7 +46,7 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -144,28 +144,34 @@ class HttpResponse:
             raise TransportError("reset", "response cancelled before its body ended")
         return b"".join(parts)
 
-    async def chunks(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
+    async def chunks(self, idle_timeout: float | None = None) -> AsyncGenerator[bytes, None]:
         """Body chunks as they arrive. No byte for ``idle_timeout`` seconds abandons the
-        response (as :meth:`aclose`) and raises TransportError(kind="timeout")."""
-        while True:
-            if self._buf:
-                taken, self._buf = self._buf, []
-                for chunk in taken:
-                    if self._cancelled:
-                        return
-                    self._unacked -= len(chunk)
-                    self._credit(len(chunk))
-                    yield chunk
-                continue
-            if self._cancelled:
-                return
-            if self._error is not None:
-                raise self._error
-            if self._ended:
-                return
-            if not await self._wait(idle_timeout):
-                self.cancel()
-                raise TransportError("timeout", f"no data for {idle_timeout:g}s")
+        response (as :meth:`aclose`) and raises TransportError(kind="timeout"); so does
+        leaving the iteration early (``break``, the consuming task cancelled), so that no
+        stream outlives its reader."""
+        try:
+            while True:
+                if self._buf:
+                    taken, self._buf = self._buf, []
+                    for chunk in taken:
+                        if self._cancelled:
+                            return
+                        self._unacked -= len(chunk)
+                        self._credit(len(chunk))
+                        yield chunk
+                    continue
+                if self._cancelled:
+                    return
+                if self._error is not None:
+                    raise self._error
+                if self._ended:
+                    return
+                if not await self._wait(idle_timeout):
+                    self.cancel()
+                    raise TransportError("timeout", f"no data for {idle_timeout:g}s")
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancel()
+            raise
 
     async def aclose(self) -> None:
         """Abandon the response (a no-op once the body has been received)."""

@@ -406,6 +406,37 @@ def test_cancel_ends_the_iteration_quietly_and_resets_the_stream(pki: Pki) -> No
     run(main())
 
 
+def test_a_reader_that_stops_reading_abandons_the_stream(pki: Pki) -> None:
+    async def handler(req: H2Request) -> None:
+        req.respond(200)
+        await req.send(b"event\n")
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        async with FakeH2Server(pki, handler) as server:
+            pool = server.pool()
+            first, second = await pool.request("GET", "/a", []), await pool.request("GET", "/b", [])
+
+            async def consume(resp: HttpResponse) -> None:
+                async for _ in resp.chunks():
+                    pass
+
+            reader = asyncio.ensure_future(consume(first))
+            await asyncio.sleep(0.05)
+            reader.cancel()  # e.g. a stop request cancels the informer's task
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+            iterator = second.chunks()
+            async for _ in iterator:
+                break
+            await iterator.aclose()
+            await eventually(lambda: server.resets == [h2.errors.ErrorCodes.CANCEL] * 2)
+            assert pool.streams == 0
+            await pool.aclose()
+
+    run(main())
+
+
 def test_idle_timeout_abandons_the_stream(pki: Pki) -> None:
     async def main() -> None:
         async with FakeH2Server(pki, hold_open) as server:
