@@ -916,8 +916,9 @@ class ConnectionPool:
 
     @property
     def waiting(self) -> int:
-        """Requests waiting for an HTTP/1.1 connection (all of them busy)."""
-        return len(self._h1_waiters)
+        """Requests waiting for an HTTP/1.1 connection (all of them busy); HTTP/2 never
+        queues them. Waiters that gave up (timed out, cancelled) are not counted."""
+        return sum(1 for waiter in self._h1_waiters if not waiter.done())
 
     @property
     def streams(self) -> int:

@@ -658,10 +658,12 @@ def test_http1_bounds_connections_and_queues_requests_fifo(pki: Pki) -> None:
             await asyncio.sleep(0.05)
             assert not any(q.done() for q in queued)
             assert server.connections == 2 and pool.connections == 2 and pool.streams == 2
+            assert pool.waiting == 3
             server.release.set()
             for task in held:
                 await (await task).read()
             results = [await (await q).read() for q in queued]
+            assert pool.waiting == 0
             assert results == [b"body of /q0", b"body of /q1", b"body of /q2"]
             assert server.connections == 2 and server.targets[2:] == ["/q0", "/q1", "/q2"]
             await pool.aclose()
