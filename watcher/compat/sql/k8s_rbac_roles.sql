@@ -1,0 +1,21 @@
+-- k8s_rbac_roles: the official CloudQuery k8s source v6.2.4's table, over k8s_roles
+SELECT
+  _cq_sync_time AS _cq_sync_time,
+  _cq_source_name AS _cq_source_name,
+  (md5(context_name || '/' || uid::text)::uuid)::uuid AS _cq_id,
+  NULL::uuid AS _cq_parent_id,
+  context_name AS context,
+  (''::text)::text AS kind,
+  (''::text)::text AS api_version,
+  (COALESCE(name, ''))::text AS name,
+  (COALESCE(namespace, ''))::text AS namespace,
+  (uid::text)::text AS uid,
+  (COALESCE(resource_version, ''))::text AS resource_version,
+  (COALESCE(generation, 0))::bigint AS generation,
+  NULL::bigint AS deletion_grace_period_seconds,
+  (COALESCE(labels, '{}'))::jsonb AS labels,
+  (COALESCE(annotations, '{}'))::jsonb AS annotations,
+  (COALESCE(owner_references, '[]'))::jsonb AS owner_references,
+  finalizers AS finalizers,
+  (COALESCE(rules, '[]'))::jsonb AS rules
+FROM k8s_roles

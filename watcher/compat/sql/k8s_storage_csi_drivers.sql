@@ -1,0 +1,28 @@
+-- k8s_storage_csi_drivers: the official CloudQuery k8s source v6.2.4's table, over k8s_csidrivers
+SELECT
+  _cq_sync_time AS _cq_sync_time,
+  _cq_source_name AS _cq_source_name,
+  (md5(context_name || '/' || uid::text)::uuid)::uuid AS _cq_id,
+  NULL::uuid AS _cq_parent_id,
+  context_name AS context,
+  (''::text)::text AS kind,
+  (''::text)::text AS api_version,
+  (COALESCE(name, ''))::text AS name,
+  (COALESCE(namespace, ''))::text AS namespace,
+  (uid::text)::text AS uid,
+  (COALESCE(resource_version, ''))::text AS resource_version,
+  (COALESCE(generation, 0))::bigint AS generation,
+  NULL::bigint AS deletion_grace_period_seconds,
+  (COALESCE(labels, '{}'))::jsonb AS labels,
+  (COALESCE(annotations, '{}'))::jsonb AS annotations,
+  (COALESCE(owner_references, '[]'))::jsonb AS owner_references,
+  finalizers AS finalizers,
+  ((spec->'attachRequired' #>> '{}')::boolean)::boolean AS spec_attach_required,
+  ((spec->'podInfoOnMount' #>> '{}')::boolean)::boolean AS spec_pod_info_on_mount,
+  (CASE WHEN jsonb_typeof(spec->'volumeLifecycleModes') = 'array' THEN ARRAY(SELECT e FROM jsonb_array_elements_text(spec->'volumeLifecycleModes') WITH ORDINALITY AS a(e, i) ORDER BY i) END)::text[] AS spec_volume_lifecycle_modes,
+  ((spec->'storageCapacity' #>> '{}')::boolean)::boolean AS spec_storage_capacity,
+  ((spec->'fsGroupPolicy' #>> '{}'))::text AS spec_fs_group_policy,
+  (COALESCE(spec->'tokenRequests', '[]'))::jsonb AS spec_token_requests,
+  ((spec->'requiresRepublish' #>> '{}')::boolean)::boolean AS spec_requires_republish,
+  ((spec->'seLinuxMount' #>> '{}')::boolean)::boolean AS spec_se_linux_mount
+FROM k8s_csidrivers

@@ -1,0 +1,27 @@
+-- k8s_storage_volume_attachments: the official CloudQuery k8s source v6.2.4's table, over k8s_volumeattachments
+SELECT
+  _cq_sync_time AS _cq_sync_time,
+  _cq_source_name AS _cq_source_name,
+  (md5(context_name || '/' || uid::text)::uuid)::uuid AS _cq_id,
+  NULL::uuid AS _cq_parent_id,
+  context_name AS context,
+  (''::text)::text AS kind,
+  (''::text)::text AS api_version,
+  (COALESCE(name, ''))::text AS name,
+  (COALESCE(namespace, ''))::text AS namespace,
+  (uid::text)::text AS uid,
+  (COALESCE(resource_version, ''))::text AS resource_version,
+  (COALESCE(generation, 0))::bigint AS generation,
+  NULL::bigint AS deletion_grace_period_seconds,
+  (COALESCE(labels, '{}'))::jsonb AS labels,
+  (COALESCE(annotations, '{}'))::jsonb AS annotations,
+  (COALESCE(owner_references, '[]'))::jsonb AS owner_references,
+  finalizers AS finalizers,
+  (COALESCE((spec->'attacher' #>> '{}'), ''))::text AS spec_attacher,
+  (COALESCE(spec->'source', '{}'))::jsonb AS spec_source,
+  (COALESCE((spec->'nodeName' #>> '{}'), ''))::text AS spec_node_name,
+  (COALESCE((status->'attached' #>> '{}')::boolean, false))::boolean AS status_attached,
+  (COALESCE(status->'attachmentMetadata', '{}'))::jsonb AS status_attachment_metadata,
+  (status->'attachError')::jsonb AS status_attach_error,
+  (status->'detachError')::jsonb AS status_detach_error
+FROM k8s_volumeattachments
