@@ -679,7 +679,7 @@ def test_http1_waiting_for_a_free_connection_times_out(pki: Pki) -> None:
             await eventually(lambda: server.targets == ["/hold"])
             with pytest.raises(TransportError) as info:
                 await pool.request("GET", "/late", [], timeout=0.1)
-            assert info.value.kind == "timeout"
+            assert info.value.kind == "timeout" and pool.waiting == 0
             server.release.set()
             assert await (await held).read() == b"body of /hold"
             assert await (await pool.request("GET", "/next", [])).read() == b"body of /next"
