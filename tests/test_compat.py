@@ -363,7 +363,7 @@ def test_an_upgrade_with_a_new_column_breaks_nothing(pair: Pair, tmp_path: Path)
     """Installed, the project's table gains a column and a view a new column in the middle
     (CREATE OR REPLACE VIEW would refuse it), installed again: the views, the version and
     a user's view on them (the official k8s_resources) are all there."""
-    dsn = new_dsn_like(pair.ours, pair)
+    dsn = new_dsn_like(pair.ours)
     install(dsn)
     assert psql(dsn, pair.policies / "views/resource.sql").returncode == 0
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -390,10 +390,10 @@ def test_an_upgrade_with_a_new_column_breaks_nothing(pair: Pair, tmp_path: Path)
         assert conn.execute("SELECT version FROM k8s_watcher_compat").fetchone() == (second.version,)
 
 
-def new_dsn_like(dsn: str, pair: Pair) -> str:
+def new_dsn_like(dsn: str, suffix: str = "upgrade") -> str:
     """A copy of ``dsn``'s database (CREATE DATABASE ... TEMPLATE)."""
     name = dsn.split("/")[-1].split("?")[0]
-    copy = f"{name}_upgrade"
+    copy = f"{name}_{suffix}"
     server = dsn.replace(f"/{name}?", "/postgres?")
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {copy} TEMPLATE {name}")
@@ -411,3 +411,24 @@ def test_the_committed_view_sql_is_what_the_generator_writes(tmp_path: Path) -> 
     """From the plugin's docs and the k8s.io/api v0.29.1 structs (python -m watcher.compat.generate)."""
     assert generate.generate(tmp_path) == 43
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {v.name + ".sql": v.select for v in views()}
+
+
+def test_uninstall_clears_the_way_for_a_forced_migration(pair: Pair) -> None:
+    """The destination's forced migration is a plain DROP TABLE, which the views block."""
+    dsn = new_dsn_like(pair.ours, "forced")
+    install(dsn)
+    assert psql(dsn, pair.policies / "views/resource.sql").returncode == 0
+    with psycopg.connect(dsn) as conn, pytest.raises(psycopg.errors.DependentObjectsStillExist):
+        conn.execute("DROP TABLE k8s_pods")
+    refused = k8s_watcher("compat", "uninstall", "--dsn", dsn)
+    assert refused.returncode == 1 and "public.k8s_resources" in refused.stderr
+    dropped = k8s_watcher("compat", "uninstall", "--dsn", dsn, "--cascade")
+    assert dropped.returncode == 0, dropped.stderr
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DROP TABLE k8s_pods")
+        assert conn.execute(
+            "SELECT to_regclass('k8s_core_pods'), to_regclass('k8s_watcher_compat')"
+        ).fetchone() == (
+            None,
+            None,
+        )

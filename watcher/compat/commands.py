@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from watcher.compat.install import CompatError, install
+from watcher.compat.install import CompatError, install, uninstall
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -30,6 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--source-schema", default="public", help="schema of k8s-watcher's tables (default public)"
     )
     run.set_defaults(func=_install)
+    drop = actions.add_parser(
+        "uninstall",
+        help="drop the views (before a migrate_mode: forced sync, whose DROP TABLE they would block)",
+    )
+    drop.add_argument("--dsn", default=run.get_default("dsn"), help="as for install")
+    drop.add_argument("--schema", default="public", help="schema of the views (default public)")
+    drop.add_argument("--cascade", action="store_true", help="also drop the views built on them")
+    drop.set_defaults(func=_uninstall)
 
 
 def _install(args: argparse.Namespace) -> int:
@@ -48,4 +56,17 @@ def _install(args: argparse.Namespace) -> int:
         else ""
     )
     print(f"installed {done.views} compat views in {done.schema}, version {done.version}{was}{kept}")
+    return 0
+
+
+def _uninstall(args: argparse.Namespace) -> int:
+    if not args.dsn:
+        print("compat uninstall: --dsn (or $K8S_WATCHER_COMPAT_DSN) is required", file=sys.stderr)
+        return 2
+    try:
+        dropped = uninstall(args.dsn, schema=args.schema, cascade=args.cascade)
+    except CompatError as exc:
+        print(f"compat uninstall: {exc}", file=sys.stderr)
+        return 1
+    print(f"dropped the compat views in {args.schema}" + (f" and {', '.join(dropped)}" if dropped else ""))
     return 0

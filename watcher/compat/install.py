@@ -1,4 +1,5 @@
-"""``k8s-watcher compat install``: create or upgrade the compat views in one transaction.
+"""``k8s-watcher compat install``: create or upgrade the compat views in one transaction
+(and ``compat uninstall``).
 
 ``CREATE OR REPLACE VIEW`` cannot change a column's type or position, so every compat
 view is dropped and created again; the views of users built on them (the official
@@ -168,3 +169,26 @@ def _record(conn: psycopg.Connection, schema: str, version: str, count: int) -> 
     )
     conn.execute(sql.SQL("DELETE FROM {}").format(table))
     conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, now())").format(table), (version, count))
+
+
+def uninstall(dsn: str, *, schema: str = "public", cascade: bool = False) -> tuple[str, ...]:
+    """Drop the compat views and the version record (before a ``migrate_mode: forced`` sync,
+    whose ``DROP TABLE`` the views would block). Views built on them are dropped too only
+    with ``cascade``; they are returned, to be created again after the next install."""
+    names = [v.name for v in views()]
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+        existing = {n: oid for n, (oid, kind) in _relations(conn, schema, names).items() if kind == "v"}
+        conn.execute("SET LOCAL search_path = pg_catalog")
+        dependents = tuple(
+            f"{nsp}.{name}"
+            for _, nsp, name, _, _ in conn.execute(_DEPENDENTS, {"roots": list(existing.values())})
+        )
+        if dependents and not cascade:
+            raise CompatError(
+                f"views are built on the compat views: {', '.join(dependents)} (--cascade drops them)"
+            )
+        for name in existing:
+            conn.execute(sql.SQL("DROP VIEW IF EXISTS {} CASCADE").format(sql.Identifier(schema, name)))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, VERSION_TABLE)))
+    return dependents
