@@ -246,9 +246,12 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
         waiter.set_result(False)
 
 
-async def _until(fut: asyncio.Future[Any], deadline: float) -> bool:
-    """Wait for ``fut`` until the loop time ``deadline``; False when the deadline came first
-    (``fut`` is then cancelled). One timer handle, no task."""
+async def _until(fut: asyncio.Future[Any], deadline: float, *, cancel: bool = True) -> bool:
+    """Wait for ``fut`` until the loop time ``deadline``; False when the deadline came first.
+    One timer handle, no task. ``fut`` is cancelled when the wait ends without it (the
+    deadline, or the caller cancelled) unless ``cancel`` is False: a dial that other
+    requests share goes on (what asyncio.shield would do, without a future per waiter whose
+    exception nobody retrieves)."""
     loop = asyncio.get_running_loop()
     if fut.done():
         return True
@@ -261,13 +264,12 @@ async def _until(fut: asyncio.Future[Any], deadline: float) -> bool:
     fut.add_done_callback(settle)
     timer = loop.call_at(deadline, settle, None)
     try:
-        finished = await done
+        return await done
     finally:
         timer.cancel()
         fut.remove_done_callback(settle)
-    if not finished:
-        fut.cancel()
-    return finished
+        if cancel and not fut.done():
+            fut.cancel()
 
 
 # --------------------------------------------------------------------------- HTTP/2
@@ -1011,7 +1013,7 @@ class ConnectionPool:
             self._dialing = asyncio.get_running_loop().create_task(self._dial())
             self._dialing.add_done_callback(self._dial_done)
         dialing = self._dialing
-        if not await _until(asyncio.shield(dialing), deadline):
+        if not await _until(dialing, deadline, cancel=False):
             raise TransportError("timeout", f"no connection to {self.origin} within the request's timeout")
         if dialing.cancelled():
             raise TransportError("reset", "connection pool closed")
@@ -1050,7 +1052,7 @@ class ConnectionPool:
         handoff.hand_over(transport, conn)
         self._h2.append(conn)
         try:
-            if not await _until(asyncio.shield(conn.ready), deadline):
+            if not await _until(conn.ready, deadline, cancel=False):
                 raise TransportError(
                     "connect", f"{self.origin} sent no HTTP/2 SETTINGS within {self.connect_timeout:g}s"
                 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import ipaddress
 import logging
 import ssl
@@ -32,7 +33,20 @@ MiB = 1 << 20
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 20))
+    """Run a test's coroutine; fail on anything the loop reports on the side (a future's
+    exception nobody retrieved, a callback that raised)."""
+    reported: list[dict[str, Any]] = []
+
+    async def main() -> Any:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: reported.append(context))
+        try:
+            return await asyncio.wait_for(coro, 20)
+        finally:
+            gc.collect()
+
+    result = asyncio.run(main())
+    assert not reported, [c.get("message") for c in reported]
+    return result
 
 
 async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
@@ -576,6 +590,8 @@ class FakeH1Server:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.release.set()  # no handler left waiting
+        await asyncio.sleep(0.01)
         self.server.close()
 
     def pool(self, **options: Any) -> ConnectionPool:
