@@ -8,6 +8,7 @@ same through an HTTP CONNECT proxy.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -43,7 +44,20 @@ def http1_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPla
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 120))
+    """Run a test's coroutine; fail on anything the loop reports on the side (a future's
+    exception nobody retrieved, a callback that raised)."""
+    reported: list[dict[str, Any]] = []
+
+    async def main() -> Any:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: reported.append(context))
+        try:
+            return await asyncio.wait_for(coro, 120)
+        finally:
+            gc.collect()
+
+    result = asyncio.run(main())
+    assert not reported, [c.get("message") for c in reported]
+    return result
 
 
 def pool_for(server: ApiServer, **options: Any) -> ConnectionPool:
