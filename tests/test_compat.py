@@ -31,7 +31,7 @@ from tests.hardening import good_container
 from tests.test_dashboards import expand_sql
 from tests.test_kinds import _collection, _kinds
 from watcher.compat import generate, views
-from watcher.compat.install import CompatError, install
+from watcher.compat.install import CompatError, install, uninstall
 
 TARBALL = generate.DEFAULT_TARBALL
 CONTEXTS = ["alpha", "beta"]
@@ -432,3 +432,22 @@ def test_uninstall_clears_the_way_for_a_forced_migration(pair: Pair) -> None:
             None,
             None,
         )
+
+
+def test_views_in_a_schema_of_their_own_beside_the_official_tables(pair: Pair) -> None:
+    """The official plugin's old tables stay in public; the views go to another schema,
+    which a session puts first in its search_path to run the same SQL."""
+    dsn = new_dsn_like(pair.ours, "schema")
+    uninstall(dsn, cascade=True)  # the pair's install (and k8s_resources, when made)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE k8s_core_pods (uid text PRIMARY KEY)")  # an official table left behind
+    with pytest.raises(CompatError):
+        install(dsn)
+    done = install(dsn, schema="cq")
+    assert done.views == 43
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET search_path = cq, public")
+        (pods,) = conn.execute("SELECT count(*) FROM k8s_core_pods WHERE spec_host_network").fetchone() or (
+            0,
+        )
+    assert pods == 1  # the bad pod of the seed
