@@ -185,6 +185,9 @@ class LiveCluster:
                 f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
                 f"--cidr={POD_CIDR}",
                 "--node-ip=192.0.2.1",
+                # At INFO kwok logs a JSON line for every Lease renewal and pod patch (50
+                # Lease lines a second at 500 nodes), which nobody reads.
+                "--v=WARN",
             ],
         )
         self._wait(lambda: self.admin().get("/api/v1/namespaces/default/serviceaccounts/default"), 120, "kcm")
