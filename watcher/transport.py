@@ -91,6 +91,13 @@ _HOP_BY_HOP = frozenset(
 )
 
 
+class _Slot:
+    """Handed to a waiter instead of a connection: a free slot under the pool's HTTP/1.1
+    limit, reserved for it to dial in."""
+
+    __slots__ = ()
+
+
 class TransportError(Exception):
     """No (complete) HTTP answer: connect refused/timed out, TLS failure, connection reset or closed,
     stream reset by the server, GOAWAY that dropped this stream, PING timeout, read timeout.
@@ -247,11 +254,12 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
 
 
 async def _until(fut: asyncio.Future[Any], deadline: float, *, cancel: bool = True) -> bool:
-    """Wait for ``fut`` until the loop time ``deadline``; False when the deadline came first.
-    One timer handle, no task. ``fut`` is cancelled when the wait ends without it (the
-    deadline, or the caller cancelled) unless ``cancel`` is False: a dial that other
-    requests share goes on (what asyncio.shield would do, without a future per waiter whose
-    exception nobody retrieves)."""
+    """Wait for ``fut`` until the loop time ``deadline``; False when the deadline came first
+    and ``fut`` is still not done (True if it got its result between the deadline and this
+    coroutine running again: a result handed over is never dropped). One timer handle, no
+    task. ``fut`` is cancelled when the wait ends without it (the deadline, or the caller
+    cancelled) unless ``cancel`` is False: a dial that other requests share goes on (what
+    asyncio.shield would do, without a future per waiter whose exception nobody retrieves)."""
     loop = asyncio.get_running_loop()
     if fut.done():
         return True
@@ -264,12 +272,13 @@ async def _until(fut: asyncio.Future[Any], deadline: float, *, cancel: bool = Tr
     fut.add_done_callback(settle)
     timer = loop.call_at(deadline, settle, None)
     try:
-        return await done
+        await done
     finally:
         timer.cancel()
         fut.remove_done_callback(settle)
         if cancel and not fut.done():
             fut.cancel()
+    return fut.done() and not fut.cancelled()
 
 
 # --------------------------------------------------------------------------- HTTP/2
@@ -536,6 +545,8 @@ class _H2Connection(asyncio.Protocol):
         self.max_streams = min(limit, DEFAULT_MAX_STREAMS) if limit else 0
         if not self.ready.done():
             self.ready.set_result(None)
+        elif self.pool._h2_waiters:
+            self.pool._wake_h2()
 
     def _on_ping_ack(self, event: h2.events.PingAckReceived) -> None:
         self._ping_deadline = None
@@ -556,6 +567,8 @@ class _H2Connection(asyncio.Protocol):
     # -- connection lifetime
 
     def _stream_gone(self) -> None:
+        if self.pool._h2_waiters:
+            self.pool._wake_h2()
         if not self.streams:
             self.idle_since = self.loop.time()
             if self._timer is not None and self._timer.when() > self.idle_since + self.pool.idle_close:
@@ -900,10 +913,15 @@ class ConnectionPool:
         self._protocol: str | None = None
         self._h2: list[_H2Connection] = []
         self._dialing: asyncio.Task[None] | None = None
+        #: Requests waiting for an HTTP/2 stream slot (FIFO); a True result promises one.
+        self._h2_waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
+        self._h2_promised = 0  # slots promised to woken waiters that have not taken them yet
         self._h1_open: set[_H1Connection] = set()
         self._h1_idle: list[_H1Connection] = []
         self._h1_slots = 0  # open or being opened
-        self._h1_waiters: collections.deque[asyncio.Future[_H1Connection | None]] = collections.deque()
+        self._h1_waiters: collections.deque[asyncio.Future[_H1Connection | _Slot | None]] = (
+            collections.deque()
+        )
         self._closed = False
 
     @property
@@ -918,8 +936,9 @@ class ConnectionPool:
 
     @property
     def waiting(self) -> int:
-        """Requests waiting for an HTTP/1.1 connection (all of them busy); HTTP/2 never
-        queues them. Waiters that gave up (timed out, cancelled) are not counted."""
+        """Requests waiting for an HTTP/1.1 connection (all of them busy); over HTTP/2 a
+        request only waits for a connection being opened. Waiters that gave up (timed out,
+        cancelled) are not counted."""
         return sum(1 for waiter in self._h1_waiters if not waiter.done())
 
     @property
@@ -964,10 +983,9 @@ class ConnectionPool:
                         raise
                     retried = True
                     continue
-            conn = self._h2_with_capacity()
+            conn = await self._h2_slot(deadline)
             if conn is None:
-                await self._dial_shared(deadline)
-                continue
+                continue  # the server turned out to speak HTTP/1.1
             try:
                 response = conn.start_request(method, target, headers, body)
             except h2.exceptions.NoAvailableStreamIDError:
@@ -991,10 +1009,12 @@ class ConnectionPool:
             conn.close()
         for conn1 in list(self._h1_open):
             conn1.close()
-        while self._h1_waiters:
-            waiter = self._h1_waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(TransportError("reset", "connection pool closed"))
+        closed = TransportError("reset", "connection pool closed")
+        for waiters in (self._h1_waiters, self._h2_waiters):
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(closed)
         await asyncio.sleep(0)
 
     # -- HTTP/2
@@ -1006,25 +1026,81 @@ class ConnectionPool:
                 best = conn  # fill the busiest usable one: fewer connections in the end
         return best
 
-    async def _dial_shared(self, deadline: float) -> None:
-        """Wait for the connection being opened, opening one if none is: concurrent requests
-        that find every connection full share one dial."""
-        if self._dialing is None:
+    async def _h2_slot(self, deadline: float) -> _H2Connection | None:
+        """A connection with a free stream slot, or None when the pool turned out to speak
+        HTTP/1.1. Requests that find no slot queue FIFO behind one shared dial; a new
+        connection or a freed stream wakes only as many of them as it has room for (25,000
+        watches re-opening after a restart must not all wake for each new connection)."""
+        loop = asyncio.get_running_loop()
+        conn = self._h2_with_capacity() if not self._h2_waiters and self._h2_free() > 0 else None
+        woken = False
+        while conn is None:
+            if self._protocol == "http/1.1":
+                return None
+            if self._closed:
+                raise TransportError("reset", "connection pool closed")
+            waiter: asyncio.Future[bool] = loop.create_future()
+            if woken:
+                self._h2_waiters.appendleft(waiter)  # its slot vanished (a connection died): stay first
+            else:
+                self._h2_waiters.append(waiter)
+            self._ensure_dial()
+            try:
+                arrived = await _until(waiter, deadline)
+            except BaseException:
+                self._h2_forfeit(waiter)
+                raise
+            if not arrived:
+                raise TransportError(
+                    "timeout", f"no connection to {self.origin} within the request's timeout"
+                )
+            if waiter.result():  # raises the dial's error
+                self._h2_promised -= 1
+            woken = True
+            conn = self._h2_with_capacity()
+        return conn
+
+    def _h2_free(self) -> int:
+        return sum(max(conn.capacity, 0) for conn in self._h2) - self._h2_promised
+
+    def _h2_forfeit(self, waiter: asyncio.Future[bool]) -> None:
+        """A waiter left (cancelled) just as it was woken: pass its slot on."""
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None and waiter.result():
+            self._h2_promised -= 1
+            self._wake_h2()
+
+    def _wake_h2(self) -> None:
+        """Promise the free stream slots to the first waiters; dial for the rest."""
+        free = self._h2_free()
+        while free > 0 and self._h2_waiters:
+            waiter = self._h2_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                self._h2_promised += 1
+                free -= 1
+        if any(not waiter.done() for waiter in self._h2_waiters):
+            self._ensure_dial()
+
+    def _ensure_dial(self) -> None:
+        if self._dialing is None and not self._closed:
             self._dialing = asyncio.get_running_loop().create_task(self._dial())
             self._dialing.add_done_callback(self._dial_done)
-        dialing = self._dialing
-        if not await _until(dialing, deadline, cancel=False):
-            raise TransportError("timeout", f"no connection to {self.origin} within the request's timeout")
-        if dialing.cancelled():
-            raise TransportError("reset", "connection pool closed")
-        error = dialing.exception()
-        if error is not None:
-            raise error
 
     def _dial_done(self, task: asyncio.Task[None]) -> None:
         self._dialing = None
-        if not task.cancelled():
-            task.exception()  # retrieved here: the waiters re-raise it
+        error = TransportError("reset", "connection pool closed") if task.cancelled() else task.exception()
+        if error is None and self._protocol == "h2":
+            self._wake_h2()
+            return
+        # The dial failed (every queued request fails with its error, as in Go), or the
+        # server speaks HTTP/1.1 (they all go the HTTP/1.1 way).
+        while self._h2_waiters:
+            waiter = self._h2_waiters.popleft()
+            if not waiter.done():
+                if error is None:
+                    waiter.set_result(False)
+                else:
+                    waiter.set_exception(error)
 
     async def _dial(self) -> None:
         deadline = asyncio.get_running_loop().time() + self.connect_timeout
@@ -1090,27 +1166,49 @@ class ConnectionPool:
                     return conn
             if self._closed:
                 raise TransportError("reset", "connection pool closed")
-            if self._h1_slots < self.max_http1_connections:
+            if self._h1_slots < self.max_http1_connections and not self.waiting:
                 self._h1_slots += 1
-                try:
-                    conn1 = await self._dial_h1(deadline)
-                except BaseException:
-                    self._h1_slots -= 1
-                    self._wake_h1_waiter(None)
-                    raise
-                if conn1 is None:
-                    self._h1_slots -= 1
-                    self._wake_h1_waiter(None)
-                return conn1
-            waiter: asyncio.Future[_H1Connection | None] = asyncio.get_running_loop().create_future()
+                return await self._dial_in_slot(deadline)
+            waiter: asyncio.Future[_H1Connection | _Slot | None] = asyncio.get_running_loop().create_future()
             self._h1_waiters.append(waiter)
-            if not await _until(waiter, deadline):
+            try:
+                arrived = await _until(waiter, deadline)
+            except BaseException:
+                self._h1_forfeit(waiter)
+                raise
+            if not arrived:
                 raise TransportError(
                     "timeout", f"all {self.max_http1_connections} HTTP/1.1 connections stayed busy"
                 )
             handed = waiter.result()
+            if isinstance(handed, _Slot):
+                return await self._dial_in_slot(deadline)
             if handed is not None and not handed.closed:
                 return handed
+
+    def _h1_forfeit(self, waiter: asyncio.Future[_H1Connection | _Slot | None]) -> None:
+        """A waiter left (cancelled) just as it was handed a connection or a slot: pass it on."""
+        if not waiter.done() or waiter.cancelled() or waiter.exception() is not None:
+            return
+        handed = waiter.result()
+        if isinstance(handed, _Slot):
+            if not self._wake_h1_waiter(_Slot()):
+                self._h1_slots -= 1
+        elif handed is not None:
+            self._h1_offer(handed)
+
+    async def _dial_in_slot(self, deadline: float) -> _H1Connection | None:
+        """Dial in a slot already counted in ``_h1_slots``; the slot is given back on failure."""
+        try:
+            conn1 = await self._dial_h1(deadline)
+        except BaseException:
+            self._h1_slots -= 1
+            self._wake_h1_waiter(None)
+            raise
+        if conn1 is None:
+            self._h1_slots -= 1
+            self._wake_h1_waiter(None)
+        return conn1
 
     async def _dial_h1(self, deadline: float) -> _H1Connection | None:
         loop = asyncio.get_running_loop()
@@ -1133,19 +1231,25 @@ class ConnectionPool:
         self._h1_idle.append(conn)
 
     def _h1_gone(self, conn: _H1Connection) -> None:
-        if conn in self._h1_open:
-            self._h1_open.discard(conn)
-            self._h1_slots -= 1
         if conn in self._h1_idle:
             self._h1_idle.remove(conn)
+        if conn in self._h1_open:
+            self._h1_open.discard(conn)
+            # Its slot goes to the first waiter, which dials in it: a request arriving
+            # meanwhile (a watch that just gave up its turn) must not take it and starve
+            # the queue.
+            if self._wake_h1_waiter(_Slot()):
+                return
+            self._h1_slots -= 1
         self._wake_h1_waiter(None)
 
-    def _wake_h1_waiter(self, conn: _H1Connection | None) -> None:
+    def _wake_h1_waiter(self, conn: _H1Connection | _Slot | None) -> bool:
         while self._h1_waiters:
             waiter = self._h1_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(conn)
-                return
+                return True
+        return False
 
     # -- waiting for headers
 

@@ -267,6 +267,38 @@ def test_full_connections_spill_over_to_new_ones(pki: Pki) -> None:
     run(main())
 
 
+def test_a_crowd_of_requests_fills_connections_in_order(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """600 requests at once, 10 streams a connection: exactly 60 connections, opened one
+    after the other, each carrying the next 10 requests in the order they were made; and
+    each new connection wakes only the 10 requests it has room for, not the whole crowd
+    (which made 25,000 watches re-opening after a restart cost minutes of CPU)."""
+    looks = 0
+    find = ConnectionPool._h2_with_capacity
+
+    def counted(pool: ConnectionPool) -> Any:
+        nonlocal looks
+        looks += 1
+        return find(pool)
+
+    monkeypatch.setattr(ConnectionPool, "_h2_with_capacity", counted)
+
+    async def main() -> None:
+        async with FakeH2Server(pki, hold_open, max_streams=10) as server:
+            pool = server.pool()
+            responses = await asyncio.gather(*(pool.request("GET", f"/w{i:03}", []) for i in range(600)))
+            assert {r.status for r in responses} == {200}
+            assert (pool.connections, pool.streams, len(server.conns)) == (60, 600, 60)
+            for k, conn in enumerate(server.conns):
+                paths = sorted(r.headers[":path"] for r in conn.requests.values())
+                assert paths == [f"/w{i:03}" for i in range(10 * k, 10 * k + 10)]
+            assert looks < 2 * 600  # each request looks for a slot about once
+            for resp in responses:
+                resp.cancel()
+            await pool.aclose()
+
+    run(main())
+
+
 def test_goaway_retries_unprocessed_streams_elsewhere_and_lets_the_others_finish(pki: Pki) -> None:
     async def handler(req: H2Request) -> None:
         if req.conn is not req.conn.server.conns[0] or req.stream_id < 5:
