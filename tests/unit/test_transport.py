@@ -737,6 +737,24 @@ def test_http1_waiting_for_a_free_connection_times_out(pki: Pki) -> None:
     run(main())
 
 
+def test_http1_a_freed_slot_goes_to_the_first_waiter_not_a_newcomer(pki: Pki) -> None:
+    async def main() -> None:
+        async with FakeH1Server(None) as server:
+            pool = server.pool(max_http1_connections=1)
+            held = asyncio.ensure_future(pool.request("GET", "/hold", []))
+            await eventually(lambda: server.targets == ["/hold"])
+            first = asyncio.ensure_future(pool.request("GET", "/first", []))
+            await eventually(lambda: pool.waiting == 1)
+            held.cancel()  # its connection closes: the slot is the waiter's
+            newcomer = asyncio.ensure_future(pool.request("GET", "/newcomer", []))
+            assert await (await first).read() == b"body of /first"
+            assert await (await newcomer).read() == b"body of /newcomer"
+            assert server.targets == ["/hold", "/first", "/newcomer"]
+            await pool.aclose()
+
+    run(main())
+
+
 def test_http1_abandoned_body_closes_the_connection(pki: Pki) -> None:
     async def main() -> None:
         async with FakeH1Server(None) as server:
