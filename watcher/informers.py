@@ -84,6 +84,10 @@ class EventStream(Protocol):
 
     def close(self) -> None: ...
 
+    def resumable(self) -> None:
+        """Past the initial state: the stream may be ended early (the informer then
+        re-watches from its RV), e.g. to let other watches take a turn."""
+
 
 class ListerWatcher(Protocol):
     """The API side of an informer (``KubeClient``)."""
@@ -551,10 +555,15 @@ class ResourceInformer:
         if self._stopping or self._relist_requested:
             events.close()
         opened, delivered = self.clock.monotonic(), 0
+        if gen is None:
+            events.resumable()
         try:
             async for batch in events:
                 delivered += len(batch)
+                had_initial_state = gen is not None
                 gen, initial = self._apply_batch(batch, gen, initial)
+                if had_initial_state and gen is None:
+                    events.resumable()
                 if slot is not None and gen is None and self._holding_slot:
                     slot.release()
                     self._holding_slot = False

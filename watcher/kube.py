@@ -274,6 +274,7 @@ class _SharedPools:
 
     def __init__(self) -> None:
         self._pools: dict[tuple[Any, ...], tuple[ConnectionPool, int]] = {}
+        self._turns: dict[int, _Turns] = {}
 
     def acquire(self, key: tuple[Any, ...], tls: TlsSettings, cert: ClientCert | None) -> ConnectionPool:
         found = self._pools.get(key)
@@ -300,12 +301,20 @@ class _SharedPools:
             self._pools[key] = (pool, users - 1)
             return
         del self._pools[key]
+        self._turns.pop(id(pool), None)
         # Its last user is gone (a removed context, a rotated certificate): running
         # watches on it break and re-watch from their resourceVersion elsewhere.
         asyncio.get_running_loop().create_task(pool.aclose())
 
     def pools(self) -> list[ConnectionPool]:
         return [pool for pool, _ in self._pools.values()]
+
+    def turns(self, pool: ConnectionPool) -> _Turns:
+        """The turn-taking of an HTTP/1.1 pool's watches."""
+        found = self._turns.get(id(pool))
+        if found is None or found.pool is not pool:
+            found = self._turns[id(pool)] = _Turns(pool)
+        return found
 
 
 _shared_pools = _SharedPools()
@@ -530,7 +539,12 @@ class KubeClient:
         # Over HTTP/1.1 a watch may queue for a connection behind others taking turns.
         opening = HTTP1_WATCH_QUEUE_SECONDS if self.protocol == "http/1.1" else 30
         resp = await self.open(path, query, accept=accept, timeout=opening)
-        return WatchStream(resp, read_timeout)
+        if resp.http_version != "HTTP/1.1" or self._pool is None:
+            return WatchStream(resp, read_timeout)
+        turns = _shared_pools.turns(self._pool)
+        stream = WatchStream(resp, read_timeout, turns)
+        turns.add(stream)
+        return stream
 
     # -- the same from other threads --------------------------------------------
 
@@ -580,10 +594,18 @@ class WatchStream:
     read as a list, so a burst is applied to the cache in one transaction.
     :meth:`close` (on the loop) ends the iteration quietly."""
 
-    def __init__(self, resp: HttpResponse, read_timeout: float | None) -> None:
+    def __init__(self, resp: HttpResponse, read_timeout: float | None, turns: _Turns | None = None) -> None:
         self._resp = resp
         self._read_timeout = read_timeout
+        self._turns = turns
         self.closed = False
+        #: Set by :meth:`resumable`: ending it early loses nothing.
+        self.resumable_since: float | None = None
+
+    def resumable(self) -> None:
+        """The watch is past any initial state: ended early, its informer re-watches from
+        its resourceVersion and misses nothing (so it may be asked to take turns)."""
+        self.resumable_since = asyncio.get_running_loop().time()
 
     async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
         buffer = b""
@@ -600,14 +622,65 @@ class WatchStream:
             if not self.closed:
                 raise ApiError(0, "watch connection broken", str(exc)) from exc
         finally:
-            if not self.closed:
-                self.closed = True
-                self._resp.cancel()
+            self.close()
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self._resp.cancel()
+            if self._turns is not None:
+                self._turns.remove(self)
+
+
+#: Over a crowded HTTP/1.1 pool, how long a watch keeps its connection at least before it
+#: may be asked to give it up, and how often that is checked.
+HTTP1_TURN_SECONDS = 15.0
+HTTP1_TURN_CHECK_SECONDS = 2.0
+
+
+class _Turns:
+    """Watches of an HTTP/1.1 pool whose connections are all taken, with requests
+    waiting, take turns: every couple of seconds the longest-held resumable watches end,
+    one per waiting request (each informer then re-watches from its resourceVersion, at
+    the back of the queue). HTTP/2 never needs this: one connection carries them all."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.streams: set[WatchStream] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, stream: WatchStream) -> None:
+        self.streams.add(stream)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def remove(self, stream: WatchStream) -> None:
+        self.streams.discard(stream)
+
+    async def _run(self) -> None:
+        try:
+            while self.streams:
+                await asyncio.sleep(HTTP1_TURN_CHECK_SECONDS)
+                self.rotate(asyncio.get_running_loop().time())
+        finally:
+            self._task = None
+
+    def rotate(self, now: float) -> int:
+        """End as many long-held resumable watches as requests wait; returns how many."""
+        waiting = self.pool.waiting
+        if not waiting:
+            return 0
+        held = sorted(
+            (
+                s
+                for s in self.streams
+                if s.resumable_since is not None and now - s.resumable_since >= HTTP1_TURN_SECONDS
+            ),
+            key=lambda s: s.resumable_since or 0.0,
+        )
+        for stream in held[:waiting]:
+            stream.close()
+        return min(waiting, len(held))
 
 
 def probe_contexts(kubeconfig: Path, contexts: list[str]) -> list[str]:

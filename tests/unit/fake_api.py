@@ -36,6 +36,7 @@ class ScriptedStream:
 
     def __init__(self, batches: list[StreamItem], on_batch: Any = None) -> None:
         self.batches, self.on_batch, self.closed, self.delivered = batches, on_batch, False, 0
+        self.resumable_calls = 0
 
     async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
         for batch in self.batches:
@@ -53,6 +54,9 @@ class ScriptedStream:
 
     def close(self) -> None:
         self.closed = True
+
+    def resumable(self) -> None:
+        self.resumable_calls += 1
 
 
 @dataclass

@@ -143,3 +143,23 @@ def test_a_blocking_call_on_the_loop_thread_is_refused(tmp_path: Path, io: IoLoo
         return "no error"
 
     assert "loop's own thread" in io.run(from_the_loop())
+
+
+def test_watches_of_a_crowded_http11_pool_take_turns_longest_held_first() -> None:
+    class Crowded:
+        waiting = 2
+
+    async def scenario() -> tuple[int, list[bool]]:
+        turns = kube._Turns(Crowded())  # type: ignore[arg-type]
+        streams = [kube.WatchStream(FakeResponse(200), None, turns) for _ in range(4)]  # type: ignore[arg-type]
+        for s in streams:
+            turns.add(s)
+        now = asyncio.get_running_loop().time()
+        # the oldest resumable two go; one still listing (not resumable) and one too young stay
+        streams[0].resumable_since = now - 100
+        streams[1].resumable_since = now - 50
+        streams[3].resumable_since = now - 1
+        ended = turns.rotate(now)
+        return ended, [s.closed for s in streams]
+
+    assert asyncio.run(scenario()) == (2, [True, True, False, False])
