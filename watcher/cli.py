@@ -149,6 +149,7 @@ def _status(args: argparse.Namespace) -> int:
             for key in ("path", "generation", "loaded_at", "checked_at", "error")
         }
     now = time.time()
+    progress = _progress(rows)
     stream = _stream_status(args.daemon) if args.daemon else None
     if args.json:
         print(
@@ -159,6 +160,7 @@ def _status(args: argparse.Namespace) -> int:
                     "contexts": clusters,
                     "removed_contexts": retired,
                     "writers": owners,
+                    "progress": progress,
                     "informers": rows,
                     "rows": counts,
                     **({"stream": stream} if stream is not None else {}),
@@ -171,7 +173,7 @@ def _status(args: argparse.Namespace) -> int:
         print("follow syncs: " + ", ".join(f"{k} {v}" for k, v in stream.items()))
     alive = f"{now - heartbeat:.0f}s ago" if heartbeat else "never"
     print(f"cache {state.CacheLocation.of(path)}: {sum(counts.values())} objects; daemon heartbeat {alive}")
-    _print_contexts(kubeconfig, clusters, retired, now)
+    _print_contexts(kubeconfig, clusters, retired, progress, now)
     print(
         f"{'CONTEXT':<20} {'RESOURCE':<45} {'STATE':<10} {'RV':<12} {'EVENTS':>8} {'LISTS':>6} {'RELISTS':>8} {'ERRORS':>7}  LAST ERROR"
     )
@@ -183,10 +185,31 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """context -> informer state -> how many (unserved resources left out): how far a
+    (re)starting fleet is."""
+    from watcher.state import InformerState, informer_state
+
+    found: dict[str, dict[str, int]] = {}
+    for r in rows:
+        state = informer_state(r["state"])
+        if state is not InformerState.UNSERVED:
+            counts = found.setdefault(r["context"], {})
+            counts[state] = counts.get(state, 0) + 1
+    return found
+
+
+def _describe_progress(counts: dict[str, int]) -> str:
+    watching = counts.get("watching", 0)
+    others = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()) if state != "watching")
+    return f"{watching}/{sum(counts.values())} watching" + (f" ({others})" if others else "")
+
+
 def _print_contexts(
     kubeconfig: dict[str, str | None],
     clusters: list[dict[str, Any]],
     retired: list[dict[str, Any]],
+    progress: dict[str, dict[str, int]],
     now: float,
 ) -> None:
     """The contexts section of ``status``: the kubeconfig the daemon reads, each context's
@@ -201,10 +224,12 @@ def _print_contexts(
             f"loaded {ago(kubeconfig['loaded_at'])}, checked {ago(kubeconfig['checked_at'])}"
         )
         print(line + (f"; not reloaded: {kubeconfig['error']}" if kubeconfig["error"] else ""))
-    print(f"{'CONTEXT':<20} {'SERVER':<40} {'VERSION':<14} LAST ERROR")
+    print(f"{'CONTEXT':<20} {'SERVER':<40} {'VERSION':<14} {'INFORMERS':<32} LAST ERROR")
     for c in clusters:
+        informers = _describe_progress(progress.get(c["context"], {}))
         print(
-            f"{c['context']:<20} {c['server'] or '-':<40} {c['kubernetes_version'] or '-':<14} {(c['last_error'] or '')[:200]}"
+            f"{c['context']:<20} {c['server'] or '-':<40} {c['kubernetes_version'] or '-':<14} "
+            f"{informers:<32} {(c['last_error'] or '')[:200]}"
         )
     for r in retired:
         print(
