@@ -124,7 +124,7 @@ def _mtime(path: Path, what: str) -> float:
         raise CredentialError(f"{what} {path} cannot be read: {exc.strerror}") from exc
 
 
-def _pem(data: bytes, what: str, error: type[Exception]) -> bytes:
+def pem(data: bytes, what: str, error: type[Exception]) -> bytes:
     """``data`` if it holds a PEM block: a DER file or a wrong file is named here, not by
     OpenSSL's ``[SSL] PEM lib`` when the connection is set up."""
     if b"-----BEGIN " not in data:
@@ -183,7 +183,7 @@ class Files:
             pems = []
             for path, field in ((self.cert_file, "client-certificate"), (self.key_file, "client-key")):
                 what = self._what(field)
-                pems.append(_pem(_read(path, what), f"{what} {path}", CredentialError))
+                pems.append(pem(_read(path, what), f"{what} {path}", CredentialError))
             cert = ClientCert(*pems)
         return Credential(authorization=authorization, client_cert=cert)
 
@@ -505,13 +505,13 @@ def _issuer_tls(config: dict[str, Any], entry: ContextEntry) -> ssl.SSLContext:
     cadata = None
     if config.get("idp-certificate-authority-data"):
         field = f"{where} idp-certificate-authority-data"
-        raw = _pem(_b64_data(config["idp-certificate-authority-data"], field), field, KubeconfigError)
+        raw = pem(_b64_data(config["idp-certificate-authority-data"], field), field, KubeconfigError)
         cadata = raw.decode("ascii", errors="replace")
     if ca_file is not None:
         # Read here so that a missing or unreadable file says so (ssl says "[X509] no
         # certificate or crl found" for a file of another kind, and nothing else).
         try:
-            _pem(ca_file.read_bytes(), f"{where} idp-certificate-authority {ca_file}", KubeconfigError)
+            pem(ca_file.read_bytes(), f"{where} idp-certificate-authority {ca_file}", KubeconfigError)
         except OSError as exc:
             raise KubeconfigError(
                 f"{where} idp-certificate-authority {ca_file} cannot be read: {exc.strerror}"
@@ -549,7 +549,7 @@ def _b64_data(value: Any, what: str) -> bytes:
 
 def _b64(value: str, what: str, entry: ContextEntry) -> bytes:
     field = f"context {entry.name}: {what}"
-    return _pem(_b64_data(value, field), field, KubeconfigError)
+    return pem(_b64_data(value, field), field, KubeconfigError)
 
 
 class Credentials:
@@ -572,6 +572,11 @@ class Credentials:
     def refresh(self, used_at: float) -> None:
         for source in self.sources:
             source.refresh(used_at)
+
+    @property
+    def static_client_cert(self) -> ClientCert | None:
+        """The client certificate written in the kubeconfig itself, if any."""
+        return next((s.credential.client_cert for s in self.sources if isinstance(s, Static)), None)
 
     @property
     def may_block(self) -> bool:

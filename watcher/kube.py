@@ -39,7 +39,14 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 
 from watcher import __version__
-from watcher.credentials import DEFAULT_EXEC_TIMEOUT, ClientCert, Credential, CredentialError, Credentials
+from watcher.credentials import (
+    DEFAULT_EXEC_TIMEOUT,
+    ClientCert,
+    Credential,
+    CredentialError,
+    Credentials,
+    pem,
+)
 from watcher.eventloop import IoLoop, io_loop
 from watcher.kubeconfig import ContextEntry, KubeconfigError, context_entry
 from watcher.transport import ConnectionPool, HttpResponse, TransportError
@@ -214,12 +221,18 @@ class TlsSettings:
         )
         self.ca_data: str | None = None
         if cluster.get("certificate-authority-data"):
+            field = f"context {entry.name}: certificate-authority-data"
             try:
-                self.ca_data = base64.b64decode(cluster["certificate-authority-data"], validate=True).decode()
+                raw = base64.b64decode(cluster["certificate-authority-data"], validate=True)
             except (binascii.Error, ValueError):
-                raise KubeconfigError(
-                    f"context {entry.name}: certificate-authority-data is not valid base64"
-                ) from None
+                raise KubeconfigError(f"{field} is not valid base64") from None
+            self.ca_data = pem(raw, field, KubeconfigError).decode("ascii", errors="replace")
+        if self.ca_file is not None:
+            field = f"context {entry.name}: certificate-authority {self.ca_file}"
+            try:
+                pem(self.ca_file.read_bytes(), field, KubeconfigError)
+            except OSError as exc:
+                raise KubeconfigError(f"{field} cannot be read: {exc.strerror}") from None
         self.proxy_url = cluster.get("proxy-url")
         if self.proxy_url and urlsplit(self.proxy_url).scheme not in ("http", "https", "socks5", "socks5h"):
             raise KubeconfigError(
@@ -241,9 +254,8 @@ class TlsSettings:
                 cafile=str(self.ca_file) if self.ca_file else None, cadata=self.ca_data
             )
         except (OSError, ssl.SSLError) as exc:
-            raise KubeconfigError(
-                f"context {self.context}: certificate authority {self.ca_file or '(data)'} cannot be used: {exc}"
-            ) from exc
+            field = f"certificate-authority {self.ca_file}" if self.ca_file else "certificate-authority-data"
+            raise KubeconfigError(f"context {self.context}: {field} cannot be used: {exc}") from exc
         if self.insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
@@ -252,7 +264,8 @@ class TlsSettings:
                 _load_client_cert(ctx, cert)
             except (OSError, ssl.SSLError) as exc:
                 raise CredentialError(
-                    f"context {self.context}: the client certificate or key cannot be used: {exc}"
+                    f"context {self.context}: client-certificate and client-key (data or files) "
+                    f"do not make a usable pair: {exc}"
                 ) from None
         return ctx
 
@@ -365,6 +378,14 @@ class KubeClient:
             self.tls = TlsSettings(entry)
         except KubeconfigError as exc:
             raise KubeconfigError(f"{exc} (kubeconfig {kubeconfig})") from exc
+        static = self.credentials.static_client_cert
+        if static is not None:
+            # A pair given as data is checked now (bad entries are refused at start, as
+            # any other), not at the first request.
+            try:
+                self.tls.ssl_context(static)
+            except CredentialError as exc:
+                raise KubeconfigError(str(exc)) from None
         self.info = ClusterInfo(
             context=context,
             cluster_name=entry.cluster_name,
