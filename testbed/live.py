@@ -35,6 +35,19 @@ NODE_LEASE_SECONDS = 40
 #: Pod IPs kwok hands out (its default /24 holds 254 pods); disjoint from the services' range.
 POD_CIDR = "10.0.0.0/10"
 LIVE_BINARIES = ("kube-controller-manager", "kube-scheduler", "kwok")
+#: kwok renews Leases and plays pod Stages with 4 workers each by default: on a busy
+#: 2-core machine 500 Leases every 10 s then fall behind the controller manager's 50 s
+#: grace period and nodes flap NotReady. A configuration file sets every worker count
+#: (one given leaves the others at 0, which kwok refuses).
+KWOK_CONFIGURATION = """\
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  nodeLeaseParallelism: 16
+  nodePlayStageParallelism: 4
+  podPlayStageParallelism: 16
+  podsOnNodeSyncParallelism: 1
+"""
 
 
 def versions() -> dict[str, str]:
@@ -175,7 +188,7 @@ class LiveCluster:
             [f"--kubeconfig={kubeconfig}", "--leader-elect=false", "--secure-port=0", *qps, "--v=1"],
         )
         config = self.workdir / "kwok.yaml"
-        config.write_text((bindir / "kwok-stages.yaml").read_text())
+        config.write_text(KWOK_CONFIGURATION + (bindir / "kwok-stages.yaml").read_text())
         self._start(
             "kwok",
             [
