@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     drop.add_argument("--dsn", default=run.get_default("dsn"), help="as for install")
     drop.add_argument("--schema", default="public", help="schema of the views (default public)")
+    drop.add_argument(
+        "--source-schema", default="public", help="schema of k8s-watcher's tables (default public)"
+    )
     drop.add_argument("--cascade", action="store_true", help="also drop the views built on them")
     drop.set_defaults(func=_uninstall)
 
@@ -64,7 +67,9 @@ def _uninstall(args: argparse.Namespace) -> int:
         print("compat uninstall: --dsn (or $K8S_WATCHER_COMPAT_DSN) is required", file=sys.stderr)
         return 2
     try:
-        dropped = uninstall(args.dsn, schema=args.schema, cascade=args.cascade)
+        dropped = uninstall(
+            args.dsn, schema=args.schema, source_schema=args.source_schema, cascade=args.cascade
+        )
     except CompatError as exc:
         print(f"compat uninstall: {exc}", file=sys.stderr)
         return 1
