@@ -27,6 +27,7 @@ import pytest
 
 from testbed.cluster import Pki
 from testbed.proxy import ConnectProxy
+from watcher import transport
 from watcher.transport import HTTP1_HIGH_WATER, STREAM_WINDOW, ConnectionPool, HttpResponse, TransportError
 
 MiB = 1 << 20
@@ -535,6 +536,61 @@ def test_a_slow_consumer_holds_the_server_at_the_stream_window(pki: Pki) -> None
             assert requests[0].sent <= STREAM_WINDOW  # nothing read, nothing credited: the server waits
             assert await resp.read() == body
             assert requests[0].sent == len(body)
+            await pool.aclose()
+
+    run(main())
+
+
+def test_credit_of_small_bodies_is_never_lost(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a connection window of 64 KiB, 120 responses of 1,000 bytes (half of them read,
+    half abandoned unread) only all arrive if every stream's credit, held back below
+    CREDIT_BATCH, is returned when its reader stops."""
+    monkeypatch.setattr(transport, "CONNECTION_WINDOW", 65536)
+    monkeypatch.setattr(transport, "STREAM_WINDOW", 65535)
+
+    async def handler(req: H2Request) -> None:
+        req.respond(200)
+        await req.send(b"x" * 1000, end=True)
+
+    async def main() -> None:
+        async with FakeH2Server(pki, handler) as server:
+            pool = server.pool()
+            for i in range(120):
+                resp = await asyncio.wait_for(pool.request("GET", f"/{i}", []), 2)
+                if i % 2:
+                    assert len(await asyncio.wait_for(resp.read(), 2)) == 1000
+                else:
+                    await eventually(lambda r=resp: r._ended)  # received, never read
+                    await resp.aclose()
+            assert pool.connections == 1
+            await pool.aclose()
+
+    run(main())
+
+
+def test_idle_timeout_counts_from_the_last_wait(pki: Pki) -> None:
+    """A stream whose events come faster than idle_timeout never times out however long it
+    lives; once they stop, it times out about idle_timeout later."""
+
+    async def ticking(req: H2Request) -> None:
+        req.respond(200)
+        for _ in range(12):
+            await req.send(b"tick\n")
+            await asyncio.sleep(0.05)
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        async with FakeH2Server(pki, ticking) as server:
+            pool = server.pool()
+            resp = await pool.request("GET", "/watch", [])
+            ticks = 0
+            loop = asyncio.get_running_loop()
+            with pytest.raises(TransportError) as info:
+                async for _ in resp.chunks(idle_timeout=0.2):
+                    ticks += 1
+                    last = loop.time()
+            assert info.value.kind == "timeout" and ticks == 12
+            assert 0.15 <= loop.time() - last < 0.6
             await pool.aclose()
 
     run(main())
