@@ -137,13 +137,13 @@ SPECIAL: dict[str, dict[str, str]] = {
         "status_current_cpu_utilization_percentage": _CPU_CURRENT.format("status->'currentMetrics'"),
     },
     "k8s_core_pods": {
-        "status_host_ip": "NULLIF(NULLIF(status->>'hostIP', ''), 'None')::inet",
-        "status_pod_ip": "NULLIF(NULLIF(status->>'podIP', ''), 'None')::inet",
+        "status_host_ip": "NULLIF(NULLIF(status->>'hostIP', ''), 'None')",
+        "status_pod_ip": "NULLIF(NULLIF(status->>'podIP', ''), 'None')",
         "status_pod_ips": "ARRAY(SELECT (p->>'ip')::inet FROM jsonb_array_elements("
         "COALESCE(status->'podIPs', '[]')) WITH ORDINALITY AS e(p, i) ORDER BY i)",
     },
     "k8s_core_nodes": {
-        "spec_pod_cidr": "NULLIF(spec->>'podCIDR', '')::cidr::inet",
+        "spec_pod_cidr": "NULLIF(spec->>'podCIDR', '')::cidr",
     },
 }
 
@@ -247,7 +247,7 @@ def convert(value: str, pg_type: str, go_kind: str) -> str:
             " WITH ORDINALITY AS a(e, i) ORDER BY i) END"
         )
     if pg_type == "inet":
-        return f"NULLIF(NULLIF({scalar}, ''), 'None')::inet"
+        return f"NULLIF(NULLIF({scalar}, ''), 'None')"
     if pg_type == "inet[]":
         return (
             f"CASE WHEN jsonb_typeof({value}) = 'array' THEN ARRAY(SELECT NULLIF(NULLIF(e, ''), 'None')::inet"
@@ -292,7 +292,7 @@ _METADATA = {
     "annotations": "COALESCE(annotations, '{}')",
     "owner_references": "COALESCE(owner_references, '[]')",
     "finalizers": "finalizers",
-    "_cq_id": "md5(context_name || '/' || uid::text)::uuid",
+    "_cq_id": "md5(context_name || '/' || uid::text)",
     "_cq_parent_id": "NULL::uuid",
 }
 
@@ -351,7 +351,8 @@ def view_sql(official: str, columns: list[tuple[str, str]], api_dir: Path) -> st
             if pg_type == "jsonb":
                 value = with_null_creation(value, field.type)
             expr = convert(value, pg_type, kind)
-        select.append(expr if re.fullmatch(r"NULL::[\w\[\]]+|\w+", expr) else f"({expr})::{pg_type}")
+        bare = re.fullmatch(r"NULL::[\w\[\]]+|\w+|\w+::" + re.escape(pg_type), expr)
+        select.append(expr if bare else f"({expr})::{pg_type}")
         names.append(name)
     lines = ",\n".join(f"  {expr} AS {name}" for expr, name in zip(select, names, strict=True))
     source = f"FROM {ours}" if ours else "WHERE false"
