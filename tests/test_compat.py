@@ -454,3 +454,20 @@ def test_views_in_a_schema_of_their_own_beside_the_official_tables(pair: Pair) -
             0,
         )
     assert pods == 1  # the bad pod of the seed
+
+
+def test_an_upgrade_a_users_view_does_not_fit_changes_nothing(pair: Pair, tmp_path: Path) -> None:
+    """A view of the user's reads a column the new views no longer have: the install
+    fails, names it, and leaves the old views, the view and the version as they were."""
+    dsn = new_dsn_like(pair.ours, "misfit")
+    before = install(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE VIEW restart_policies AS SELECT uid, spec_restart_policy FROM k8s_core_pods")
+    for view in views():
+        select = re.sub(r"^.* AS spec_restart_policy,\n", "", view.select, flags=re.M)
+        (tmp_path / f"{view.name}.sql").write_text(select)
+    with pytest.raises(CompatError, match=r"public\.restart_policies"):
+        install(dsn, sql_dir=tmp_path)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM restart_policies").fetchone() == (2,)
+        assert conn.execute("SELECT version FROM k8s_watcher_compat").fetchone() == (before.version,)

@@ -118,8 +118,15 @@ def install(
             )
             for grant in grants.get(view.name, []):
                 conn.execute(grant)
-        for _, create, view_grants in saved:
-            conn.execute(create)
+        for name, create, view_grants in saved:
+            try:
+                with conn.transaction():  # a savepoint, so that the error can be told
+                    conn.execute(create)
+            except psycopg.Error as exc:
+                raise CompatError(
+                    f"the view {name}, built on the compat views, does not fit the new ones"
+                    f" ({str(exc).strip()}); nothing was changed: adapt or drop it, then install again"
+                ) from exc
             for grant in view_grants:
                 conn.execute(grant)
         _index_uids(conn, source_schema, items)
