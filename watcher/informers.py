@@ -29,12 +29,13 @@ backoff), ``stopped`` at the end; ``listed`` is the one-shot relist outside the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -128,8 +129,8 @@ class Sink(Protocol):
 
 
 class Clock:
-    """Time as an informer sees it. :meth:`sleep` returns early, True, when ``wake``
-    is set (a stop). Unit tests pass a fake that records the waits and returns at once."""
+    """Time as an informer sees it. Unit tests pass a fake that records the sleeps and
+    returns at once. (A stop from another thread cancels a sleeping informer's task.)"""
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -137,12 +138,8 @@ class Clock:
     def time(self) -> float:
         return time.time()
 
-    async def sleep(self, seconds: float, wake: asyncio.Event) -> bool:
-        try:
-            await asyncio.wait_for(wake.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 SYSTEM_CLOCK = Clock()
@@ -252,11 +249,10 @@ class ResourceInformer:
         self._stream: EventStream | None = None
         self._relist_requested = False
         self._stopping = False
-        self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._future: Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._done = threading.Event()
+        # Plain flags, not threading.Events: a fleet has tens of thousands of informers.
+        self._started = self._finished = False
         self._gen = 0
         self._holding_slot = False
 
@@ -271,16 +267,25 @@ class ResourceInformer:
     # -- lifecycle (any thread) ------------------------------------------------
 
     def start(self, io: IoLoop) -> None:
-        """Run on ``io`` until stopped."""
-        self._future = io.spawn(self.run())
+        """Run on ``io`` until stopped (its task: no concurrent future per informer)."""
+        self._started = True
+        io.call(self._create_task)
+
+    def _create_task(self) -> None:
+        # The task is kept by the loop until it runs, then by ``self._task`` (run sets it).
+        asyncio.get_running_loop().create_task(self.run(), name=self.name)
 
     def stop(self) -> None:
         self._stopping = True
         self._poke()
 
     def join(self, timeout: float | None = None) -> None:
-        if self._future is not None:
-            self._done.wait(timeout)
+        """Wait (from another thread) until the loop ended, at most ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._started and not self._finished:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(0.01)
 
     def request_relist(self) -> None:
         """Make the running loop relist (a safety net against missed events)."""
@@ -307,7 +312,6 @@ class ResourceInformer:
         if stream is not None:
             stream.close()
         if self._stopping:
-            self._wake.set()
             # Waiting for a list slot, a page or a connection: a stop from outside
             # cancels that wait. (A stop from the informer's own task - a scripted API
             # in a unit test - only sets the flag, which the loop reads next.)
@@ -335,7 +339,8 @@ class ResourceInformer:
         self._set_state(InformerState.FORBIDDEN if is_forbidden(exc) else InformerState.ERROR, str(exc))
 
     async def _wait(self, seconds: float) -> None:
-        await self.clock.sleep(seconds, self._wake)
+        if not self._stopping:
+            await self.clock.sleep(seconds)
 
     # -- layer 1: the infinite loop ------------------------------------------
 
@@ -351,7 +356,7 @@ class ResourceInformer:
         finally:
             if self._stopping:
                 self._set_state(InformerState.STOPPED)
-            self._done.set()
+            self._finished = True
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -485,7 +490,7 @@ class ResourceInformer:
 
     def _status_copy(self) -> InformerStatus:
         self.status.updated_at = self.clock.time()
-        return InformerStatus(**self.status.__dict__)
+        return dataclasses.replace(self.status)
 
     async def _watch(self, *, streaming_list: bool) -> None:
         """One WATCH request, applied to the cache until the server ends it.
@@ -562,6 +567,7 @@ class ResourceInformer:
                 delivered += len(batch)
                 had_initial_state = gen is not None
                 gen, initial = self._apply_batch(batch, gen, initial)
+                batch = []
                 if had_initial_state and gen is None:
                     events.resumable()
                 if slot is not None and gen is None and self._holding_slot:

@@ -560,6 +560,7 @@ class KubeClient:
         # Over HTTP/1.1 a watch may queue for a connection behind others taking turns.
         opening = HTTP1_WATCH_QUEUE_SECONDS if self.protocol == "http/1.1" else 30
         resp = await self.open(path, query, accept=accept, timeout=opening)
+        resp.headers = {}  # read by nobody from here on; a watch lives for minutes
         if resp.http_version != "HTTP/1.1" or self._pool is None:
             return WatchStream(resp, read_timeout)
         turns = _shared_pools.turns(self._pool)
@@ -637,8 +638,12 @@ class WatchStream:
                     continue
                 *lines, buffer = buffer.split(b"\n")
                 events = [orjson.loads(line) for line in lines if line.strip()]
+                # Nothing of this batch stays referenced while the watch waits for the
+                # next one: tens of thousands of idle watches would each keep their last.
+                chunk, lines = b"", []
                 if events:
                     yield events
+                events = []
         except (TransportError, ValueError) as exc:
             if not self.closed:
                 raise ApiError(0, "watch connection broken", str(exc)) from exc

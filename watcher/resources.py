@@ -9,6 +9,7 @@ this table. Custom resources get descriptors at run time from their CRDs
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -620,13 +621,28 @@ def custom_object_descriptor(crd_row: Mapping[str, Any]) -> ResourceDescriptor |
         return None
     storage = crd_row.get("storage_version")
     version = storage if storage in served else served[0]
+    return _custom_descriptor(
+        str(crd_row["group"]),
+        str(version),
+        str(crd_row["plural"]),
+        str(crd_row["kind"]),
+        crd_row.get("scope") == "Namespaced",
+    )
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _custom_descriptor(
+    group: str, version: str, plural: str, kind: str, namespaced: bool
+) -> ResourceDescriptor:
+    """One descriptor per CRD version for every context that serves it: a fleet's
+    contexts mostly run the same operators."""
     return ResourceDescriptor(
         table=CUSTOM_OBJECTS_TABLE,
-        group=str(crd_row["group"]),
-        version=str(version),
-        plural=str(crd_row["plural"]),
-        kind=str(crd_row["kind"]),
-        namespaced=crd_row.get("scope") == "Namespaced",
-        columns=custom_object_columns(f"{crd_row['plural']}.{crd_row['group']}"),
+        group=group,
+        version=version,
+        plural=plural,
+        kind=kind,
+        namespaced=namespaced,
+        columns=custom_object_columns(f"{plural}.{group}"),
         custom=True,
     )

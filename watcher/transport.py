@@ -181,6 +181,9 @@ class HttpResponse:
                         self._unacked -= len(chunk)
                         self._credit(len(chunk))
                         yield chunk
+                    # Nothing received stays referenced while the stream waits: an idle
+                    # watch would hold its last DATA frame (tens of thousands of them).
+                    taken, chunk = [], b""
                     continue
                 if self._cancelled:
                     return

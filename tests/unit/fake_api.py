@@ -90,7 +90,7 @@ class FakeClock(Clock):
     def time(self) -> float:
         return time.time()
 
-    async def sleep(self, seconds: float, wake: asyncio.Event) -> bool:
+    async def sleep(self, seconds: float) -> None:
         informer = self.api.informer
         assert informer is not None
         if self.before_wait is not None:
@@ -100,7 +100,6 @@ class FakeClock(Clock):
         )
         if len(self.api.waits) >= MAX_WAITS:
             informer.stop()
-        return informer.stopping
 
 
 class ScriptedApi:
