@@ -717,6 +717,8 @@ class FakeH1Server:
                     else:
                         parts = [f"body of {target}".encode()]
                         headers = [("content-length", str(len(parts[0])))]
+                    if target.startswith("/last"):
+                        headers.append(("connection", "close"))
                     writer.write(conn.send(h11.Response(status_code=200, headers=headers)))
                     for part in parts:
                         writer.write(conn.send(h11.Data(data=part)))
@@ -747,6 +749,20 @@ def test_http1_keeps_alive_and_reads_both_body_framings(pki: Pki) -> None:
                 assert await resp.read() == expected
             assert pool.protocol == "http/1.1"
             assert server.connections == 1 and pool.connections == 1
+            await pool.aclose()
+
+    run(main())
+
+
+def test_http1_connection_close_is_honoured(pki: Pki) -> None:
+    async def main() -> None:
+        async with FakeH1Server(None) as server:
+            pool = server.pool()
+            assert await (await pool.request("GET", "/last", [])).read() == b"body of /last"
+            await eventually(lambda: server.open == 0)
+            assert pool.connections == 0
+            assert await (await pool.request("GET", "/next", [])).read() == b"body of /next"
+            assert server.connections == 2 and pool.connections == 1
             await pool.aclose()
 
     run(main())
