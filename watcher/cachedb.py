@@ -183,7 +183,7 @@ def stream_rows(conn: Connection, query: Select[Any], *, chunk: int = 4096) -> A
     # render_postcompile: an IN list becomes one placeholder per value, which a raw
     # DB-API cursor understands (SQLAlchemy expands them only on its own execution).
     compiled = query.compile(conn, compile_kwargs={"render_postcompile": True})
-    driver = conn.connection.driver_connection
+    driver: Any = conn.connection.driver_connection  # psycopg or sqlite3: DB-API, untyped here
     if conn.dialect.name == "postgresql":
         cursor = driver.cursor(name=f"snapshot_{uuid.uuid4().hex[:12]}", binary=True)
         cursor.itersize = chunk

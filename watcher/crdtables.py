@@ -253,7 +253,7 @@ def custom_tables(
             )
             continue
         owner[table] = key
-        version = next(
+        version: dict[str, Any] = next(
             (v for v in (crd.get("spec") or {}).get("versions") or [] if v.get("name") == desc.version), {}
         )
         columns, found = typed_columns(version)

@@ -464,10 +464,15 @@ class Daemon:
         self.store.heartbeat()
         self._start_jobs()
         self.reloader.start()
+
         # The initial lists parse every object once; hand that memory back as soon as
         # they are in, not at the next periodic trim.
+        def trim_when_synced() -> None:
+            if self.manager.wait_synced(3600):
+                trim_memory()
+
         threading.Thread(
-            target=lambda: self.manager.wait_synced(3600) and trim_memory(),
+            target=trim_when_synced,
             name="trim-after-sync",
             daemon=True,
         ).start()

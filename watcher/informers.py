@@ -467,7 +467,7 @@ class ResourceInformer:
                 if rv == "0":
                     query["resourceVersionMatch"] = "NotOlderThan"
             try:
-                page = await self.client.aget(desc.collection_path(), query, accept=accept)
+                page: dict[str, Any] = await self.client.aget(desc.collection_path(), query, accept=accept)
             except ApiError as exc:
                 if is_expired(exc) and cont:
                     # The continue token expired (about 5 min): start over, consistently.

@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from watcher.kube import ApiError, KubeClient, is_conflict, is_not_found
 
@@ -116,7 +116,7 @@ class KubeLeaseApi:
 
     def get(self, name: str) -> dict[str, Any] | None:
         try:
-            return self.client.get(f"{self.path}/{name}", timeout=self.timeout)
+            return cast(dict[str, Any], self.client.get(f"{self.path}/{name}", timeout=self.timeout))
         except ApiError as exc:
             if is_not_found(exc):
                 return None
@@ -476,7 +476,7 @@ class LeaseCoordinator:
 
     def _body(self, name: str, context: str | None, current: dict[str, Any] | None) -> dict[str, Any]:
         """``current`` with our labels (other metadata kept), or a new lease."""
-        body = copy.deepcopy(current) if current is not None else {"metadata": {"name": name}}
+        body: dict[str, Any] = copy.deepcopy(current) if current is not None else {"metadata": {"name": name}}
         body["apiVersion"] = "coordination.k8s.io/v1"
         body["kind"] = "Lease"
         meta = body["metadata"]

@@ -171,7 +171,13 @@ def _d(
     )
 
 
-S, INT, B, J, T, SL = "string", "int64", "bool", "json", "timestamp", "string_list"
+# Typed as ColumnType (not str) so a misspelt column type fails the type check.
+S: ColumnType = "string"
+INT: ColumnType = "int64"
+B: ColumnType = "bool"
+J: ColumnType = "json"
+T: ColumnType = "timestamp"
+SL: ColumnType = "string_list"
 
 CRD = _d(
     "k8s_custom_resources", "apiextensions.k8s.io", "v1", "customresourcedefinitions",

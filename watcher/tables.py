@@ -35,7 +35,10 @@ from watcher.resources import (
 #: its data): never kept, whatever the kind.
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
-_S, _J, _T, _SL = "string", "json", "timestamp", "string_list"
+_S: ColumnType = "string"
+_J: ColumnType = "json"
+_T: ColumnType = "timestamp"
+_SL: ColumnType = "string_list"
 
 COMMON_COLUMNS: tuple[Column, ...] = (
     Column("name", _S, lambda o: o["metadata"].get("name")),

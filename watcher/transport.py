@@ -46,7 +46,7 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -240,7 +240,8 @@ class HttpResponse:
     async def _wait(self, timeout: float | None) -> bool:
         """Wait until something happens to the response; False when ``timeout`` passed first."""
         loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
         timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
         try:
             return await waiter
@@ -254,7 +255,8 @@ class HttpResponse:
         re-armed when it fires, so a stream receiving an event a second does not create
         and cancel a timer for each (a tenth of the CPU of 25,000 idle watches)."""
         loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
         if timeout is not None:
             self._idle_from = loop.time()
             if self._idle_timer is None:
@@ -437,7 +439,7 @@ class _H2Connection(asyncio.Protocol):
         self._ping_deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
-        self._handlers = {
+        self._handlers: dict[type[h2.events.Event], Callable[[Any], None]] = {
             h2.events.ResponseReceived: self._on_response,
             h2.events.DataReceived: self._on_data,
             h2.events.StreamEnded: self._on_end,
@@ -1357,7 +1359,7 @@ class ConnectionPool:
                         server_hostname=self.server_hostname if self.ssl_context else None,
                         ssl_handshake_timeout=timeout if self.ssl_context else None,
                     )
-                    transport = raw  # type: ignore[assignment]
+                    transport = raw
         except (OSError, ssl.SSLError, TimeoutError, TransportError) as exc:
             raise _connect_error(exc, self.origin) from None
         ssl_object = transport.get_extra_info("ssl_object")
@@ -1376,7 +1378,8 @@ class ConnectionPool:
         try:
             raw, handoff = await loop.create_connection(
                 _Handoff,
-                proxy.hostname,
+                # A proxy URL without a host is passed on as before (create_connection refuses it).
+                proxy.hostname,  # type: ignore[arg-type]
                 proxy_port,
                 ssl=proxy_tls,
                 server_hostname=proxy.hostname if proxy_tls else None,
@@ -1385,7 +1388,7 @@ class ConnectionPool:
             raise TransportError(
                 "proxy", f"cannot connect to the proxy {proxy.hostname}:{proxy_port}: {exc}"
             ) from None
-        transport: asyncio.Transport = raw  # type: ignore[assignment]
+        transport: asyncio.Transport = raw
         try:
             if socks:
                 await self._socks5_connect(transport, handoff, proxy.username, proxy.password, proxy.scheme)
@@ -1404,7 +1407,7 @@ class ConnectionPool:
             ssl_handshake_timeout=timeout,
         )
         assert tls is not None
-        return tls, handoff  # type: ignore[return-value]
+        return tls, handoff
 
     async def _http_connect(
         self, transport: asyncio.Transport, handoff: _Handoff, user: str | None, password: str | None

@@ -98,8 +98,8 @@ def install(
         saved = []
         for oid, nsp, name, relkind, definition in conn.execute(_DEPENDENTS, {"roots": roots}).fetchall():
             target = sql.Identifier(nsp, name)
-            create = "CREATE MATERIALIZED VIEW {} AS " if relkind == "m" else "CREATE VIEW {} AS "
-            saved.append((f"{nsp}.{name}", sql.SQL(create).format(target) + sql.SQL(definition.rstrip().rstrip(";")),
+            head = "CREATE MATERIALIZED VIEW {} AS " if relkind == "m" else "CREATE VIEW {} AS "
+            saved.append((f"{nsp}.{name}", sql.SQL(head).format(target) + sql.SQL(definition.rstrip().rstrip(";")),
                           _grants(conn, oid, target)))  # fmt: skip
         grants = {
             name: _grants(conn, oid, sql.Identifier(schema, name)) for name, (oid, _) in existing.items()
