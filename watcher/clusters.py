@@ -15,8 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from watcher.informerstate import UNSERVED, informer_state
 from watcher.resources import Column
-from watcher.state import UNSERVED, informer_state
 from watcher.tables import document, rows_to_batch, table_schema
 
 CLUSTERS_TABLE = "k8s_clusters"

@@ -22,9 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from watcher.catalog import ALL_TABLES, excluded
 from watcher.kube import ApiError, KubeClient
 from watcher.resources import DISCOVERED_COLUMNS, ResourceDescriptor
-from watcher.spec import ALL_TABLES, excluded
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from watcher import state
+from watcher.catalog import ALL_TABLES, excluded, schema_for
 from watcher.clusters import CLUSTERS_TABLE
 from watcher.errors import CacheError
 from watcher.kubeconfig import KubeconfigError, resolve_contexts
@@ -40,8 +41,8 @@ from watcher.messages import (
     SyncOptions,
 )
 from watcher.resources import CUSTOM_OBJECTS_TABLE
-from watcher.snapshot import SnapshotReader, schema_for
-from watcher.spec import ALL_TABLES, JSON_SCHEMA, Spec, SpecError, excluded
+from watcher.snapshot import SnapshotReader
+from watcher.spec import JSON_SCHEMA, Spec, SpecError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -180,11 +181,11 @@ class Plugin:
             owns = _ownership(options.shard, by_pair=spec.incremental)
             if options.shard is not None:
                 tables = tuple(t for t in tables if any(owns(t, ctx) for ctx in self.contexts))
-                mine = sum(owns(t, ctx) for t in tables for ctx in self.contexts)
+                pairs = sum(owns(t, ctx) for t in tables for ctx in self.contexts)
                 unit = "pair" if spec.incremental else "whole table"
                 log.info(
                     "shard %s: %d tables, %d (table, context) pairs, sharded by %s",
-                    options.shard, len(tables), mine, unit,
+                    options.shard, len(tables), pairs, unit,
                 )  # fmt: skip
             since = cursor.since(snap, self.contexts) if cursor else None
             for table in tables:

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
-from watcher.clusters import CLUSTERS_TABLE
+from watcher.catalog import ALL_TABLES, needed_resources
 from watcher.discovery import plan_discovered
 from watcher.informers import (
     InformerOptions,
@@ -38,16 +38,13 @@ from watcher.informers import (
 from watcher.kube import ApiError, KubeClient, probe_contexts
 from watcher.kubeconfig import KubeconfigError
 from watcher.resources import (
-    BY_TABLE,
     CRD,
     CUSTOM_OBJECTS_TABLE,
-    DERIVED_BY_TABLE,
-    NODES,
     RESOURCES,
     ResourceDescriptor,
 )
 from watcher.snapshot import Freshness, SnapshotReader
-from watcher.spec import ALL_TABLES, Spec
+from watcher.spec import Spec
 from watcher.state import UNSERVED, CacheStore, CacheUnusable, informer_state
 
 if TYPE_CHECKING:
@@ -66,22 +63,6 @@ class Refresher(Protocol):
     def test_connection(self, spec: Spec, contexts: list[str]) -> list[str]:
         """One line per context whose API server cannot be used."""
         ...
-
-
-def needed_resources(tables: tuple[str, ...], *, discovery: bool = False) -> list[ResourceDescriptor]:
-    """The built-in resources the selected tables are made from (and the CRDs, which
-    tell discovered resources from custom ones, with ``discovery``)."""
-    needed: list[ResourceDescriptor] = [CRD] if discovery else []
-    for table in tables:
-        if table == CLUSTERS_TABLE:
-            needed += [BY_TABLE["k8s_namespaces"], NODES]
-        elif table == CUSTOM_OBJECTS_TABLE:
-            needed.append(CRD)
-        elif table in DERIVED_BY_TABLE:
-            needed.append(DERIVED_BY_TABLE[table][0])
-        else:
-            needed.append(BY_TABLE[table])
-    return list(dict.fromkeys(needed))
 
 
 def stale_resources(

@@ -18,43 +18,24 @@ import pyarrow as pa
 from sqlalchemy import Engine, func, select
 
 from watcher import cachedb, state
-from watcher.clusters import CLUSTERS_SCHEMA, CLUSTERS_TABLE, ClusterFacts, cluster_batch
+from watcher.catalog import ALL_TABLES, schema_for
+from watcher.clusters import CLUSTERS_TABLE, ClusterFacts, cluster_batch
 from watcher.crdtables import CustomTable, custom_tables
 from watcher.resources import (
-    BY_TABLE,
     CRD,
-    CUSTOM_OBJECTS_TABLE,
-    DERIVED_BY_TABLE,
     NODES,
     custom_object_columns,
 )
-from watcher.spec import ALL_TABLES
 from watcher.state import clusters, objects
 from watcher.tables import (
     COMMON_COLUMNS,
     columns_of,
-    custom_objects_schema,
     decode_row,
-    derived_schema,
-    descriptor_schema,
-    discovered_schema,
     rows_to_batch,
 )
 
 #: The cached columns of a custom object (k8s_custom_objects).
 CUSTOM_OBJECT_COLUMNS = COMMON_COLUMNS + custom_object_columns("")
-
-
-def schema_for(table: str) -> pa.Schema:
-    if table == CLUSTERS_TABLE:
-        return CLUSTERS_SCHEMA
-    if table == CUSTOM_OBJECTS_TABLE:
-        return custom_objects_schema()
-    if table in DERIVED_BY_TABLE:
-        return derived_schema(DERIVED_BY_TABLE[table][1])
-    if table in BY_TABLE:
-        return descriptor_schema(BY_TABLE[table])
-    return discovered_schema(table)
 
 
 @dataclass(frozen=True)
@@ -269,7 +250,7 @@ class SnapshotReader:
         facts = ClusterFacts(
             context=context,
             info=self._conn.execute(select(clusters).where(clusters.c.context == context)).mappings().first()
-            or {},
+            or {},  # type: ignore[arg-type]  # RowMapping is a Mapping[str, Any] at run time
             checkpoints=state.read_checkpoints(self._conn, context),
             kube_system_uid=kube_system,
             node_count=int(nodes),

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,16 +20,10 @@ from typing import Any
 import jsonschema
 
 from watcher.cachedb import CacheLocation, CacheUnusable
-from watcher.clusters import CLUSTERS_TABLE
+from watcher.catalog import ALL_TABLES, excluded
 from watcher.errors import ConfigError
 from watcher.kubeconfig import default_kubeconfig
-from watcher.resources import BY_TABLE, CUSTOM_OBJECTS_TABLE, DERIVED_BY_TABLE, RESOURCES
-
-ALL_TABLES: tuple[str, ...] = (
-    CLUSTERS_TABLE,
-    *(t for d in RESOURCES for t in (d.table, *(x.table for x in d.derived))),
-    CUSTOM_OBJECTS_TABLE,
-)
+from watcher.resources import BY_TABLE, DERIVED_BY_TABLE
 
 #: ``resources`` values of the original design whose table is not ``k8s_<value>``.
 RESOURCE_ALIASES = {"crds": "k8s_custom_resources"}
@@ -247,12 +240,6 @@ class Spec:
             if key in data:
                 given[key] = int(data[key])
         return cls(**given)
-
-
-def excluded(exclude: Iterable[str], *names: str) -> bool:
-    """Whether a pattern of ``exclude`` matches one of the names of a kind (its plural,
-    its key, its table)."""
-    return any(fnmatch.fnmatchcase(n, p) for p in exclude for n in names)
 
 
 def _excluded(table: str, exclude: tuple[str, ...]) -> bool:

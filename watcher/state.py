@@ -48,9 +48,8 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -73,10 +72,20 @@ from sqlalchemy.exc import DBAPIError
 
 from watcher import cachedb
 from watcher.cachedb import CacheLocation, CacheLocked, CacheUnusable
+from watcher.informerstate import UNSERVED, InformerState, informer_state
 from watcher.resources import ResourceDescriptor
 from watcher.tables import columns_of, decode_row, derived_rows, extract_row, sanitize
 
-__all__ = ["CacheLocation", "CacheLocked", "CacheStore", "CacheUnusable", "ContextFenced"]
+__all__ = [
+    "UNSERVED",
+    "CacheLocation",
+    "CacheLocked",
+    "CacheStore",
+    "CacheUnusable",
+    "ContextFenced",
+    "InformerState",
+    "informer_state",
+]
 
 log = logging.getLogger(__name__)
 
@@ -265,50 +274,6 @@ class _Op:
     coalesced: bool = False
 
 
-class InformerState(StrEnum):
-    """Where an informer is, as stored in ``checkpoints.state``. The questions asked of
-    it (is the cache current? is waiting any use?) have one answer each, here."""
-
-    STARTING = "starting"
-    LISTING = "listing"
-    WATCHING = "watching"
-    BACKOFF = "backoff"
-    FORBIDDEN = "forbidden"
-    ERROR = "error"
-    STOPPED = "stopped"
-    #: A one-shot relist outside the daemon (listed, not watching).
-    LISTED = "listed"
-    #: A built-in resource the API server does not serve: no informer runs for it, and
-    #: a sync does not count it as cold.
-    UNSERVED = "unserved"
-
-    @property
-    def synced(self) -> bool:
-        """The informer holds the server's state and follows it: the daemon is synced."""
-        return self is InformerState.WATCHING
-
-    @property
-    def failing(self) -> bool:
-        """Refused or broken: waiting for it to list won't help a sync."""
-        return self in (InformerState.FORBIDDEN, InformerState.ERROR)
-
-    @property
-    def settled(self) -> bool:
-        """Nothing to wait for: it follows the server, or never will without a change."""
-        return self.synced or self.failing or self is InformerState.UNSERVED
-
-
-UNSERVED = InformerState.UNSERVED
-
-
-def informer_state(value: str) -> InformerState:
-    """A stored state; one this version does not know counts as starting."""
-    try:
-        return InformerState(value)
-    except ValueError:
-        return InformerState.STARTING
-
-
 #: How long a write waits at most between two attempts while the database is unreachable.
 MAX_RETRY_DELAY = 30.0
 
@@ -410,7 +375,8 @@ class CacheStore:
         #: The seq each context owned by this transaction is at (writer thread only).
         self._tx_seqs: dict[str, int] = {}
         #: Statements of the open transaction not sent yet (see _queue_rows).
-        self._rows_sql, self._rows = "", []
+        self._rows_sql = ""
+        self._rows: list[tuple[Any, ...]] = []
         self._statuses: dict[tuple[str, str], tuple[Any, ...]] = {}
         #: Contexts another writer took over: their writes are skipped (context -> owner).
         self.fenced: dict[str, str | None] = {}
@@ -1066,7 +1032,7 @@ def read_retired_contexts(conn: Any) -> list[dict[str, Any]]:
 
 
 def read_meta(conn: Any, key: str) -> str | None:
-    return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one_or_none()
+    return cast(str | None, conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one_or_none())
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 from cloudquery.sdk.types import JSONType, UUIDType
 
-from watcher.snapshot import schema_for
-from watcher.spec import ALL_TABLES
+from watcher.catalog import ALL_TABLES, schema_for
 
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs" / "tables"
 INDEX = "README.md"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.unit.builders import CMS, PODS, SECRETS, crd_row
+from watcher.catalog import ALL_TABLES, CLUSTERS_TABLE
 from watcher.resources import (
     BY_KEY,
     BY_TABLE,
@@ -20,7 +21,6 @@ from watcher.resources import (
     flat_each,
     path,
 )
-from watcher.spec import ALL_TABLES, CLUSTERS_TABLE
 from watcher.tables import (
     columns_of,
     decode_row,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from watcher.catalog import ALL_TABLES
 from watcher.messages import Shard
-from watcher.spec import ALL_TABLES
 
 
 @pytest.mark.parametrize("total", [2, 3, 4, 7])

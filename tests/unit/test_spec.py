@@ -10,10 +10,11 @@ import orjson
 import pytest
 
 import watcher.spec as spec_module
+from watcher.catalog import ALL_TABLES, CLUSTERS_TABLE
 from watcher.resources import (
     CUSTOM_OBJECTS_TABLE,
 )
-from watcher.spec import ALL_TABLES, CLUSTERS_TABLE, Spec, SpecError, parse_duration
+from watcher.spec import Spec, SpecError, parse_duration
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 from cloudquery.sdk.types import JSONType, UUIDType
 
-from watcher.spec import ALL_TABLES
+from watcher.catalog import ALL_TABLES
 from watcher.tabledocs import DOCS_DIR, render_table, rendered, type_name
 
 

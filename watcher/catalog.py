@@ -1,0 +1,82 @@
+"""The catalog of tables: which tables exist, their Arrow schemas, and which resources
+feed them. The one place to look when adding or changing a table.
+
+- built-in tables: ``k8s_clusters`` (built per sync from the cache, see ``clusters``),
+  one per resource in ``resources.RESOURCES`` plus the tables derived from them, and
+  ``k8s_custom_objects``;
+- discovered tables (``k8s_<group>_<plural>``, CRDs and aggregated APIs) are planned
+  by ``discovery`` at run time; their schema is the generic one from ``tables``.
+
+It sits below the spec, discovery, the cache and the readers: it imports only the
+declarations (``resources``, ``tables``, ``clusters``), never a layer that uses it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+
+import pyarrow as pa
+
+from watcher.clusters import CLUSTERS_SCHEMA, CLUSTERS_TABLE
+from watcher.resources import (
+    BY_TABLE,
+    CRD,
+    CUSTOM_OBJECTS_TABLE,
+    DERIVED_BY_TABLE,
+    NODES,
+    RESOURCES,
+    ResourceDescriptor,
+)
+from watcher.tables import custom_objects_schema, derived_schema, descriptor_schema, discovered_schema
+
+__all__ = [
+    "ALL_TABLES",
+    "CLUSTERS_TABLE",
+    "CUSTOM_OBJECTS_TABLE",
+    "excluded",
+    "needed_resources",
+    "schema_for",
+]
+
+#: Every built-in table, in the order a sync emits them (discovered tables come after).
+ALL_TABLES: tuple[str, ...] = (
+    CLUSTERS_TABLE,
+    *(t for d in RESOURCES for t in (d.table, *(x.table for x in d.derived))),
+    CUSTOM_OBJECTS_TABLE,
+)
+
+
+def schema_for(table: str) -> pa.Schema:
+    """The Arrow schema of a table, built-in or discovered."""
+    if table == CLUSTERS_TABLE:
+        return CLUSTERS_SCHEMA
+    if table == CUSTOM_OBJECTS_TABLE:
+        return custom_objects_schema()
+    if table in DERIVED_BY_TABLE:
+        return derived_schema(DERIVED_BY_TABLE[table][1])
+    if table in BY_TABLE:
+        return descriptor_schema(BY_TABLE[table])
+    return discovered_schema(table)
+
+
+def needed_resources(tables: tuple[str, ...], *, discovery: bool = False) -> list[ResourceDescriptor]:
+    """The built-in resources the selected tables are made from (and the CRDs, which
+    tell discovered resources from custom ones, with ``discovery``)."""
+    needed: list[ResourceDescriptor] = [CRD] if discovery else []
+    for table in tables:
+        if table == CLUSTERS_TABLE:
+            needed += [BY_TABLE["k8s_namespaces"], NODES]
+        elif table == CUSTOM_OBJECTS_TABLE:
+            needed.append(CRD)
+        elif table in DERIVED_BY_TABLE:
+            needed.append(DERIVED_BY_TABLE[table][0])
+        else:
+            needed.append(BY_TABLE[table])
+    return list(dict.fromkeys(needed))
+
+
+def excluded(exclude: Iterable[str], *names: str) -> bool:
+    """Whether a pattern of ``exclude`` matches one of the names of a kind (its plural,
+    its key, its table)."""
+    return any(fnmatch.fnmatchcase(n, p) for p in exclude for n in names)
