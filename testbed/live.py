@@ -328,12 +328,14 @@ def live_cluster(
     """An API server (``context`` in the kubeconfig) with controllers, a scheduler and
     ``node_count`` Ready kwok nodes; everything is stopped on exit, error or not."""
     tmp = Path(tempfile.mkdtemp(prefix="k8s-watcher-live-")) if workdir is None else workdir
-    with control_planes([context], workdir=tmp / "kube", audit=audit) as planes:
-        live = LiveCluster(planes, context, tmp / "live", kube_api_qps=kube_api_qps)
-        try:
-            live.start(node_count)
-            yield live
-        finally:
-            live.stop()
-    if workdir is None and not os.environ.get("K8S_WATCHER_KEEP_TESTBED"):
-        shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with control_planes([context], workdir=tmp / "kube", audit=audit) as planes:
+            live = LiveCluster(planes, context, tmp / "live", kube_api_qps=kube_api_qps)
+            try:
+                live.start(node_count)
+                yield live
+            finally:
+                live.stop()
+    finally:
+        if workdir is None and not os.environ.get("K8S_WATCHER_KEEP_TESTBED"):
+            shutil.rmtree(tmp, ignore_errors=True)
