@@ -12,27 +12,19 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-from sqlalchemy import Engine, func, select
 
 from watcher import cachedb, state
 from watcher.catalog import ALL_TABLES, schema_for
 from watcher.clusters import CLUSTERS_TABLE, ClusterFacts, cluster_batch
 from watcher.crdtables import CustomTable, custom_tables
-from watcher.resources import (
-    CRD,
-    NODES,
-    custom_object_columns,
-)
-from watcher.state import clusters, objects
-from watcher.tables import (
-    COMMON_COLUMNS,
-    columns_of,
-    decode_row,
-    rows_to_batch,
-)
+from watcher.resources import custom_object_columns
+from watcher.tables import COMMON_COLUMNS, decode_row, rows_to_batch
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 #: The cached columns of a custom object (k8s_custom_objects).
 CUSTOM_OBJECT_COLUMNS = COMMON_COLUMNS + custom_object_columns("")
@@ -116,10 +108,7 @@ class SnapshotReader:
     def load_custom_tables(self, contexts: list[str]) -> dict[str, list[str]]:
         """Make the typed table of every CRD cached for these contexts readable through
         this snapshot (:mod:`watcher.crdtables`); returns the problems per resource."""
-        query = select(objects.c.row).where(
-            (objects.c.resource == CRD.key) & objects.c.context.in_(contexts) & (objects.c.deleted == False)  # noqa: E712
-        )
-        crds = [decode_row(row, columns_of(CRD)) for (row,) in self._conn.execute(query)]
+        crds = state.live_crds(self._conn, contexts)
         self.custom, problems = custom_tables(crds, set(ALL_TABLES) | set(self.cached_tables(contexts)))
         return problems
 
@@ -127,10 +116,10 @@ class SnapshotReader:
         custom = self.custom.get(table)
         return custom.schema() if custom is not None else schema_for(table)
 
-    def _rows_of(self, table: str) -> Any:
-        """Which cached rows a table is made of: a CRD's typed table, of its custom objects."""
+    def _resource_of(self, table: str) -> str | None:
+        """The custom objects' resource a CRD's typed table is made of (None: a table of its own)."""
         custom = self.custom.get(table)
-        return objects.c.resource == custom.resource if custom is not None else objects.c.table_name == table
+        return custom.resource if custom is not None else None
 
     def daemon_heartbeat(self) -> float:
         return float(state.read_meta(self._conn, "daemon_heartbeat") or 0)
@@ -148,10 +137,7 @@ class SnapshotReader:
         if table == CLUSTERS_TABLE:
             yield self._cluster_batch(context)
             return
-        where = objects.c.context == context
-        if since_seq is not None:
-            where &= objects.c.seq > since_seq
-        yield from self._batches(table, where, context)
+        yield from self._batches(table, context, since_seq)
 
     def table_batches(self, table: str, contexts: list[str]) -> Iterator[pa.RecordBatch]:
         """Live rows of one table in all these contexts, in batches that mix contexts:
@@ -162,20 +148,22 @@ class SnapshotReader:
                 yield self._cluster_batch(context)
             return
         if contexts:
-            yield from self._batches(table, objects.c.context.in_(contexts), None)
+            yield from self._batches(table, contexts, None)
 
-    def _batches(self, table: str, where: Any, context: str | None) -> Iterator[pa.RecordBatch]:
-        """The live rows of ``table`` matching ``where``; all of ``context``, or (None)
-        each naming its own."""
+    def _batches(self, table: str, scope: str | list[str], since_seq: int | None) -> Iterator[pa.RecordBatch]:
+        """The live rows of ``table`` in one context (a str), or in several (a list), each
+        row then naming its own."""
         schema = self.schema(table)
         custom = self.custom.get(table)
-        # The uid only for a typed table's projection: the hot path reads row documents alone.
-        columns = [objects.c.row] if custom is None else [objects.c.row, objects.c.uid]
-        if context is None:
-            columns.append(objects.c.context)
-        query = select(*columns).where(self._rows_of(table) & where & (objects.c.deleted == False))  # noqa: E712
-        # No ORDER BY: any order is a snapshot, and sorting row blobs costs more than reading them.
-        cursor = cachedb.stream_rows(self._conn, query)
+        context = scope if isinstance(scope, str) else None
+        cursor = state.live_row_cursor(
+            self._conn,
+            table,
+            scope,
+            resource=self._resource_of(table),
+            since_seq=since_seq,
+            with_uid=custom is not None,
+        )
         rows: list[bytes] = []
         contexts: list[str] = []
         size = 0
@@ -202,15 +190,9 @@ class SnapshotReader:
 
     def deleted_uids(self, table: str, context: str, *, since_seq: int) -> list[str]:
         """uids of objects deleted after ``since_seq`` (tombstones)."""
-        result = self._conn.execute(
-            select(objects.c.uid).where(
-                self._rows_of(table)
-                & (objects.c.context == context)
-                & (objects.c.deleted == True)  # noqa: E712
-                & (objects.c.seq > since_seq)
-            )
+        return state.deleted_uids(
+            self._conn, table, context, since_seq=since_seq, resource=self._resource_of(table)
         )
-        return [str(u) for (u,) in result]
 
     def changed(self, since: Mapping[str, int]) -> set[tuple[str, str]]:
         """(table, context) pairs with a write or a deletion after ``since`` (context ->
@@ -221,39 +203,20 @@ class SnapshotReader:
         for context, seq in since.items():
             if self.position.get(context, 0) <= seq:
                 continue
-            result = self._conn.execute(
-                select(objects.c.table_name, objects.c.resource)
-                .where((objects.c.context == context) & (objects.c.seq > seq))
-                .distinct()
-            )
-            for table, resource in result:
-                pairs.add((str(table), context))
+            for table, resource in state.changed_since(self._conn, context, seq):
+                pairs.add((table, context))
                 if resource in typed:
                     pairs.add((typed[resource], context))
         return pairs
 
     def _cluster_batch(self, context: str) -> pa.RecordBatch:
-        live = objects.c.deleted == False  # noqa: E712
-        kube_system = self._conn.execute(
-            select(objects.c.uid).where(
-                (objects.c.context == context)
-                & (objects.c.resource == "namespaces")
-                & (objects.c.name == "kube-system")
-                & live
-            )
-        ).scalar_one_or_none()
-        nodes = self._conn.execute(
-            select(func.count())
-            .select_from(objects)
-            .where((objects.c.context == context) & (objects.c.resource == NODES.key) & live)
-        ).scalar_one()
+        view = state.read_cluster_view(self._conn, context)
         facts = ClusterFacts(
             context=context,
-            info=self._conn.execute(select(clusters).where(clusters.c.context == context)).mappings().first()
-            or {},  # type: ignore[arg-type]  # RowMapping is a Mapping[str, Any] at run time
+            info=view.info,
             checkpoints=state.read_checkpoints(self._conn, context),
-            kube_system_uid=kube_system,
-            node_count=int(nodes),
+            kube_system_uid=view.kube_system_uid,
+            node_count=view.node_count,
             daemon_heartbeat=self.daemon_heartbeat(),
         )
         return cluster_batch(facts, time.time())

@@ -130,9 +130,9 @@ def test_a_second_writer_on_the_same_cache_is_refused_and_the_sequence_stays_inc
 def test_a_write_that_keeps_failing_is_counted_not_silently_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import watcher.state as state_module
+    import watcher.cache.writer as writer_module
 
-    monkeypatch.setattr(state_module.time, "sleep", lambda _s: None)  # no retry delays in a unit test
+    monkeypatch.setattr(writer_module.time, "sleep", lambda _s: None)  # no retry delays in a unit test
     store = CacheStore(tmp_path / "cache.db")
     try:
         attempts: list[int] = []

@@ -26,7 +26,7 @@ def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
 def test_the_tree_keeps_its_layers() -> None:
     result = _lint(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 1 kept, 0 broken." in result.stdout
+    assert ", 0 broken." in result.stdout
 
 
 def test_a_lower_layer_importing_a_higher_one_breaks_the_contract(tmp_path: Path) -> None:

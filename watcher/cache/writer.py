@@ -1,0 +1,777 @@
+"""The cache writer: :class:`CacheStore`, its one writer thread, its retries while the
+database is unreachable, the file or advisory writer lock, context ownership (fencing)
+and the statement batching. Every write to the cache goes through here; the design is
+described in :mod:`watcher.state`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Table, func, select, update
+
+from watcher import cachedb
+from watcher.cache.reader import read_meta, stored_resource_versions
+from watcher.cache.schema import (
+    SCHEMA_VERSION,
+    checkpoints,
+    clusters,
+    context_seqs,
+    format_problem,
+    meta,
+    metadata,
+    objects,
+    retired_contexts,
+    unusable_reason,
+)
+from watcher.cachedb import CacheLocation, CacheLocked, CacheUnusable
+from watcher.resources import ResourceDescriptor
+from watcher.tables import columns_of, decode_row, derived_rows, extract_row, sanitize
+
+log = logging.getLogger(__name__)
+
+# The hot write statements, as plain SQL run with executemany: building SQLAlchemy
+# constructs per batch cost more than the database itself. ``?`` placeholders, turned
+# into the driver's by ``cachedb.driver_sql``.
+_UPSERT_OBJECT = """
+INSERT INTO objects (context, resource, uid, table_name, namespace, name, resource_version, row, seq, deleted, list_gen)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE, ?)
+ON CONFLICT (context, resource, uid) DO UPDATE SET
+    namespace = excluded.namespace,
+    name = excluded.name,
+    row = excluded.row,
+    -- An object re-listed unchanged keeps its seq: a relist alone must not make the
+    -- next incremental sync re-emit every object. (Right-hand sides see the old row.)
+    seq = CASE WHEN objects.resource_version = excluded.resource_version AND NOT objects.deleted
+               THEN objects.seq ELSE excluded.seq END,
+    resource_version = excluded.resource_version,
+    deleted = FALSE,
+    list_gen = coalesce(excluded.list_gen, objects.list_gen)
+"""
+_TOMBSTONE_OBJECT = """
+UPDATE objects SET deleted = TRUE, seq = ?, resource_version = ?
+WHERE context = ? AND resource = ? AND uid = ? AND NOT deleted
+"""
+_STATUS_COLUMNS = [c.name for c in checkpoints.columns]
+_UPSERT_STATUS = (
+    f"INSERT INTO checkpoints ({', '.join(_STATUS_COLUMNS)}) VALUES ({', '.join('?' for _ in _STATUS_COLUMNS)}) "
+    "ON CONFLICT (context, resource) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STATUS_COLUMNS if c not in ("context", "resource"))
+)
+
+
+class ContextFenced(CacheUnusable):
+    """Another writer owns this context now (its Lease moved): this one must stop writing it."""
+
+    def __init__(self, context: str, owner: str | None) -> None:
+        super().__init__(f"context {context} is written by {owner or 'no one'} now, not by this process")
+        self.context = context
+        self.owner = owner
+
+
+def _create_private(path: Path) -> None:
+    """Create the file 0600 before SQLite does (it copies the mode to -wal and -shm)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+# --------------------------------------------------------------------------- writes
+
+
+@dataclass
+class _Op:
+    """One queued write; ``apply`` runs on the writer thread inside a transaction.
+    ``context``: the context it writes (its owner is checked first), or None."""
+
+    apply: Callable[[Any, CacheStore], None]
+    context: str | None = None
+    done: threading.Event | None = None
+    #: Writes only through the coalesced statements (object upserts and tombstones,
+    #: checkpoints): they share executemany calls with the ops around it. Any other op
+    #: first sends what is pending, so statements still run in enqueue order.
+    coalesced: bool = False
+
+
+#: How long a write waits at most between two attempts while the database is unreachable.
+MAX_RETRY_DELAY = 30.0
+
+
+@dataclass
+class InformerStatus:
+    """What an informer reports about itself; persisted in ``checkpoints``."""
+
+    context: str
+    resource: str
+    table_name: str
+    state: str
+    resource_version: str | None = None
+    last_list_at: float | None = None
+    last_event_at: float | None = None
+    last_error: str | None = None
+    lists: int = 0
+    relists: int = 0
+    watches: int = 0
+    events: int = 0
+    errors: int = 0
+    updated_at: float = field(default_factory=time.time)
+
+
+def writer_identity() -> str:
+    """Who owns a context in ``context_seqs``: this process, unique across restarts."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+class CacheStore:
+    """The writer of one cache, with its single writer thread.
+
+    A SQLite file has at most one (a second one, in any process, raises
+    :class:`CacheLocked`); so has a PostgreSQL database, unless ``shared``: replicas
+    sharing the contexts by Lease, each writing only the contexts it claimed
+    (:meth:`claim_context`). A lone writer owns every context it writes.
+    """
+
+    def __init__(
+        self,
+        where: CacheLocation | Path | str,
+        *,
+        shared: bool = False,
+        group: str = "default",
+        identity: str | None = None,
+        batch_max: int = 5000,
+        batch_wait: float = 0.02,
+    ) -> None:
+        self.location = CacheLocation.of(where)
+        self.path: Path | None = self.location.path if self.location.is_sqlite else None
+        self.shared = shared
+        #: The owner name this writer puts on its contexts (unique per process).
+        self.identity = identity or writer_identity()
+        if shared and self.location.is_sqlite:
+            raise CacheUnusable(
+                f"cache file {self.location}: a SQLite cache has one writer; replicas share a "
+                "PostgreSQL cache (cache_url)"
+            )
+        self._lock: cachedb.FileWriterLock | cachedb.AdvisoryWriterLock
+        if self.path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock = cachedb.FileWriterLock(self.path)
+            except OSError as exc:
+                raise CacheUnusable(f"cache file {self.path} cannot be created: {exc}") from exc
+            try:
+                self._prepare_file()
+                self.engine = cachedb.sqlite_engine(self.path, readonly=False)
+                self._create_schema()
+            except Exception as exc:
+                self._lock.release()
+                if isinstance(exc, CacheUnusable):
+                    raise
+                raise CacheUnusable(f"cache file {self.path} cannot be written: {exc}") from exc
+        else:
+            self.engine = cachedb.postgres_engine(self.location)
+            cachedb.check_reachable(self.location, self.engine)
+            self._lock = cachedb.AdvisoryWriterLock(
+                self.location, self.engine, group=group if shared else None
+            )
+            try:
+                self._create_schema()
+            except Exception as exc:
+                self._lock.release()
+                self.engine.dispose()
+                if isinstance(exc, CacheUnusable):
+                    raise
+                raise CacheUnusable(f"cache database {self.location} cannot be written: {exc}") from exc
+        self._upsert_object = cachedb.driver_sql(self.engine, _UPSERT_OBJECT)
+        self._tombstone_object = cachedb.driver_sql(self.engine, _TOMBSTONE_OBJECT)
+        self._upsert_status = cachedb.driver_sql(self.engine, _UPSERT_STATUS)
+        self._insert = cachedb.upsert(self.engine)
+        self._batch_max = batch_max
+        self._batch_wait = batch_wait
+        # Bounded: when the database falls behind (or is down), informers wait here
+        # instead of piling up parsed objects in memory (a relist page holds up to 500).
+        self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=4)
+        self._gen = 0
+        #: The seq each context owned by this transaction is at (writer thread only).
+        self._tx_seqs: dict[str, int] = {}
+        #: Statements of the open transaction not sent yet (see _queue_rows).
+        self._rows_sql = ""
+        self._rows: list[tuple[Any, ...]] = []
+        self._statuses: dict[tuple[str, str], tuple[Any, ...]] = {}
+        #: Contexts another writer took over: their writes are skipped (context -> owner).
+        self.fenced: dict[str, str | None] = {}
+        self.dropped_batches = 0
+        #: Since when (wall clock) the database has been unreachable, or None.
+        self.unreachable_since: float | None = None
+        self._closing = threading.Event()
+        self._lock_lost = False
+        self._writer = threading.Thread(target=self._write_loop, name="cache-writer", daemon=True)
+        self._writer.start()
+
+    def _create_schema(self) -> None:
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                # Replicas starting together would race on CREATE TABLE.
+                conn.execute(select(func.pg_advisory_xact_lock(cachedb.AdvisoryWriterLock.KEY + 1)))
+            metadata.create_all(conn)
+            found = read_meta(conn, "schema_version")
+            if found is not None and (problem := format_problem(found)):
+                raise CacheUnusable(
+                    f"cache database {self.location}: {problem}; drop its tables (objects, checkpoints, "
+                    "clusters, meta, context_seqs, retired_contexts) or point cache_url at another database"
+                )
+            for key, value in (("schema_version", SCHEMA_VERSION), ("cache_id", uuid.uuid4().hex)):
+                # The cache id tells an incremental cursor which cache its seqs belong to.
+                conn.execute(self._upsert_stmt(meta, {"key": key, "value": value}, ["key"], []))
+            if isinstance(self._lock, cachedb.AdvisoryWriterLock) and self._lock.group is not None:
+                self._join_group(conn, self._lock.group)
+
+    def _join_group(self, conn: Any, group: str) -> None:
+        """Two replica groups would both claim every context: one group per database."""
+        other = read_meta(conn, "replica_group")
+        if other and other != group and self._lock.group_alive(other):  # type: ignore[union-attr]
+            raise CacheLocked(
+                f"cache database {self.location} is written by replica group {other!r}, not {group!r}: "
+                "each group of replicas needs a database of its own"
+            )
+        conn.execute(self._upsert_stmt(meta, {"key": "replica_group", "value": group}, ["key"], ["value"]))
+
+    def _upsert_stmt(
+        self, table: Table, values: dict[str, Any], keys: list[str], update_cols: list[str]
+    ) -> Any:
+        """INSERT ... ON CONFLICT (keys) DO UPDATE the ``update_cols`` (or DO NOTHING)."""
+        stmt = cachedb.upsert(self.engine)(table).values(**values)
+        if not update_cols:
+            return stmt.on_conflict_do_nothing(index_elements=keys)
+        return stmt.on_conflict_do_update(
+            index_elements=keys, set_={c: stmt.excluded[c] for c in update_cols}
+        )
+
+    def _prepare_file(self) -> None:
+        assert self.path is not None
+        reason = (
+            unusable_reason(self.path, thorough=True)
+            if self.path.exists() and self.path.stat().st_size > 0
+            else None
+        )
+        if reason:
+            aside = self.path.with_name(f"{self.path.name}.unusable-{int(time.time())}")
+            log.error(
+                "cache file %s cannot be used (%s); moved aside to %s, rebuilding", self.path, reason, aside
+            )
+            shutil.move(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                side = Path(str(self.path) + suffix)
+                if side.exists():
+                    side.unlink()
+        try:
+            _create_private(self.path)
+        except OSError as exc:
+            raise CacheUnusable(f"cache file {self.path} cannot be created: {exc}") from exc
+
+    # -- the writer thread ---------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while not self._lock_lost:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self._batch_wait
+            stop = False
+            while len(batch) < self._batch_max:
+                try:
+                    op = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if op is None:
+                    stop = True
+                    break
+                batch.append(op)
+            self._apply(batch)
+            if stop:
+                return
+
+    def _apply(self, batch: list[_Op]) -> None:
+        failures = 0
+        delay = 0.5
+        while True:
+            try:
+                if self.unreachable_since is not None:
+                    # Before any write: the lock may have gone with the database's restart.
+                    self._lock.ensure()
+                self._commit([op for op in batch if op.context not in self.fenced])
+                if self.unreachable_since is not None:
+                    self.unreachable_since = None
+                    log.info("cache database %s reachable again; writes resumed", self.location)
+                break
+            except CacheLocked as exc:
+                # Another lone writer took the database while it was down: two writers
+                # would hand out the same seqs. Stop; /healthz fails and the pod restarts.
+                log.error("%s: this process stops writing", exc)
+                self._lock_lost = True
+                break
+            except ContextFenced as exc:
+                # Not an error of the batch: drop that context's writes, keep the rest.
+                self.fenced[exc.context] = exc.owner
+                log.error("%s; its writes are dropped here", exc)
+            except Exception as exc:
+                if cachedb.is_connection_error(self.location, exc) and not self._closing.is_set():
+                    # The database is down or out of reach: keep the batch (and, through
+                    # the bounded queue, the informers) waiting until it is back; the
+                    # watches resume from the resourceVersions nothing has moved past.
+                    self.unreachable_since = self.unreachable_since or time.time()
+                    log.warning(
+                        "cache database %s unreachable (%s); retrying %d writes in %.1fs",
+                        self.location, str(exc.__cause__ or exc).strip().splitlines()[0], len(batch), delay,
+                    )  # fmt: skip
+                    time.sleep(delay)
+                    delay = min(MAX_RETRY_DELAY, delay * 2)
+                    continue
+                failures += 1
+                log.exception("cache write of %d operations failed (attempt %d)", len(batch), failures)
+                if failures >= 5:
+                    # Events were lost on the way to the cache: it no longer follows the
+                    # watches. The informer manager sees this counter and relists everything.
+                    self.dropped_batches += 1
+                    log.error(
+                        "cache write of %d operations dropped after 5 attempts; informers will relist",
+                        len(batch),
+                    )
+                    break
+                time.sleep(0.5 * failures)
+        for op in batch:
+            if op.done is not None:
+                op.done.set()
+
+    def _commit(self, ops: list[_Op]) -> None:
+        with self.engine.begin() as conn:
+            self._tx_seqs = {}
+            self._rows_sql, self._rows, self._statuses = "", [], {}
+            owned: dict[str, int] = {}  # context -> its seq when this transaction locked it
+            for op in ops:
+                if op.context is not None and op.context not in owned:
+                    owned[op.context] = self._tx_seqs[op.context] = self._own(conn, op.context)
+                if not op.coalesced:
+                    self._send_pending(conn)
+                op.apply(conn, self)
+            self._send_pending(conn)
+            for ctx, seq in self._tx_seqs.items():
+                if seq != owned[ctx]:  # (a checkpoint alone takes no seq)
+                    conn.execute(update(context_seqs).where(context_seqs.c.context == ctx).values(seq=seq))
+
+    def _own(self, conn: Any, context: str) -> int:
+        """Lock ``context``'s counter row until commit and return its seq; raise
+        :class:`ContextFenced` if another writer owns the context. A lone writer owns
+        every context it writes (it takes over one last written by an earlier process)."""
+        found = conn.execute(
+            select(context_seqs.c.seq, context_seqs.c.owner)
+            .where(context_seqs.c.context == context)
+            .with_for_update()
+        ).first()
+        if found is not None and found.owner == self.identity:
+            return int(found.seq)
+        if self.shared:
+            raise ContextFenced(context, found.owner if found else None)
+        self._take_over(conn, context)
+        return int(found.seq) if found is not None else 0
+
+    def _take_over(self, conn: Any, context: str) -> None:
+        values = {
+            "context": context,
+            "seq": 0,
+            "purged_seq": 0,
+            "owner": self.identity,
+            "owned_since": time.time(),
+        }
+        conn.execute(self._upsert_stmt(context_seqs, values, ["context"], ["owner", "owned_since"]))
+
+    # Coalesced statements: a watch burst is an op of a few events, and a statement per op
+    # is a round trip per op to PostgreSQL. Rows of consecutive ops using the same
+    # statement go out in one executemany; checkpoints once per (context, resource), last wins.
+
+    def _queue_rows(self, conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if sql != self._rows_sql:
+            self._send_rows(conn)
+            self._rows_sql = sql
+        self._rows.extend(rows)
+
+    def _send_rows(self, conn: Any) -> None:
+        if self._rows:
+            conn.exec_driver_sql(self._rows_sql, self._rows)
+            self._rows = []
+
+    def _send_pending(self, conn: Any) -> None:
+        self._send_rows(conn)
+        if self._statuses:
+            conn.exec_driver_sql(self._upsert_status, list(self._statuses.values()))
+            self._statuses = {}
+
+    def _next_seq(self, context: str) -> int:
+        self._tx_seqs[context] += 1
+        return self._tx_seqs[context]
+
+    def _submit(
+        self,
+        fn: Callable[[Any, CacheStore], None],
+        *,
+        context: str | None = None,
+        wait: bool = False,
+        coalesced: bool = False,
+    ) -> None:
+        if not self._writer.is_alive():
+            raise CacheUnusable(f"cache {self.location} is closed")
+        done = threading.Event() if wait else None
+        self._queue.put(_Op(fn, context, done, coalesced))
+        if done is not None:
+            done.wait()
+
+    # -- context ownership ---------------------------------------------------
+
+    def claim_context(self, context: str) -> None:
+        """Own ``context`` from now on (its Lease was acquired): its previous writer, if
+        still running, is fenced off at its next write. Returns once committed."""
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            conn.execute(
+                select(context_seqs.c.seq).where(context_seqs.c.context == context).with_for_update()
+            )
+            store._take_over(conn, context)
+
+        self._submit(apply, wait=True)
+        self.fenced.pop(context, None)
+        log.info("%s: this process (%s) now writes it", context, self.identity)
+
+    def release_context(self, context: str) -> None:
+        """Give ``context`` up (its Lease is being released); after its informers stopped."""
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            conn.execute(
+                update(context_seqs)
+                .where((context_seqs.c.context == context) & (context_seqs.c.owner == store.identity))
+                .values(owner=None, owned_since=time.time())
+            )
+
+        self._submit(apply, wait=True)
+
+    def owned_positions(self) -> dict[str, int]:
+        """context -> newest seq, of the contexts this process owns (or, in a replica,
+        retired ones nobody owns any more: their tombstones need a purge too)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(context_seqs.c.context, context_seqs.c.seq).where(self._purgeable())
+            ).all()
+        return {str(c): int(s) for c, s in rows}
+
+    def _purgeable(self) -> Any:
+        """The contexts whose tombstones this writer purges: its own, and retired ones
+        without an owner (the replica that tombstoned them let them go)."""
+        retired_unowned = context_seqs.c.owner.is_(None) & context_seqs.c.context.in_(
+            select(retired_contexts.c.context)
+        )
+        return (context_seqs.c.owner == self.identity) | retired_unowned
+
+    # -- reads for the writer's own use -------------------------------------------
+
+    def live_rows(self, context: str, descriptor: ResourceDescriptor) -> list[dict[str, Any]]:
+        """The cached column values of one resource's live objects in one context."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(objects.c.row).where(
+                    (objects.c.context == context)
+                    & (objects.c.resource == descriptor.key)
+                    & (objects.c.deleted == False)  # noqa: E712
+                )
+            ).scalars()
+            return [decode_row(bytes(r), columns_of(descriptor)) for r in rows]
+
+    def resource_versions(self, context: str) -> dict[str, str]:
+        """The resourceVersion each informer of ``context`` resumes its watch from."""
+        with self.engine.connect() as conn:
+            return stored_resource_versions(conn, context)
+
+    def writer_alive(self) -> bool:
+        return self._writer.is_alive()
+
+    def flush(self) -> None:
+        """Block until everything enqueued so far is committed."""
+        self._submit(lambda _c, _s: None, wait=True)
+
+    def close(self, timeout: float = 30) -> None:
+        """Commit what is queued and stop. A database still unreachable after
+        ``timeout`` loses the queued writes: their checkpoints were not committed either,
+        so the next start resumes the watches from before them."""
+        if not self._writer.is_alive():
+            return
+        self._queue.put(None)
+        self._writer.join(timeout)
+        if self._writer.is_alive():
+            self._closing.set()  # stop retrying the unreachable database
+            self._writer.join(MAX_RETRY_DELAY + 5)
+            log.error("cache %s closed with writes not committed (database unreachable)", self.location)
+        self._lock.release()
+        self.engine.dispose()
+
+    # -- object writes -------------------------------------------------------
+
+    def _upsert_rows(
+        self,
+        conn: Any,
+        context: str,
+        desc: ResourceDescriptor,
+        objs: Sequence[dict[str, Any]],
+        gen: int | None,
+    ) -> None:
+        if not objs:
+            return
+        rows = []
+        for obj in objs:
+            clean = sanitize(obj, desc)
+            m = clean["metadata"]
+            namespace, name, rv = m.get("namespace"), m.get("name") or "", m.get("resourceVersion") or ""
+            row = extract_row(clean, desc)
+            rows.append(
+                (
+                    context,
+                    desc.key,
+                    m["uid"],
+                    desc.table,
+                    namespace,
+                    name,
+                    rv,
+                    row,
+                    self._next_seq(context),
+                    gen,
+                )
+            )
+            # Derived rows carry their object's resourceVersion: they change (take a new
+            # seq) exactly when it does, and a relist generation tombstones them with it.
+            rows.extend(
+                (
+                    context,
+                    d.key,
+                    uid,
+                    d.table,
+                    namespace,
+                    f"{name}/{child}",
+                    rv,
+                    doc,
+                    self._next_seq(context),
+                    gen,
+                )
+                for d, uid, child, doc in derived_rows(clean, desc)
+            )
+        self._queue_rows(conn, self._upsert_object, rows)
+
+    def _tombstone(
+        self, conn: Any, context: str, desc: ResourceDescriptor, objs: Sequence[dict[str, Any]]
+    ) -> None:
+        rows = []
+        for obj in objs:
+            m = obj.get("metadata") or {}
+            rv = m.get("resourceVersion") or ""
+            rows.append((self._next_seq(context), rv, context, desc.key, m.get("uid")))
+            # A deleted object's last state names its derived rows (their uids are stable).
+            for derived in desc.derived:
+                rows.extend(
+                    (self._next_seq(context), rv, context, derived.key, r["uid"]) for r in derived.rows(obj)
+                )
+        self._queue_rows(conn, self._tombstone_object, rows)
+
+    def apply_events(
+        self,
+        context: str,
+        desc: ResourceDescriptor,
+        events: Iterable[tuple[str, dict[str, Any]]],
+        status: InformerStatus,
+    ) -> None:
+        """Apply watch events (ADDED/MODIFIED/DELETED/BOOKMARK) and then the informer's
+        checkpoint, in one transaction, in order."""
+        events = list(events)
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            batch: list[dict[str, Any]] = []
+            for kind, obj in events:
+                if kind in ("ADDED", "MODIFIED"):
+                    batch.append(obj)
+                    continue
+                store._upsert_rows(conn, context, desc, batch, None)
+                batch = []
+                if kind == "DELETED":
+                    store._tombstone(conn, context, desc, [obj])
+            store._upsert_rows(conn, context, desc, batch, None)
+            store._write_status(conn, status)
+
+        self._submit(apply, context=context, coalesced=True)
+
+    def begin_relist(self) -> int:
+        """A new list generation: objects written with it survive ``end_relist``."""
+        self._gen += 1
+        return int(time.time() * 1000) * 1000 + self._gen
+
+    def relist_page(
+        self, context: str, desc: ResourceDescriptor, items: Sequence[dict[str, Any]], gen: int
+    ) -> None:
+        items = list(items)
+        self._submit(
+            lambda conn, store: store._upsert_rows(conn, context, desc, items, gen),
+            context=context,
+            coalesced=True,
+        )
+
+    def end_relist(self, context: str, desc: ResourceDescriptor, gen: int, status: InformerStatus) -> None:
+        """Tombstone every cached object of this resource that the list did not return,
+        then record the list's resourceVersion: the cache now equals the list."""
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            conn.execute(
+                update(objects)
+                .where(
+                    (objects.c.context == context)
+                    & objects.c.resource.in_([desc.key, *(d.key for d in desc.derived)])
+                    & (objects.c.deleted == False)  # noqa: E712
+                    & ((objects.c.list_gen != gen) | objects.c.list_gen.is_(None))
+                )
+                .values(deleted=True, seq=store._next_seq(context))
+            )
+            store._write_status(conn, status)
+
+        self._submit(apply, context=context)
+
+    def drop_resource(self, context: str, resource: str) -> None:
+        """Tombstone every object of a resource that no longer exists (a deleted CRD)
+        and forget its checkpoint."""
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            conn.execute(
+                update(objects)
+                .where(
+                    (objects.c.context == context)
+                    & (objects.c.resource == resource)
+                    & (objects.c.deleted == False)  # noqa: E712
+                )
+                .values(deleted=True, seq=store._next_seq(context))
+            )
+            conn.execute(
+                checkpoints.delete().where(
+                    (checkpoints.c.context == context) & (checkpoints.c.resource == resource)
+                )
+            )
+
+        self._submit(apply, context=context)
+
+    def drop_context(self, context: str) -> None:
+        """A context removed from the kubeconfig: tombstone all its objects, forget its
+        checkpoints and cluster row, and record it as retired."""
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            seq = store._next_seq(context)
+            conn.execute(
+                update(objects)
+                .where((objects.c.context == context) & (objects.c.deleted == False))  # noqa: E712
+                .values(deleted=True, seq=seq)
+            )
+            conn.execute(checkpoints.delete().where(checkpoints.c.context == context))
+            conn.execute(clusters.delete().where(clusters.c.context == context))
+            values = {"context": context, "retired_at": time.time(), "seq": seq}
+            conn.execute(store._upsert_stmt(retired_contexts, values, ["context"], ["retired_at", "seq"]))
+
+        self._submit(apply, context=context)
+
+    def unretire_context(self, context: str) -> None:
+        """A context (re)added to the kubeconfig is no longer retired."""
+        self._submit(
+            lambda conn, _store: conn.execute(
+                retired_contexts.delete().where(retired_contexts.c.context == context)
+            )
+        )
+
+    # -- status --------------------------------------------------------------
+
+    def _write_status(self, _conn: Any, status: InformerStatus) -> None:
+        self._statuses[(status.context, status.resource)] = tuple(getattr(status, c) for c in _STATUS_COLUMNS)
+
+    def write_status(self, status: InformerStatus) -> None:
+        snapshot = InformerStatus(**status.__dict__)
+        self._submit(
+            lambda conn, store: store._write_status(conn, snapshot), context=status.context, coalesced=True
+        )
+
+    def write_cluster(self, context: str, **values: Any) -> None:
+        now = time.time()
+        row = {"context": context, "created_at": now, "updated_at": now, **values}
+        stmt = self._upsert_stmt(clusters, row, ["context"], [*values, "updated_at"])
+        self._submit(lambda conn, _store: conn.execute(stmt), context=context)
+
+    # -- maintenance ---------------------------------------------------------
+
+    def write_meta(self, **values: str) -> None:
+        """Set ``meta`` keys (what the daemon tells ``status``, e.g. the kubeconfig generation)."""
+        stmts = [
+            self._upsert_stmt(meta, {"key": k, "value": v}, ["key"], ["value"]) for k, v in values.items()
+        ]
+
+        def apply(conn: Any, _store: CacheStore) -> None:
+            for stmt in stmts:
+                conn.execute(stmt)
+
+        self._submit(apply)
+
+    def heartbeat(self) -> None:
+        """Record that a daemon is alive and keeping the cache warm."""
+        self.write_meta(daemon_heartbeat=str(time.time()))
+
+    def purge_tombstones(self, cutoffs: Mapping[str, int]) -> int:
+        """Delete each context's tombstones with seq <= its cutoff; remember the purge
+        points. Only contexts this writer purges (:meth:`_purgeable`)."""
+        result: dict[str, int] = {}
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            gone = 0
+            for ctx, cutoff in cutoffs.items():
+                owned = (context_seqs.c.context == ctx) & store._purgeable()
+                if not conn.execute(
+                    update(context_seqs)
+                    .where(owned & (context_seqs.c.purged_seq < cutoff))
+                    .values(purged_seq=cutoff)
+                ).rowcount:
+                    continue
+                gone += (
+                    conn.execute(
+                        objects.delete().where(
+                            (objects.c.context == ctx)
+                            & objects.c.deleted.is_(True)
+                            & (objects.c.seq <= cutoff)
+                        )
+                    ).rowcount
+                    or 0
+                )
+                conn.execute(
+                    retired_contexts.delete().where(
+                        (retired_contexts.c.context == ctx) & (retired_contexts.c.seq <= cutoff)
+                    )
+                )
+            result["n"] = gone
+
+        self._submit(apply, wait=True)
+        return result["n"]
+
+    def checkpoint_wal(self) -> None:
+        """Fold a SQLite WAL back into the main file (a scheduled job keeps the -wal small).
+        PASSIVE: never waits for readers, so a long sync cannot stall the daemon."""
+        if self.path is None:
+            return
+        self.flush()
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
