@@ -3,7 +3,7 @@
 Everything a sync emits comes from a single read transaction, so the tables of one
 sync agree with each other and with the change positions read first, even while
 daemons keep writing (SQLite WAL readers see the database as of their first read;
-PostgreSQL reads in REPEATABLE READ, see ``cachedb.snapshot_connection``).
+PostgreSQL reads in REPEATABLE READ, see ``cache.backend.snapshot_connection``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from watcher import cachedb, state
+from watcher import state
 from watcher.catalog import ALL_TABLES, schema_for
 from watcher.clusters import CLUSTERS_TABLE, ClusterFacts, cluster_batch
 from watcher.crdtables import CustomTable, custom_tables
@@ -60,13 +60,13 @@ class SnapshotReader:
         self.custom: dict[str, CustomTable] = {}
 
     @classmethod
-    def open(cls, where: cachedb.CacheLocation | Path | str, **kwargs: Any) -> SnapshotReader:
+    def open(cls, where: state.CacheLocation | Path | str, **kwargs: Any) -> SnapshotReader:
         """A reader with an engine of its own, disposed on exit (a daemon serves many
         syncs: one pooled connection per sync would leak file descriptors)."""
         return cls(state.open_reader(where), owns_engine=True, **kwargs)
 
     def __enter__(self) -> SnapshotReader:
-        self._conn = cachedb.snapshot_connection(self.engine)
+        self._conn = state.snapshot_connection(self.engine)
         self._tx = self._conn.begin()
         # The first read pins the snapshot; every later read in this transaction sees it.
         #: context -> its change sequence: the rows read here are exactly those up to ``seq``.

@@ -19,11 +19,11 @@ from typing import Any
 
 import jsonschema
 
-from watcher.cachedb import CacheLocation, CacheUnusable
 from watcher.catalog import ALL_TABLES, excluded
 from watcher.errors import ConfigError
 from watcher.kubeconfig import default_kubeconfig
 from watcher.resources import BY_TABLE, DERIVED_BY_TABLE
+from watcher.state import CacheLocation, CacheUnusable
 
 #: ``resources`` values of the original design whose table is not ``k8s_<value>``.
 RESOURCE_ALIASES = {"crds": "k8s_custom_resources"}

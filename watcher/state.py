@@ -1,7 +1,7 @@
 """The cache: objects, per-informer checkpoints and per-context change sequences.
 
 A SQLite file (WAL mode) or a PostgreSQL database, through SQLAlchemy Core; what
-differs between the two is in :mod:`watcher.cachedb`. One writer thread per process
+differs between the two is in :mod:`watcher.cache.backend`. One writer thread per process
 (:class:`CacheStore` owns it) applies everything in batched transactions, in the order
 informers enqueued it, so an informer's checkpoint resourceVersion is never committed
 ahead of the events it covers. Readers open their own connection and get a consistent
@@ -35,12 +35,14 @@ a reader with an older cursor for that context takes a full snapshot of it inste
 
 The parts live in :mod:`watcher.cache`: ``schema`` (the tables and the format version),
 ``writer`` (:class:`CacheStore`: the writer thread, retries, locks, fencing, batching)
-and ``reader`` (every read query: status, syncs, metrics, tests). This module is the
+and ``reader`` (every read query: status, syncs, metrics, tests) and ``backend`` (where the
+cache lives, SQLite or PostgreSQL, and what differs between the two). This module is the
 front door: callers import from here.
 """
 
 from __future__ import annotations
 
+from watcher.cache.backend import CacheLocation, CacheLocked, CacheUnusable, snapshot_connection
 from watcher.cache.reader import (
     ClusterView,
     ContextLog,
@@ -64,7 +66,6 @@ from watcher.cache.reader import (
 )
 from watcher.cache.schema import SCHEMA_VERSION
 from watcher.cache.writer import MAX_RETRY_DELAY, CacheStore, ContextFenced, InformerStatus, writer_identity
-from watcher.cachedb import CacheLocation, CacheLocked, CacheUnusable
 from watcher.informerstate import UNSERVED, InformerState, informer_state
 
 __all__ = [
@@ -97,6 +98,7 @@ __all__ = [
     "read_positions",
     "read_retired_contexts",
     "reading",
+    "snapshot_connection",
     "stored_resource_versions",
     "writer_identity",
 ]

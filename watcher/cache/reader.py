@@ -14,7 +14,8 @@ from typing import Any, cast
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from watcher import cachedb
+from watcher.cache import backend
+from watcher.cache.backend import CacheLocation, CacheUnusable
 from watcher.cache.schema import (
     checkpoints,
     clusters,
@@ -25,7 +26,6 @@ from watcher.cache.schema import (
     retired_contexts,
     unusable_reason,
 )
-from watcher.cachedb import CacheLocation, CacheUnusable
 from watcher.resources import CRD, NODES
 from watcher.tables import columns_of, decode_row
 
@@ -34,8 +34,8 @@ def open_reader(where: CacheLocation | Path | str) -> Engine:
     """A read-only engine on the cache (a daemon may be writing it meanwhile)."""
     location = CacheLocation.of(where)
     if not location.is_sqlite:
-        engine = cachedb.postgres_engine(location)
-        cachedb.check_reachable(location, engine)
+        engine = backend.postgres_engine(location)
+        backend.check_reachable(location, engine)
         with engine.connect() as conn:
             try:
                 problem = format_problem(read_meta(conn, "schema_version"))
@@ -51,7 +51,7 @@ def open_reader(where: CacheLocation | Path | str) -> Engine:
     reason = unusable_reason(path, thorough=False)
     if reason:
         raise CacheUnusable(f"cache file {path}: {reason}")
-    return cachedb.sqlite_engine(path, readonly=True)
+    return backend.sqlite_engine(path, readonly=True)
 
 
 def read_checkpoints(conn: Any, context: str | None = None) -> list[dict[str, Any]]:
@@ -185,7 +185,7 @@ def live_row_cursor(
         columns.append(objects.c.context)
     query = select(*columns).where(_rows_of(table, resource) & where & (objects.c.deleted == False))  # noqa: E712
     # No ORDER BY: any order is a snapshot, and sorting row blobs costs more than reading them.
-    return cachedb.stream_rows(conn, query)
+    return backend.stream_rows(conn, query)
 
 
 def deleted_uids(

@@ -21,7 +21,8 @@ from typing import Any
 
 from sqlalchemy import Table, func, select, update
 
-from watcher import cachedb
+from watcher.cache import backend
+from watcher.cache.backend import CacheLocation, CacheLocked, CacheUnusable
 from watcher.cache.reader import read_meta, stored_resource_versions
 from watcher.cache.schema import (
     SCHEMA_VERSION,
@@ -35,7 +36,6 @@ from watcher.cache.schema import (
     retired_contexts,
     unusable_reason,
 )
-from watcher.cachedb import CacheLocation, CacheLocked, CacheUnusable
 from watcher.resources import ResourceDescriptor
 from watcher.tables import columns_of, decode_row, derived_rows, extract_row, sanitize
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 # The hot write statements, as plain SQL run with executemany: building SQLAlchemy
 # constructs per batch cost more than the database itself. ``?`` placeholders, turned
-# into the driver's by ``cachedb.driver_sql``.
+# into the driver's by ``backend.driver_sql``.
 _UPSERT_OBJECT = """
 INSERT INTO objects (context, resource, uid, table_name, namespace, name, resource_version, row, seq, deleted, list_gen)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE, ?)
@@ -163,16 +163,16 @@ class CacheStore:
                 f"cache file {self.location}: a SQLite cache has one writer; replicas share a "
                 "PostgreSQL cache (cache_url)"
             )
-        self._lock: cachedb.FileWriterLock | cachedb.AdvisoryWriterLock
+        self._lock: backend.FileWriterLock | backend.AdvisoryWriterLock
         if self.path is not None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._lock = cachedb.FileWriterLock(self.path)
+                self._lock = backend.FileWriterLock(self.path)
             except OSError as exc:
                 raise CacheUnusable(f"cache file {self.path} cannot be created: {exc}") from exc
             try:
                 self._prepare_file()
-                self.engine = cachedb.sqlite_engine(self.path, readonly=False)
+                self.engine = backend.sqlite_engine(self.path, readonly=False)
                 self._create_schema()
             except Exception as exc:
                 self._lock.release()
@@ -180,9 +180,9 @@ class CacheStore:
                     raise
                 raise CacheUnusable(f"cache file {self.path} cannot be written: {exc}") from exc
         else:
-            self.engine = cachedb.postgres_engine(self.location)
-            cachedb.check_reachable(self.location, self.engine)
-            self._lock = cachedb.AdvisoryWriterLock(
+            self.engine = backend.postgres_engine(self.location)
+            backend.check_reachable(self.location, self.engine)
+            self._lock = backend.AdvisoryWriterLock(
                 self.location, self.engine, group=group if shared else None
             )
             try:
@@ -193,10 +193,10 @@ class CacheStore:
                 if isinstance(exc, CacheUnusable):
                     raise
                 raise CacheUnusable(f"cache database {self.location} cannot be written: {exc}") from exc
-        self._upsert_object = cachedb.driver_sql(self.engine, _UPSERT_OBJECT)
-        self._tombstone_object = cachedb.driver_sql(self.engine, _TOMBSTONE_OBJECT)
-        self._upsert_status = cachedb.driver_sql(self.engine, _UPSERT_STATUS)
-        self._insert = cachedb.upsert(self.engine)
+        self._upsert_object = backend.driver_sql(self.engine, _UPSERT_OBJECT)
+        self._tombstone_object = backend.driver_sql(self.engine, _TOMBSTONE_OBJECT)
+        self._upsert_status = backend.driver_sql(self.engine, _UPSERT_STATUS)
+        self._insert = backend.upsert(self.engine)
         self._batch_max = batch_max
         self._batch_wait = batch_wait
         # Bounded: when the database falls behind (or is down), informers wait here
@@ -223,7 +223,7 @@ class CacheStore:
         with self.engine.begin() as conn:
             if self.engine.dialect.name == "postgresql":
                 # Replicas starting together would race on CREATE TABLE.
-                conn.execute(select(func.pg_advisory_xact_lock(cachedb.AdvisoryWriterLock.KEY + 1)))
+                conn.execute(select(func.pg_advisory_xact_lock(backend.AdvisoryWriterLock.KEY + 1)))
             metadata.create_all(conn)
             found = read_meta(conn, "schema_version")
             if found is not None and (problem := format_problem(found)):
@@ -234,7 +234,7 @@ class CacheStore:
             for key, value in (("schema_version", SCHEMA_VERSION), ("cache_id", uuid.uuid4().hex)):
                 # The cache id tells an incremental cursor which cache its seqs belong to.
                 conn.execute(self._upsert_stmt(meta, {"key": key, "value": value}, ["key"], []))
-            if isinstance(self._lock, cachedb.AdvisoryWriterLock) and self._lock.group is not None:
+            if isinstance(self._lock, backend.AdvisoryWriterLock) and self._lock.group is not None:
                 self._join_group(conn, self._lock.group)
 
     def _join_group(self, conn: Any, group: str) -> None:
@@ -251,7 +251,7 @@ class CacheStore:
         self, table: Table, values: dict[str, Any], keys: list[str], update_cols: list[str]
     ) -> Any:
         """INSERT ... ON CONFLICT (keys) DO UPDATE the ``update_cols`` (or DO NOTHING)."""
-        stmt = cachedb.upsert(self.engine)(table).values(**values)
+        stmt = backend.upsert(self.engine)(table).values(**values)
         if not update_cols:
             return stmt.on_conflict_do_nothing(index_elements=keys)
         return stmt.on_conflict_do_update(
@@ -327,7 +327,7 @@ class CacheStore:
                 self.fenced[exc.context] = exc.owner
                 log.error("%s; its writes are dropped here", exc)
             except Exception as exc:
-                if cachedb.is_connection_error(self.location, exc) and not self._closing.is_set():
+                if backend.is_connection_error(self.location, exc) and not self._closing.is_set():
                     # The database is down or out of reach: keep the batch (and, through
                     # the bounded queue, the informers) waiting until it is back; the
                     # watches resume from the resourceVersions nothing has moved past.
