@@ -7,6 +7,7 @@ import sqlite3
 import uuid
 from typing import Any
 
+from watcher import state
 from watcher.resources import BY_KEY
 from watcher.state import CacheStore, InformerStatus
 
@@ -74,7 +75,9 @@ def informer_status(desc: Any = CMS, state: str = "watching", rv: str | None = N
 
 
 def stored_rows(store: CacheStore) -> dict[str, dict[str, Any]]:
-    """Every row of ``objects`` by object name, once the writer has caught up."""
+    """Every row of ``objects`` by object name, once the writer has caught up: the writer's
+    tests look at its raw rows (tombstones, seqs, list generations), which no reader
+    outside the cache needs; everything else is read through the reader API below."""
     store.flush()
     con = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
@@ -84,6 +87,26 @@ def stored_rows(store: CacheStore) -> dict[str, dict[str, Any]]:
         con.close()
 
 
+def checkpoints_of(store: CacheStore, context: str | None = None) -> list[dict[str, Any]]:
+    """The checkpoint rows committed so far, through the cache's reader API."""
+    store.flush()
+    with state.reading(store.location) as conn:
+        return state.read_checkpoints(conn, context)
+
+
+def cache_meta(store: CacheStore, key: str) -> str | None:
+    store.flush()
+    with state.reading(store.location) as conn:
+        return state.read_meta(conn, key)
+
+
+def purged_seq(store: CacheStore, context: str = "ctx") -> int:
+    """Up to where the context's tombstones are purged."""
+    store.flush()
+    with state.reading(store.location) as conn:
+        return state.read_context_logs(conn)[context].purged_seq
+
+
 def seq_of(store: CacheStore, context: str = "ctx") -> int:
     """The newest change seq of one context, once the writer has caught up."""
     store.flush()
@@ -91,6 +114,7 @@ def seq_of(store: CacheStore, context: str = "ctx") -> int:
 
 
 def query_cache(store: CacheStore, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Raw SQL on the writer's SQLite file (see :func:`stored_rows`)."""
     store.flush()
     con = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
     try:

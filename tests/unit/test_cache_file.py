@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.builders import CMS, configmap, informer_status, query_cache, seq_of, stored_rows
+from tests.unit.builders import CMS, cache_meta, configmap, informer_status, query_cache, seq_of, stored_rows
 from watcher.state import SCHEMA_VERSION, CacheLocked, CacheStore, CacheUnusable, open_reader
 
 
@@ -46,7 +46,7 @@ def test_a_corrupt_cache_file_is_moved_aside_and_rebuilt_private(tmp_path: Path)
         assert aside[0].read_bytes() == garbage
         s.relist_page("ctx", CMS, [configmap("a", str(uuid.uuid4()), "1")], s.begin_relist())
         assert set(stored_rows(s)) == {"a"}
-        assert query_cache(s, "SELECT value FROM meta WHERE key='schema_version'") == [(SCHEMA_VERSION,)]
+        assert cache_meta(s, "schema_version") == SCHEMA_VERSION
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         s.close()
@@ -70,7 +70,7 @@ def test_cache_of_another_format_is_moved_aside_not_misread(tmp_path: Path) -> N
     try:
         assert len(list(tmp_path.glob("cache.db.unusable-*"))) == 1
         assert set(stored_rows(s2)) == set()
-        assert query_cache(s2, "SELECT value FROM meta WHERE key='schema_version'") == [(SCHEMA_VERSION,)]
+        assert cache_meta(s2, "schema_version") == SCHEMA_VERSION
     finally:
         s2.close()
 
@@ -81,14 +81,15 @@ def test_reopening_a_cache_keeps_its_seq_and_cache_id(tmp_path: Path) -> None:
     s.apply_events("ctx", CMS, [("ADDED", configmap("a", str(uuid.uuid4()), "1"))], informer_status())
     s.flush()
     seq = seq_of(s)
-    (cache_id,) = query_cache(s, "SELECT value FROM meta WHERE key='cache_id'")[0]
+    cache_id = cache_meta(s, "cache_id")
+    assert cache_id
     s.close()
     s2 = CacheStore(path)
     try:
         # A new process takes the context over and continues its sequence.
         s2.apply_events("ctx", CMS, [("ADDED", configmap("b", str(uuid.uuid4()), "1"))], informer_status())
         assert seq_of(s2) == seq + 1
-        assert query_cache(s2, "SELECT value FROM meta WHERE key='cache_id'") == [(cache_id,)]
+        assert cache_meta(s2, "cache_id") == cache_id
         assert not list(tmp_path.glob("*.unusable-*"))
     finally:
         s2.close()

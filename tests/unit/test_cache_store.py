@@ -10,8 +10,10 @@ from tests.unit.builders import (
     CMS,
     PODS,
     SECRETS,
+    checkpoints_of,
     configmap,
     informer_status,
+    purged_seq,
     query_cache,
     seq_of,
     stored_rows,
@@ -53,8 +55,10 @@ def test_relist_tombstones_objects_the_list_no_longer_has_and_keeps_unchanged_se
     assert decode_row(second["c"]["row"], columns_of(CMS))["data_keys"] == ["k"]
     assert second["d"]["deleted"] == 0
     assert seq_of(store) == max(r["seq"] for r in second.values())
-    sql = "SELECT state, resource_version FROM checkpoints WHERE context='ctx' AND resource=?"
-    assert query_cache(store, sql, CMS.key) == [("watching", "21")]
+    found = [
+        (c["state"], c["resource_version"]) for c in checkpoints_of(store, "ctx") if c["resource"] == CMS.key
+    ]
+    assert found == [("watching", "21")]
 
 
 def test_a_relist_tombstones_only_in_its_own_context_and_resource(store: CacheStore) -> None:
@@ -104,7 +108,7 @@ def test_watch_events_upsert_and_tombstone_with_increasing_seqs(store: CacheStor
     assert after["y"]["seq"] > after["x"]["seq"]
     assert after["z"]["deleted"] == 1 and after["z"]["resource_version"] == "8"
     assert after["z"]["seq"] > after["y"]["seq"]
-    assert query_cache(store, "SELECT resource_version FROM checkpoints") == [("8",)]
+    assert [c["resource_version"] for c in checkpoints_of(store)] == ["8"]
 
     # a tombstoned object that comes back (even with the same RV) is live with a new seq
     store.apply_events("ctx", CMS, [("ADDED", configmap("y", uy, "5"))], informer_status(rv="9"))
@@ -150,13 +154,12 @@ def test_purging_drops_a_contexts_tombstones_up_to_a_seq_and_records_its_purge_p
     rows = stored_rows(store)
     assert set(rows) == {"o1", "o2", "o3"}
     assert rows["o1"]["deleted"] == 1
-    purge_point = "SELECT purged_seq FROM context_seqs WHERE context = 'ctx'"
-    assert query_cache(store, purge_point) == [(cut,)]
+    assert purged_seq(store) == cut
     assert store.purge_tombstones({"ctx": cut - 1}) == 0  # a purge point never goes back
-    assert query_cache(store, purge_point) == [(cut,)]
+    assert purged_seq(store) == cut
     assert store.purge_tombstones({"ctx": seq_of(store)}) == 1
     assert set(stored_rows(store)) == {"o2", "o3"}
-    assert query_cache(store, purge_point) == [(seq_of(store),)]
+    assert purged_seq(store) == seq_of(store)
 
 
 def test_each_context_has_a_change_sequence_of_its_own(store: CacheStore) -> None:
@@ -191,7 +194,7 @@ def test_writes_coalesced_into_one_transaction_still_apply_in_enqueue_order(tmp_
             store, "SELECT context, name, resource_version, deleted, seq FROM objects ORDER BY context"
         )
         assert rows == [("ctx", "a", "3", 0, 3), ("gone", "g", "1", 1, 2)]
-        assert query_cache(store, "SELECT context, resource_version FROM checkpoints") == [("ctx", "3")]
+        assert [(c["context"], c["resource_version"]) for c in checkpoints_of(store)] == [("ctx", "3")]
     finally:
         store.close()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.builders import named_configmap, query_cache, stored_rows
+from tests.unit.builders import checkpoints_of, named_configmap, stored_rows
 from tests.unit.fake_api import FakeClock, MakeInformer, ScriptedApi, bookmark, broken, event, run
 from watcher.kube import ApiError
 from watcher.state import CacheStore
@@ -44,7 +44,7 @@ def test_every_event_including_a_bookmark_advances_the_resource_version(
     assert inf.resource_version == "15"
     assert inf.status.events == 2  # ADDED and DELETED; bookmarks are not events
     # The cache's checkpoint moved with the bookmark too: a restart resumes from 15.
-    assert query_cache(store, "SELECT resource_version FROM checkpoints") == [("15",)]
+    assert [c["resource_version"] for c in checkpoints_of(store)] == ["15"]
     assert stored_rows(store)["a"]["deleted"] == 1
 
 
