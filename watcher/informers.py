@@ -34,7 +34,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -127,6 +127,8 @@ class Sink(Protocol):
 
     def write_status(self, status: InformerStatus) -> None: ...
 
+    def write_statuses(self, statuses: Sequence[InformerStatus]) -> None: ...
+
 
 class Clock:
     """Time as an informer sees it. Unit tests pass a fake that records the sleeps and
@@ -186,6 +188,38 @@ class ListSlots:
         return slot
 
 
+class BookmarkCheckpoints:
+    """Checkpoints that only bookmarks moved, written together every ``interval``
+    seconds instead of one write per bookmark: a fleet's 25,000 watches each get a
+    bookmark a minute, and the stored resourceVersion only serves a restart, for which
+    a few seconds behind is as good (the watch replays what followed). The status
+    written is the informer's *current* one, taken on the loop when the timer fires:
+    every event up to its resourceVersion was enqueued before, so a deferred write
+    never takes a checkpoint back. Used on the I/O loop only."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._pending: dict[int, ResourceInformer] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def defer(self, informer: ResourceInformer) -> None:
+        self._pending[id(informer)] = informer
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        self._timer = None
+        informers, self._pending = list(self._pending.values()), {}
+        by_store: dict[int, tuple[Sink, list[InformerStatus]]] = {}
+        for informer in informers:
+            if informer.stopping:
+                continue  # its stop writes its last checkpoint (and its context may be gone)
+            _, statuses = by_store.setdefault(id(informer.store), (informer.store, []))
+            statuses.append(informer._status_copy())
+        for store, statuses in by_store.values():
+            store.write_statuses(statuses)
+
+
 @dataclass
 class InformerOptions:
     page_size: int = 500
@@ -202,6 +236,8 @@ class InformerOptions:
     list_slots: ListSlots = field(default_factory=ListSlots)
     #: A watch's server timeout while watches queue for HTTP/1.1 connections.
     crowded_watch_seconds: int = 15
+    #: Where bookmark-only checkpoints wait to be written together (None: at once).
+    bookmarks: BookmarkCheckpoints | None = None
 
 
 def _current_task() -> asyncio.Task[Any] | None:
@@ -647,6 +683,10 @@ class ResourceInformer:
         if not pending:
             return
         self.status.resource_version = self.resource_version
+        bookmarks = self.options.bookmarks
+        if bookmarks is not None and all(kind == "BOOKMARK" for kind, _ in pending):
+            bookmarks.defer(self)
+            return
         self.store.apply_events(self.client.context, self.descriptor, pending, self._status_copy())
 
 
@@ -921,7 +961,7 @@ class InformerManager:
         io: IoLoop | None = None,
     ) -> None:
         self.store = store
-        self.options = options or InformerOptions()
+        self.options = options or InformerOptions(bookmarks=BookmarkCheckpoints())
         self.io = io or io_loop()
         self.contexts = [
             ContextInformers(

@@ -607,7 +607,7 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _transport_error(exc: TransportError) -> ApiError:
-    reason = "TLS error" if exc.kind == "tls" else "connection error"
+    reason = {"tls": "TLS error", "timeout": "timed out"}.get(exc.kind, "connection error")
     return ApiError(0, reason, str(exc))
 
 

@@ -4,12 +4,16 @@ half of client-go's reflector_test.go)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+
 import pytest
 
 from tests.unit.builders import checkpoints_of, named_configmap, stored_rows
 from tests.unit.fake_api import FakeClock, MakeInformer, ScriptedApi, bookmark, broken, event, run
+from watcher.informers import BookmarkCheckpoints
 from watcher.kube import ApiError
-from watcher.state import CacheStore
+from watcher.state import CacheStore, InformerStatus
 
 PROMPT = (0.05, 0.25)  # the re-watch delay after a broken watch, below any backoff
 FIRST_BACKOFF = (0.8, 1.6)  # client-go's first backoff delay, with up to 100 % jitter
@@ -95,3 +99,41 @@ def test_a_watch_that_broke_at_once_backs_off_exponentially_and_rewatches_from_t
     assert 2 * FIRST_BACKOFF[0] <= second.seconds <= 2 * FIRST_BACKOFF[1]  # doubled
     assert "watch connection broken" in (first.error or "")
     assert (inf.status.errors, inf.status.lists, inf.status.relists) == (2, 0, 0)
+
+
+def test_bookmark_only_checkpoints_are_written_together_with_each_informers_current_status() -> None:
+    """One write per interval for every informer a bookmark moved, carrying the status as
+    it is when the timer fires (never older than a checkpoint written meanwhile); an
+    informer stopping writes its own last checkpoint."""
+    written: list[list[tuple[str, str | None]]] = []
+
+    class Store:
+        def write_statuses(self, statuses: list[InformerStatus]) -> None:
+            written.append([(s.resource, s.resource_version) for s in statuses])
+
+    store = Store()
+
+    class Informer:
+        def __init__(self, resource: str) -> None:
+            self.stopping, self.store = False, store
+            self.status = InformerStatus(context="c", resource=resource, table_name="t", state="watching")
+
+        def _status_copy(self) -> InformerStatus:
+            return dataclasses.replace(self.status)
+
+    async def scenario() -> None:
+        deferred = BookmarkCheckpoints(interval=0.01)
+        a, b, gone = Informer("a"), Informer("b"), Informer("gone")
+        a.status.resource_version = "5"
+        deferred.defer(a)  # type: ignore[arg-type]
+        a.status.resource_version = "7"
+        deferred.defer(a)  # type: ignore[arg-type]
+        b.status.resource_version = "3"
+        deferred.defer(b)  # type: ignore[arg-type]
+        gone.stopping = True
+        deferred.defer(gone)  # type: ignore[arg-type]
+        a.status.resource_version = "9"  # an event moved it on before the timer fired
+        await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    assert written == [[("a", "9"), ("b", "3")]]

@@ -6,6 +6,7 @@ described in :mod:`watcher.state`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -726,6 +727,20 @@ class CacheStore:
         self._submit(
             lambda conn, store: store._write_status(conn, snapshot), context=status.context, coalesced=True
         )
+
+    def write_statuses(self, statuses: Sequence[InformerStatus]) -> None:
+        """Several informers' checkpoints, one operation per context."""
+        by_context: dict[str, list[InformerStatus]] = {}
+        for status in statuses:
+            by_context.setdefault(status.context, []).append(dataclasses.replace(status))
+
+        for context, group in by_context.items():
+
+            def apply(conn: Any, store: CacheStore, group: list[InformerStatus] = group) -> None:
+                for status in group:
+                    store._write_status(conn, status)
+
+            self._submit(apply, context=context, coalesced=True)
 
     def write_cluster(self, context: str, **values: Any) -> None:
         now = time.time()
