@@ -496,6 +496,8 @@ class ResourceInformer:
         count = 0
         while True:
             query: dict[str, Any] = {"limit": self.options.page_size}
+            if desc.field_selector:
+                query["fieldSelector"] = desc.field_selector
             if cont:
                 query["continue"] = cont
             else:
@@ -551,6 +553,8 @@ class ResourceInformer:
             query.update(sendInitialEvents="true", resourceVersionMatch="NotOlderThan", resourceVersion="")
         else:
             query["resourceVersion"] = self.resource_version
+        if desc.field_selector:
+            query["fieldSelector"] = desc.field_selector
         accept = PARTIAL_OBJECT if desc.metadata_only else JSON
         self._set_state(InformerState.LISTING if streaming_list else InformerState.WATCHING)
         # The initial state of a streaming list takes a listing slot, like a LIST: it

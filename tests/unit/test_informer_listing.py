@@ -4,6 +4,8 @@ LIST (the listing half of client-go's reflector_test.go)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from tests.unit.builders import CMS, informer_status, named_configmap, stored_rows
 from tests.unit.fake_api import MakeInformer, ScriptedApi, bookmark, event, page, run
 from watcher.kube import ApiError
@@ -148,3 +150,16 @@ def test_a_server_that_cannot_stream_lists_is_listed_from_then_on(
     assert api.watch_rvs() == ["5", "5"]
     assert inf.streaming is False
     assert api.waits == [] and inf.status.errors == 0
+
+
+def test_a_descriptors_field_selector_goes_with_every_list_and_watch(
+    api: ScriptedApi, make_informer: MakeInformer
+) -> None:
+    leases = dataclasses.replace(CMS, field_selector="metadata.namespace!=kube-node-lease")
+    api.lists(page([], rv="10")).watches([[bookmark("11")]])
+    run(make_informer(leases, streaming=False))
+    selectors = {r.verb: r.query.get("fieldSelector") for r in api.requests}
+    assert selectors == {
+        "list": "metadata.namespace!=kube-node-lease",
+        "watch": "metadata.namespace!=kube-node-lease",
+    }
