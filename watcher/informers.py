@@ -147,7 +147,7 @@ class Clock:
 SYSTEM_CLOCK = Clock()
 
 
-@dataclass
+@dataclass(slots=True)
 class Backoff:
     """Exponential backoff with jitter, as client-go's (0.8 s doubling to 30 s), reset
     after ``reset_after`` seconds without a failure."""
@@ -253,6 +253,13 @@ def _server_of(client: Any) -> str:
 
 class ResourceInformer:
     """List-and-watch one resource of one context into the cache."""
+
+    # Slots: a fleet holds tens of thousands of these (a dict each would be ~1 KB).
+    __slots__ = (
+        "_consistent_list", "_finished", "_gen", "_holding_slot", "_loop", "_relist_requested",
+        "_started", "_stopping", "_stream", "_task", "backoff", "client", "clock", "descriptor",
+        "options", "resource_version", "status", "store", "streaming",
+    )  # fmt: skip
 
     def __init__(
         self,

@@ -110,7 +110,7 @@ class _Op:
 MAX_RETRY_DELAY = 30.0
 
 
-@dataclass
+@dataclass(slots=True)
 class InformerStatus:
     """What an informer reports about itself; persisted in ``checkpoints``."""
 
@@ -723,7 +723,7 @@ class CacheStore:
         self._statuses[(status.context, status.resource)] = tuple(getattr(status, c) for c in _STATUS_COLUMNS)
 
     def write_status(self, status: InformerStatus) -> None:
-        snapshot = InformerStatus(**status.__dict__)
+        snapshot = dataclasses.replace(status)
         self._submit(
             lambda conn, store: store._write_status(conn, snapshot), context=status.context, coalesced=True
         )
