@@ -8,10 +8,13 @@ plus ``--crds`` typed CRDs with ``--objects`` objects each. In one run it measur
 - time to synced (every informer watching) from the daemon's start;
 - threads, TCP connections to the API server (per context), RSS steady and peak;
 - idle CPU of the daemon over ``--idle`` seconds with nothing changing;
-- a warm ``cloudquery sync`` (registry grpc, the real PostgreSQL destination): wall, rows,
-  and the plugin's own Sync seconds;
+- ``cloudquery tables`` (GetTables through the CLI);
+- warm ``cloudquery sync`` (registry grpc, the real PostgreSQL destination) into a new
+  database (every table created), then twice into the same one: wall, rows, and the
+  plugin's own Sync seconds;
 - (d) a null source carrying the same rows and tables through the same CLI and
-  destination (bench/null_source.py), the pipeline's floor;
+  destination (bench/null_source.py), the pipeline's floor, into a new database and
+  again into it (compared with the second warm sync: both find their tables);
 - a restart (SIGTERM, start again): seconds until every informer watches again, and the
   LISTs it sent (from the API server's audit log; 0 when it resumed from the stored RVs).
 
@@ -35,7 +38,7 @@ import pyarrow as pa
 
 from bench.run import REPO, audit_counts, timed_sync
 from testbed.cluster import control_planes
-from testbed.cq import destination_config, source_config
+from testbed.cq import destination_config, run_cloudquery, source_config
 from testbed.daemon import DaemonProcess
 from testbed.fleet import create_crds, create_objects, fleet_crds, fleet_kubeconfig
 from testbed.postgres import postgres_server
@@ -120,17 +123,31 @@ def run(contexts: int, crds: int, objects: int, idle: float, work: Path) -> dict
             )
 
             def pg_db(name: str) -> str:
+                name = f"fleet_{name}"
                 with psycopg.connect(pg.dsn, autocommit=True) as c:
                     c.execute(f"CREATE DATABASE {name}")
                 return pg.dsn.replace("/postgres?", f"/{name}?")
 
-            for attempt in ("warm_sync_first", "warm_sync"):
+            # GetTables through the CLI (`cloudquery tables` writes the tables' docs).
+            started = time.monotonic()
+            listed = run_cloudquery(
+                ["tables", "--output-dir", str(work / "tables-docs")],
+                workdir=work / "tables",
+                configs=[source_config({}, registry="grpc", path=daemon.grpc_address)],
+            )
+            out["cli_tables_s"] = time.monotonic() - started
+            if listed.returncode != 0:
+                raise RuntimeError(listed.output[-3000:])
+            # Into a new database (every table created), again into it (the migration only
+            # compares), and once more (the steady state).
+            warm_db = pg_db("warm")
+            for attempt in ("warm_sync_first", "warm_sync", "warm_sync_again"):
                 plugin_s = daemon.metric("k8s_watcher_sync_duration_seconds_sum")
                 wall, rows = timed_sync(
                     work / attempt,
                     [
                         source_config({}, registry="grpc", path=daemon.grpc_address),
-                        destination_config(pg_db(attempt)),
+                        destination_config(warm_db),
                     ],
                 )
                 out[f"{attempt}_s"], out[f"{attempt}_rows"] = wall, rows
@@ -144,12 +161,13 @@ def run(contexts: int, crds: int, objects: int, idle: float, work: Path) -> dict
                 f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -m bench.null_source "$@"\n'
             )
             null.chmod(0o755)
+            null_db = pg_db("null")
             for attempt in ("null_first", "null"):
                 out[f"{attempt}_s"], out[f"{attempt}_synced_rows"] = timed_sync(
                     work / attempt,
                     [
                         source_config({"batches": str(ipc)}, path=null, name="null"),
-                        destination_config(pg_db(attempt)),
+                        destination_config(null_db),
                     ],
                 )
             out["ratio_warm_to_null"] = out["warm_sync_s"] / out["null_s"]
