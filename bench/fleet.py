@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pyarrow as pa
 
+from bench.null_source import write_batches
 from bench.run import REPO, audit_counts, timed_sync
 from testbed.cluster import control_planes
 from testbed.cq import destination_config, run_cloudquery, source_config
@@ -57,28 +57,16 @@ def cpu_seconds(pid: int) -> float:
 def null_batches(cache: Path, contexts: list[str], path: Path) -> tuple[int, int]:
     """Every table a default sync sends, as the plugin batches it, into an IPC file for the
     null source; returns (rows, tables)."""
-    rows = 0
-    with SnapshotReader.open(cache) as snap, pa.OSFile(str(path), "wb") as sink:
+    with SnapshotReader.open(cache) as snap:
         snap.load_custom_tables(contexts)
         tables = [
             *ALL_TABLES,
             *sorted(set(snap.cached_tables(contexts)) - set(ALL_TABLES)),
             *sorted(snap.custom),
         ]
-        writer = None
-        for table in tables:
-            for b in snap.table_batches(table, contexts):
-                rows += b.num_rows
-                payload = pa.RecordBatch.from_arrays(
-                    [pa.array([b.serialize().to_pybytes()]), pa.array([b.schema.serialize().to_pybytes()])],
-                    names=["batch", "schema"],
-                )
-                if writer is None:
-                    writer = pa.ipc.new_file(sink, payload.schema)
-                writer.write_batch(payload)
-        if writer is not None:
-            writer.close()
-    return rows, len(tables)
+        batches = [b for table in tables for b in snap.table_batches(table, contexts)]
+    write_batches(path, batches)
+    return sum(b.num_rows for b in batches), len(tables)
 
 
 def run(contexts: int, crds: int, objects: int, idle: float, work: Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,23 @@ def read_batches(path: str | Path) -> list[pa.RecordBatch]:
             schema = pa.ipc.read_schema(pa.py_buffer(row.column(1)[0].as_py()))
             batches.append(pa.ipc.read_record_batch(pa.py_buffer(row.column(0)[0].as_py()), schema))
     return batches
+
+
+def write_batches(path: str | Path, batches: Iterable[pa.RecordBatch]) -> None:
+    """Batches of many schemas in one IPC file, for :func:`read_batches`: each row holds
+    one serialised batch and its serialised schema."""
+    with pa.OSFile(str(path), "wb") as sink:
+        writer = None
+        for b in batches:
+            payload = pa.RecordBatch.from_arrays(
+                [pa.array([b.serialize().to_pybytes()]), pa.array([b.schema.serialize().to_pybytes()])],
+                names=["batch", "schema"],
+            )
+            if writer is None:
+                writer = pa.ipc.new_file(sink, payload.schema)
+            writer.write_batch(payload)
+        if writer is not None:
+            writer.close()
 
 
 class NullSource(plugin_pb2_grpc.PluginServicer):

@@ -42,6 +42,7 @@ import psycopg
 import pyarrow as pa
 
 from bench.etcd_load import etcd_blast
+from bench.null_source import write_batches
 from bench.peer import official_sync
 from testbed.cluster import ApiServer, ControlPlanes, control_planes, crd_manifest
 from testbed.cq import destination_config, run_cloudquery, source_config
@@ -261,20 +262,7 @@ def emission_rate(cache: Path, *, passes: int = 4) -> tuple[float, float, int, P
                         rows += batch.num_rows
                         batches.append(batch)
         rates.append(rows / (time.perf_counter() - started))
-    # Batches of many schemas in one IPC file: each row holds one serialised batch and
-    # its serialised schema (see bench/null_source.py).
-    with pa.OSFile(str(ipc_path), "wb") as sink:
-        writer = None
-        for b in batches:
-            payload = pa.RecordBatch.from_arrays(
-                [pa.array([b.serialize().to_pybytes()]), pa.array([b.schema.serialize().to_pybytes()])],
-                names=["batch", "schema"],
-            )
-            if writer is None:
-                writer = pa.ipc.new_file(sink, payload.schema)
-            writer.write_batch(payload)
-        if writer:
-            writer.close()
+    write_batches(ipc_path, batches)
     return rates[0], statistics.median(rates[1:]), rows, ipc_path
 
 
