@@ -1191,8 +1191,14 @@ class ConnectionPool:
             if conn1.closed:
                 raise TransportError("reset", f"{self.origin} closed the connection at once")
             self._h1_open.add(conn1)
+            # Said once per pool: watches taking turns open a connection every few seconds.
+            log.log(
+                logging.INFO if self._protocol != "http/1.1" else logging.DEBUG,
+                "%s: connected to %s over HTTP/1.1",
+                self.name,
+                self.origin,
+            )
             self._protocol = "http/1.1"
-            log.info("%s: connected to %s over HTTP/1.1", self.name, self.origin)
             return conn1
         conn = _H2Connection(self)
         handoff.hand_over(transport, conn)
