@@ -4,6 +4,7 @@ with podman on a read-only root filesystem."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import urllib.request
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.cluster import ControlPlanes, free_port
+from testbed.cluster import ControlPlanes
 from testbed.image import ImageBuilder, missing_tools
 from tests.conftest import CMS, cached, configmap, eventually, namespace, unique
 from watcher import state
@@ -64,13 +65,16 @@ def test_the_daemon_in_the_read_only_image_writes_only_its_cache_volume(
     shutil.copyfile(planes.kubeconfig, kubeconfig)
     kubeconfig.chmod(0o644)
     pki = server.ca_file.parent
-    http_port, grpc_port = free_port(), free_port()
+    # The daemon binds free ports itself and says which on the volume: no port is picked
+    # here and handed over later (another process could take it meanwhile).
+    ready = volume / "ready.json"
     name = unique("k8s-watcher")
     argv = image.run_argv(
         TAG,
         [
             "serve", "--contexts", "prod", "--cache", "/var/lib/k8s-watcher/cache.db",
-            "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}",
+            "--grpc-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0",
+            "--ready-file", "/var/lib/k8s-watcher/ready.json",
         ],
         options=[
             "--name", name, "--network", "host",
@@ -85,10 +89,11 @@ def test_the_daemon_in_the_read_only_image_writes_only_its_cache_volume(
         def healthy() -> bool:
             assert proc.poll() is None, (tmp_path / "container.log").read_text()[-3000:]
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5) as resp:
+                http = json.loads(ready.read_text())["http_address"]
+                with urllib.request.urlopen(f"http://{http}/healthz", timeout=5) as resp:
                     body = resp.read().decode()
-            except OSError:
-                return False
+            except (OSError, ValueError, KeyError):
+                return False  # not listening yet (no ready file, or one being written)
             return "listing" not in body and "starting" not in body
 
         eventually(healthy, timeout=180, interval=1, what="the daemon in the container synced")
