@@ -95,6 +95,14 @@ class ListerWatcher(Protocol):
 
     context: str
 
+    @property
+    def server_key(self) -> str:
+        """The API server: its informers share its list slots."""
+
+    @property
+    def crowded(self) -> bool:
+        """Watches wait for a connection (HTTP/1.1): a watch should take a short turn."""
+
     async def aget(
         self, path: str, query: Mapping[str, Any] | None = None, *, accept: str = JSON, timeout: float = 60
     ) -> Any: ...
@@ -220,6 +228,20 @@ class BookmarkCheckpoints:
             store.write_statuses(statuses)
 
 
+class HeldSlot:
+    """A list slot taken from its server's semaphore, given back once."""
+
+    __slots__ = ("_semaphore",)
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore: asyncio.Semaphore | None = semaphore
+
+    def give_back(self) -> None:
+        if self._semaphore is not None:
+            self._semaphore.release()
+            self._semaphore = None
+
+
 @dataclass
 class InformerOptions:
     page_size: int = 500
@@ -247,16 +269,12 @@ def _current_task() -> asyncio.Task[Any] | None:
         return None  # not on a loop
 
 
-def _server_of(client: Any) -> str:
-    return str(getattr(client, "server_key", "") or client.context)
-
-
 class ResourceInformer:
     """List-and-watch one resource of one context into the cache."""
 
     # Slots: a fleet holds tens of thousands of these (a dict each would be ~1 KB).
     __slots__ = (
-        "_consistent_list", "_finished", "_gen", "_holding_slot", "_loop", "_relist_requested",
+        "_consistent_list", "_finished", "_loop", "_relist_requested",
         "_started", "_stopping", "_stream", "_task", "backoff", "client", "clock", "descriptor",
         "options", "resource_version", "status", "store", "streaming",
     )  # fmt: skip
@@ -296,8 +314,6 @@ class ResourceInformer:
         self._task: asyncio.Task[None] | None = None
         # Plain flags, not threading.Events: a fleet has tens of thousands of informers.
         self._started = self._finished = False
-        self._gen = 0
-        self._holding_slot = False
 
     @property
     def name(self) -> str:
@@ -490,22 +506,23 @@ class ResourceInformer:
     async def _list(self) -> None:
         """Paginated LIST into the cache; the cache then equals the list (deletions too)."""
         self._set_state(InformerState.LISTING)
-        async with self.options.list_slots.of(_server_of(self.client)):
-            page = await self._list_pages()
+        async with self.options.list_slots.of(self.client.server_key):
+            page, gen = await self._list_pages()
         self.resource_version = page["metadata"]["resourceVersion"]
         self._consistent_list = False
         self.status.lists += 1
         self.status.last_list_at = self.clock.time()
         self.status.resource_version = self.resource_version
-        self.store.end_relist(self.client.context, self.descriptor, self._gen, self._status_copy())
+        self.store.end_relist(self.client.context, self.descriptor, gen, self._status_copy())
 
-    async def _list_pages(self) -> dict[str, Any]:
+    async def _list_pages(self) -> tuple[dict[str, Any], int]:
+        """Every page into the cache; the last page and the list's generation."""
         desc = self.descriptor
         accept = PARTIAL_LIST if desc.metadata_only else JSON
         # RV "0": any state the API server has (its watch cache) - cheap for the server.
         # RV "": a consistent read, needed after a 410 (see _consistent_list).
         rv = "" if self._consistent_list else "0"
-        self._gen = self.store.begin_relist()
+        gen = self.store.begin_relist()
         cont: str | None = None
         count = 0
         while True:
@@ -525,20 +542,20 @@ class ResourceInformer:
                     # The continue token expired (about 5 min): start over, consistently.
                     log.info("%s: continue token expired; restarting the list", self.name)
                     rv, cont, count = "", None, 0
-                    self._gen = self.store.begin_relist()
+                    gen = self.store.begin_relist()
                     continue
                 if is_expired(exc):
                     raise WatchExpired(str(exc)) from exc
                 raise
             items = page.get("items") or []
             count += len(items)
-            self.store.relist_page(self.client.context, desc, items, self._gen)
+            self.store.relist_page(self.client.context, desc, items, gen)
             cont = (page.get("metadata") or {}).get("continue")
             if not cont:
                 log.info(
                     "%s: listed %d objects at RV %s", self.name, count, page["metadata"]["resourceVersion"]
                 )
-                return page
+                return page, gen
 
     def _status_copy(self) -> InformerStatus:
         self.status.updated_at = self.clock.time()
@@ -554,7 +571,7 @@ class ResourceInformer:
         desc = self.descriptor
         low, high = self.options.watch_timeout_range
         timeout = random.randint(low, high)
-        if getattr(self.client, "crowded", False):
+        if self.client.crowded:
             # More watches than HTTP/1.1 connections (a server or proxy without HTTP/2):
             # they take turns; events wait for a turn, none is lost (each resumes from its RV).
             timeout = min(timeout, self.options.crowded_watch_seconds)
@@ -574,24 +591,23 @@ class ResourceInformer:
         # The initial state of a streaming list takes a listing slot, like a LIST: it
         # bounds how many informers hold pages of parsed objects at once (memory) and
         # how hard a (re)starting daemon hits the API servers.
-        slot = self.options.list_slots.of(_server_of(self.client)) if streaming_list else None
-        if slot is not None:
-            await slot.acquire()
+        slot: HeldSlot | None = None
+        if streaming_list:
+            semaphore = self.options.list_slots.of(self.client.server_key)
+            await semaphore.acquire()
+            slot = HeldSlot(semaphore)
         try:
-            await self._stream_events(query, accept, timeout, streaming_list, slot)
+            await self._stream_events(query, accept, timeout, slot)
         finally:
-            if slot is not None and self._holding_slot:
-                slot.release()
+            if slot is not None:
+                slot.give_back()
 
     async def _stream_events(
-        self,
-        query: dict[str, Any],
-        accept: str,
-        timeout: int,
-        streaming_list: bool,
-        slot: asyncio.Semaphore | None,
+        self, query: dict[str, Any], accept: str, timeout: int, slot: HeldSlot | None
     ) -> None:
-        self._holding_slot = slot is not None
+        """The watch request and its events; ``slot`` (held for a streaming list, whose
+        request this is) goes back as soon as the initial state is in."""
+        streaming_list = slot is not None
         gen = self.store.begin_relist() if streaming_list else None
         initial: list[dict[str, Any]] = []
         try:
@@ -624,9 +640,8 @@ class ResourceInformer:
                 batch = []
                 if had_initial_state and gen is None:
                     events.resumable()
-                if slot is not None and gen is None and self._holding_slot:
-                    slot.release()
-                    self._holding_slot = False
+                    if slot is not None:
+                        slot.give_back()
         except ApiError as exc:
             # A watch that worked and then broke is a network event, not a failing
             # server: back to watching at once. One that broke at once backs off.

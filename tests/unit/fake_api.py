@@ -106,8 +106,11 @@ class ScriptedApi:
     """The fake ``KubeClient`` (``context``, ``aget``, ``awatch``) of one informer."""
 
     context = "ctx"
+    server_key = "https://scripted"
 
     def __init__(self) -> None:
+        #: Watches wait for an HTTP/1.1 connection: the informer takes short turns.
+        self.crowded = False
         self.script: deque[tuple[str, Any]] = deque()
         self.requests: list[Request] = []
         self.waits: list[Wait] = []

@@ -260,11 +260,11 @@ def test_watches_take_short_turns_while_http11_connections_are_all_taken(
 ) -> None:
     api.watches([[bookmark("6")]])
     inf = make_informer(resume_from="5", crowded_watch_seconds=15)
-    api.crowded = True  # type: ignore[attr-defined]
+    api.crowded = True
     run(inf)
     timeouts = [r.query["timeoutSeconds"] for r in api.requests if r.verb == "watch"]
     assert timeouts and all(t <= 15 for t in timeouts)
-    api.crowded = False  # type: ignore[attr-defined]
+    api.crowded = False
     api.watches([[bookmark("7")]])
     run(inf)
     assert api.requests[-2].query["timeoutSeconds"] >= 300  # client-go's 5-10 minutes again
