@@ -287,7 +287,7 @@ class _SharedPools:
 
     def __init__(self) -> None:
         self._pools: dict[tuple[Any, ...], tuple[ConnectionPool, int]] = {}
-        self._turns: dict[int, _Turns] = {}
+        self._turns: dict[ConnectionPool, _Turns] = {}
 
     def acquire(self, key: tuple[Any, ...], tls: TlsSettings, cert: ClientCert | None) -> ConnectionPool:
         found = self._pools.get(key)
@@ -314,7 +314,7 @@ class _SharedPools:
             self._pools[key] = (pool, users - 1)
             return
         del self._pools[key]
-        self._turns.pop(id(pool), None)
+        self._turns.pop(pool, None)
         # Its last user is gone (a removed context, a rotated certificate): running
         # watches on it break and re-watch from their resourceVersion elsewhere.
         asyncio.get_running_loop().create_task(pool.aclose())
@@ -324,9 +324,9 @@ class _SharedPools:
 
     def turns(self, pool: ConnectionPool) -> _Turns:
         """The turn-taking of an HTTP/1.1 pool's watches."""
-        found = self._turns.get(id(pool))
-        if found is None or found.pool is not pool:
-            found = self._turns[id(pool)] = _Turns(pool)
+        found = self._turns.get(pool)
+        if found is None:
+            found = self._turns[pool] = _Turns(pool)
         return found
 
 

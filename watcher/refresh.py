@@ -267,7 +267,7 @@ class ReplicaGroup:
                     for key in wanted
                     if not (
                         (f := known.get((ctx, key)))
-                        and (f.listed or informer_state(f.state).failing or f.state == UNSERVED)
+                        and (f.listed or informer_state(f.state).settled)
                     )
                 )
                 for ctx in contexts

@@ -723,10 +723,7 @@ class CacheStore:
         self._statuses[(status.context, status.resource)] = tuple(getattr(status, c) for c in _STATUS_COLUMNS)
 
     def write_status(self, status: InformerStatus) -> None:
-        snapshot = dataclasses.replace(status)
-        self._submit(
-            lambda conn, store: store._write_status(conn, snapshot), context=status.context, coalesced=True
-        )
+        self.write_statuses([status])
 
     def write_statuses(self, statuses: Sequence[InformerStatus]) -> None:
         """Several informers' checkpoints, one operation per context."""
