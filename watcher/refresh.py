@@ -265,10 +265,7 @@ class ReplicaGroup:
                 ctx: sorted(
                     key
                     for key in wanted
-                    if not (
-                        (f := known.get((ctx, key)))
-                        and (f.listed or informer_state(f.state).settled)
-                    )
+                    if not ((f := known.get((ctx, key))) and (f.listed or informer_state(f.state).settled))
                 )
                 for ctx in contexts
             }
