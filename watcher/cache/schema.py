@@ -24,8 +24,9 @@ from sqlalchemy import (
 #: The cache format (see ``tables.encode_row``). 2: JSON columns stored as is.
 #: 3: derived rows (a pod's containers) cached beside their object. 4: one change
 #: sequence per context (``context_seqs``) instead of one for the whole cache.
+#: 5: more columns in some row documents (compat) and the history tables.
 #: A SQLite cache of another format is moved aside and rebuilt (a relist).
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 
 metadata = MetaData()
 
