@@ -144,7 +144,7 @@ def plan_builtins(
             skipped[desc.key] = EXCLUDED
         elif found is None:
             skipped[desc.key] = "is not served by this API server"
-        elif not {"list", "watch"} <= found.verbs:
+        elif not ({"list"} if desc.list_only else {"list", "watch"}) <= found.verbs:
             skipped[desc.key] = f"is served without list and watch ({', '.join(sorted(found.verbs))})"
         else:
             run.append(desc)

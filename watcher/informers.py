@@ -54,6 +54,7 @@ from watcher.kube import (
     is_transport,
     is_unsupported_request,
 )
+from watcher.polling import lister_for
 from watcher.resources import CRD, RESOURCES, ResourceDescriptor, custom_object_descriptor
 from watcher.state import UNSERVED, CacheStore, InformerState, InformerStatus, informer_state
 
@@ -852,7 +853,7 @@ class ContextInformers:
 
     def _start_informer(self, desc: ResourceDescriptor) -> None:
         informer = ResourceInformer(
-            client=self.client,
+            client=lister_for(self.client, desc),
             descriptor=desc,
             store=self.store,
             options=self.options,

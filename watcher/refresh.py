@@ -37,6 +37,7 @@ from watcher.informers import (
 )
 from watcher.kube import ApiError, KubeClient, probe_contexts
 from watcher.kubeconfig import KubeconfigError
+from watcher.polling import lister_for
 from watcher.resources import (
     CRD,
     CUSTOM_OBJECTS_TABLE,
@@ -200,7 +201,9 @@ def _relist_context(
 async def _relist_one(
     client: KubeClient, store: CacheStore, desc: ResourceDescriptor, options: InformerOptions
 ) -> str | None:
-    informer = ResourceInformer(client=client, descriptor=desc, store=store, options=options, streaming=False)
+    informer = ResourceInformer(
+        client=lister_for(client, desc), descriptor=desc, store=store, options=options, streaming=False
+    )
     try:
         await informer.relist()
         return None

@@ -133,6 +133,9 @@ class ResourceDescriptor:
     #: A field selector every list and watch of it carries: objects nobody queries and
     #: that change all the time stay out of the cache (the nodes' heartbeat Leases).
     field_selector: str = ""
+    #: Served with ``list`` but not ``watch`` (computed on each request: component
+    #: statuses): its informer polls it (``watcher.polling``) instead of watching.
+    list_only: bool = False
 
     @property
     def key(self) -> str:
@@ -161,6 +164,7 @@ def _d(
     metadata_only: bool = False,
     derived: tuple[DerivedTable, ...] = (),
     field_selector: str = "",
+    list_only: bool = False,
 ) -> ResourceDescriptor:
     return ResourceDescriptor(
         table=table,
@@ -173,6 +177,7 @@ def _d(
         metadata_only=metadata_only,
         derived=derived,
         field_selector=field_selector,
+        list_only=list_only,
     )
 
 
@@ -358,13 +363,20 @@ RESOURCES: tuple[ResourceDescriptor, ...] = (
         Column("suspend", B, path("spec", "suspend")),
         Column("last_schedule_time", T, path("status", "lastScheduleTime")),
     )),
+    # ConfigMaps hold configuration, kept whole (Secrets, below, never are).
     _d("k8s_configmaps", "", "v1", "configmaps", "ConfigMap", columns=(
         Column("data_keys", SL, lambda o: sorted((o.get("data") or {}).keys())),
+        Column("data", J, path("data")),
+        Column("binary_data", J, path("binaryData")),
+        Column("immutable", B, path("immutable")),
     )),
     # Secrets: metadata only. The body (data, stringData) is never requested.
     _d("k8s_secrets", "", "v1", "secrets", "Secret", metadata_only=True),
     _d("k8s_serviceaccounts", "", "v1", "serviceaccounts", "ServiceAccount", columns=(
         Column("automount_service_account_token", B, path("automountServiceAccountToken")),
+        # References to Secrets (their names), not their content.
+        Column("secrets", J, path("secrets")),
+        Column("image_pull_secrets", J, path("imagePullSecrets")),
     )),
     _d("k8s_roles", "rbac.authorization.k8s.io", "v1", "roles", "Role", columns=(
         Column("rules", J, path("rules")),
@@ -393,6 +405,10 @@ RESOURCES: tuple[ResourceDescriptor, ...] = (
         Column("provisioner", S, path("provisioner")),
         Column("reclaim_policy", S, path("reclaimPolicy")),
         Column("volume_binding_mode", S, path("volumeBindingMode")),
+        Column("parameters", J, path("parameters")),
+        Column("mount_options", SL, path("mountOptions")),
+        Column("allow_volume_expansion", B, path("allowVolumeExpansion")),
+        Column("allowed_topologies", J, path("allowedTopologies")),
     )),
     _d("k8s_ingresses", "networking.k8s.io", "v1", "ingresses", "Ingress", columns=(
         Column("ingress_class_name", S, path("spec", "ingressClassName")),
@@ -415,6 +431,16 @@ RESOURCES: tuple[ResourceDescriptor, ...] = (
         Column("regarding", J, path("regarding")),
         Column("event_time", T, path("eventTime")),
         Column("reporting_controller", S, path("reportingController")),
+        Column("reporting_instance", S, path("reportingInstance")),
+        Column("action", S, path("action")),
+        Column("related", J, path("related")),
+        Column("series", J, path("series")),
+        # core/v1's source, firstTimestamp, lastTimestamp and count, as events.k8s.io/v1
+        # serves them (what kubelets and older controllers still write).
+        Column("deprecated_source", J, path("deprecatedSource")),
+        Column("deprecated_first_timestamp", T, path("deprecatedFirstTimestamp")),
+        Column("deprecated_last_timestamp", T, path("deprecatedLastTimestamp")),
+        Column("deprecated_count", INT, path("deprecatedCount")),
     )),
     _d("k8s_horizontalpodautoscalers", "autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler",
        columns=(
@@ -458,6 +484,11 @@ RESOURCES: tuple[ResourceDescriptor, ...] = (
     )),
     _d("k8s_replicationcontrollers", "", "v1", "replicationcontrollers", "ReplicationController",
        columns=_WORKLOAD_REPLICAS),
+    # Deprecated since 1.19 but served: the API server checks its scheduler, controller
+    # manager and etcd on each LIST. Nothing to watch, so polled; the objects have no uid
+    # and no resourceVersion, which the poller derives (watcher.polling).
+    _d("k8s_componentstatuses", "", "v1", "componentstatuses", "ComponentStatus", namespaced=False,
+       columns=(Column("conditions", J, path("conditions")),), list_only=True),
     # -- admission
     _d("k8s_mutatingwebhookconfigurations", "admissionregistration.k8s.io", "v1",
        "mutatingwebhookconfigurations", "MutatingWebhookConfiguration", namespaced=False, columns=_WEBHOOKS),

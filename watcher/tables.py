@@ -53,6 +53,9 @@ COMMON_COLUMNS: tuple[Column, ...] = (
     Column("status", _J, lambda o: o.get("status")),
     Column("created_at", _T, lambda o: o["metadata"].get("creationTimestamp")),
     Column("deletion_timestamp", _T, lambda o: o["metadata"].get("deletionTimestamp")),
+    Column(
+        "deletion_grace_period_seconds", "int64", lambda o: o["metadata"].get("deletionGracePeriodSeconds")
+    ),
 )
 
 _UTC_US = pa.timestamp("us", tz="UTC")

@@ -64,6 +64,8 @@ AGGREGATED_DOCS = {
         {"metadata": {"name": "apps"}, "versions": [{"version": "v1", "resources": [
             _res("controllerrevisions", "ControllerRevision")]}]},
         {"metadata": {"name": "example.com"}, "versions": [{"version": "v1", "resources": [_res("widgets", "Widget")]}]},
+        {"metadata": {"name": "metrics.k8s.io"}, "versions": [{"version": "v1beta1", "resources": [
+            _res("nodes", "NodeMetrics", "Cluster", ("get", "list"))]}]},
     ]},
 }  # fmt: skip
 
@@ -115,6 +117,8 @@ def test_built_ins_not_served_or_without_watch_or_excluded_are_skipped_with_the_
     }
     served["pods"] = Served("", "v1", "pods", "Pod", True, frozenset({"list"}))
     assert plan_builtins(served, [BY_KEY["pods"]])[1] == {"pods": "is served without list and watch (list)"}
+    # A list-only descriptor (polled) needs no watch.
+    assert plan_builtins(served, [BY_KEY["componentstatuses"]]) == ([BY_KEY["componentstatuses"]], {})
 
 
 def test_discovered_resources_get_generic_descriptors_and_the_rest_a_reason() -> None:
@@ -125,7 +129,8 @@ def test_discovered_resources_get_generic_descriptors_and_the_rest_a_reason() ->
         ("controllerrevisions.apps", "k8s_apps_controllerrevisions", "v1", "ControllerRevision")
     ]
     assert [c.name for c in run[0].columns] == ["fields"]
-    assert skipped == {"componentstatuses": "can be listed but not watched (get, list)"}
+    # componentstatuses has a descriptor that polls it; other computed lists are skipped
+    assert skipped == {"nodes.metrics.k8s.io": "can be listed but not watched (get, list)"}
     none, skipped = plan_discovered(
         served, RESOURCES, custom=set(), exclude=["k8s_apps_*", "widgets.example.com"]
     )
