@@ -31,7 +31,7 @@ PLUGIN_DIR = "cloudquery-k8s-source-v6.2.4/plugins/source/k8s/"
 DEFAULT_TARBALL = Path(__file__).resolve().parents[3] / "shared/third_party/cloudquery/cloudquery-src.tar.gz"
 
 #: official table -> (this project's table, Go package under k8s.io/api, Go type).
-TABLES: dict[str, tuple[str | None, str, str]] = {
+TABLES: dict[str, tuple[str, str, str]] = {
     "k8s_admissionregistration_mutating_webhook_configurations": (
         "k8s_mutatingwebhookconfigurations", "admissionregistration/v1", "MutatingWebhookConfiguration"),
     "k8s_admissionregistration_validating_webhook_configurations": (
@@ -46,7 +46,7 @@ TABLES: dict[str, tuple[str | None, str, str]] = {
     "k8s_certificates_signing_requests": (
         "k8s_certificatesigningrequests", "certificates/v1", "CertificateSigningRequest"),
     "k8s_coordination_leases": ("k8s_leases", "coordination/v1", "Lease"),
-    "k8s_core_component_statuses": (None, "core/v1", "ComponentStatus"),
+    "k8s_core_component_statuses": ("k8s_componentstatuses", "core/v1", "ComponentStatus"),
     "k8s_core_config_maps": ("k8s_configmaps", "core/v1", "ConfigMap"),
     "k8s_core_endpoints": ("k8s_endpoints", "core/v1", "Endpoints"),
     "k8s_core_events": ("k8s_events", "core/v1", "Event"),
@@ -95,18 +95,20 @@ PG_TYPES = {
 }
 
 #: Columns whose value this project does not have: what the view gives instead is NULL
-#: (each is a justified difference in docs/compat.md).
-NOT_KEPT: dict[str, set[str]] = {
-    "*": {"deletion_grace_period_seconds"},
-    "k8s_core_config_maps": {"data", "binary_data", "immutable"},
-    "k8s_core_secrets": {"immutable", "type"},
-    "k8s_core_service_accounts": {"secrets", "image_pull_secrets"},
-    "k8s_storage_storage_classes": {"parameters", "mount_options", "allow_volume_expansion", "allowed_topologies"},
+#: (a justified difference in docs/compat.md): Secrets are cached as metadata only.
+NOT_KEPT: dict[str, set[str]] = {"k8s_core_secrets": {"immutable", "type"}}
+
+#: Fields this project's object has under another JSON key (official table -> the
+#: official object's key -> ours). core/v1 Events are served by this project as
+#: events.k8s.io/v1, which keeps core/v1's own fields under ``deprecated*`` names.
+RENAMED: dict[str, dict[str, str]] = {
     "k8s_core_events": {
-        "source", "first_timestamp", "last_timestamp", "count", "series", "action", "related",
-        "reporting_instance",
+        "source": "deprecatedSource",
+        "firstTimestamp": "deprecatedFirstTimestamp",
+        "lastTimestamp": "deprecatedLastTimestamp",
+        "count": "deprecatedCount",
     },
-}  # fmt: skip
+}
 
 #: Columns computed another way than "the JSON key of the same name" (official -> SQL).
 #: core/v1 Events are served by this project as events.k8s.io/v1 (the same objects);
@@ -145,6 +147,9 @@ SPECIAL: dict[str, dict[str, str]] = {
     "k8s_core_nodes": {
         "spec_pod_cidr": "NULLIF(spec->>'podCIDR', '')::cidr",
     },
+    # Computed on each request, served without uid and resourceVersion: '' as the official
+    # plugin stores them (k8s-watcher's table has its own derived ones, watcher.polling).
+    "k8s_core_component_statuses": {"uid": "''::text", "resource_version": "''::text"},
 }
 
 
@@ -288,6 +293,7 @@ _METADATA = {
     "uid": "uid::text",
     "resource_version": "COALESCE(resource_version, '')",
     "generation": "COALESCE(generation, 0)",
+    "deletion_grace_period_seconds": "deletion_grace_period_seconds",
     "labels": "COALESCE(labels, '{}')",
     "annotations": "COALESCE(annotations, '{}')",
     "owner_references": "COALESCE(owner_references, '[]')",
@@ -310,15 +316,15 @@ def view_sql(official: str, columns: list[tuple[str, str]], api_dir: Path) -> st
     for field in top.values():
         if field.name not in ("Spec", "Status", "TypeMeta", "ObjectMeta"):
             by_column[_norm(field.name)] = ("", field)
-    not_kept = NOT_KEPT["*"] | NOT_KEPT.get(official, set())
+    not_kept = NOT_KEPT.get(official, set())
     special = SPECIAL.get(official, {})
-    select = ["_cq_sync_time", "_cq_source_name"] if ours else ["NULL::timestamp", "NULL::text"]
+    select = ["_cq_sync_time", "_cq_source_name"]
     names = ["_cq_sync_time", "_cq_source_name"]
     for name, arrow in columns:
         if name in ("_cq_source_name", "_cq_sync_time"):
             continue
         pg_type = PG_TYPES[arrow]
-        if ours is None or name in not_kept:
+        if name in not_kept:
             expr = f"NULL::{pg_type}"
         elif name in special:
             expr = special[name]
@@ -344,9 +350,10 @@ def view_sql(official: str, columns: list[tuple[str, str]], api_dir: Path) -> st
                     f"(SELECT jsonb_object_agg(k, v) FROM jsonb_each({part}) AS e(k, v) WHERE k IN ({keys}))"
                 )
             else:
-                column = typed_column(ours, field.json)
+                our_key = RENAMED.get(official, {}).get(field.json, field.json)
+                column = typed_column(ours, our_key)
                 if column is None:
-                    raise KeyError(f"{official}.{name}: {ours} has no column for {field.json!r}")
+                    raise KeyError(f"{official}.{name}: {ours} has no column for {our_key!r}")
                 value = _as_jsonb(column)
             if pg_type == "jsonb":
                 value = with_null_creation(value, field.type)
@@ -355,10 +362,8 @@ def view_sql(official: str, columns: list[tuple[str, str]], api_dir: Path) -> st
         select.append(expr if bare else f"({expr})::{pg_type}")
         names.append(name)
     lines = ",\n".join(f"  {expr} AS {name}" for expr, name in zip(select, names, strict=True))
-    source = f"FROM {ours}" if ours else "WHERE false"
-    header = f"-- {official}: the official CloudQuery k8s source v6.2.4's table"
-    header += f", over {ours}\n" if ours else " (not kept by k8s-watcher: no rows)\n"
-    return f"{header}SELECT\n{lines}\n{source}\n"
+    header = f"-- {official}: the official CloudQuery k8s source v6.2.4's table, over {ours}\n"
+    return f"{header}SELECT\n{lines}\nFROM {ours}\n"
 
 
 def official_columns(tarball: Path) -> dict[str, list[tuple[str, str]]]:

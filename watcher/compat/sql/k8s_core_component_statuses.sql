@@ -1,21 +1,21 @@
--- k8s_core_component_statuses: the official CloudQuery k8s source v6.2.4's table (not kept by k8s-watcher: no rows)
+-- k8s_core_component_statuses: the official CloudQuery k8s source v6.2.4's table, over k8s_componentstatuses
 SELECT
-  NULL::timestamp AS _cq_sync_time,
-  NULL::text AS _cq_source_name,
-  NULL::uuid AS _cq_id,
+  _cq_sync_time AS _cq_sync_time,
+  _cq_source_name AS _cq_source_name,
+  (md5(context_name || '/' || uid::text))::uuid AS _cq_id,
   NULL::uuid AS _cq_parent_id,
-  NULL::text AS context,
-  NULL::text AS kind,
-  NULL::text AS api_version,
-  NULL::text AS name,
-  NULL::text AS namespace,
-  NULL::text AS uid,
-  NULL::text AS resource_version,
-  NULL::bigint AS generation,
-  NULL::bigint AS deletion_grace_period_seconds,
-  NULL::jsonb AS labels,
-  NULL::jsonb AS annotations,
-  NULL::jsonb AS owner_references,
-  NULL::text[] AS finalizers,
-  NULL::jsonb AS conditions
-WHERE false
+  context_name AS context,
+  (''::text)::text AS kind,
+  (''::text)::text AS api_version,
+  (COALESCE(name, ''))::text AS name,
+  (COALESCE(namespace, ''))::text AS namespace,
+  (''::text)::text AS uid,
+  (''::text)::text AS resource_version,
+  (COALESCE(generation, 0))::bigint AS generation,
+  deletion_grace_period_seconds AS deletion_grace_period_seconds,
+  (COALESCE(labels, '{}'))::jsonb AS labels,
+  (COALESCE(annotations, '{}'))::jsonb AS annotations,
+  (COALESCE(owner_references, '[]'))::jsonb AS owner_references,
+  finalizers AS finalizers,
+  (COALESCE(conditions, '[]'))::jsonb AS conditions
+FROM k8s_componentstatuses

@@ -12,12 +12,12 @@ SELECT
   uid::text AS uid,
   (COALESCE(resource_version, ''))::text AS resource_version,
   (COALESCE(generation, 0))::bigint AS generation,
-  NULL::bigint AS deletion_grace_period_seconds,
+  deletion_grace_period_seconds AS deletion_grace_period_seconds,
   (COALESCE(labels, '{}'))::jsonb AS labels,
   (COALESCE(annotations, '{}'))::jsonb AS annotations,
   (COALESCE(owner_references, '[]'))::jsonb AS owner_references,
   finalizers AS finalizers,
-  NULL::boolean AS immutable,
-  NULL::jsonb AS data,
-  NULL::jsonb AS binary_data
+  ((to_jsonb(immutable) #>> '{}')::boolean)::boolean AS immutable,
+  (COALESCE(data, '{}'))::jsonb AS data,
+  (COALESCE(binary_data, '{}'))::jsonb AS binary_data
 FROM k8s_configmaps

@@ -12,7 +12,7 @@ SELECT
   uid::text AS uid,
   (COALESCE(resource_version, ''))::text AS resource_version,
   (COALESCE(generation, 0))::bigint AS generation,
-  NULL::bigint AS deletion_grace_period_seconds,
+  deletion_grace_period_seconds AS deletion_grace_period_seconds,
   (COALESCE(labels, '{}'))::jsonb AS labels,
   (COALESCE(annotations, '{}'))::jsonb AS annotations,
   (COALESCE(owner_references, '[]'))::jsonb AS owner_references,

@@ -12,12 +12,12 @@ SELECT
   uid::text AS uid,
   (COALESCE(resource_version, ''))::text AS resource_version,
   (COALESCE(generation, 0))::bigint AS generation,
-  NULL::bigint AS deletion_grace_period_seconds,
+  deletion_grace_period_seconds AS deletion_grace_period_seconds,
   (COALESCE(labels, '{}'))::jsonb AS labels,
   (COALESCE(annotations, '{}'))::jsonb AS annotations,
   (COALESCE(owner_references, '[]'))::jsonb AS owner_references,
   finalizers AS finalizers,
-  NULL::jsonb AS secrets,
-  NULL::jsonb AS image_pull_secrets,
+  (COALESCE(secrets, '[]'))::jsonb AS secrets,
+  (COALESCE(image_pull_secrets, '[]'))::jsonb AS image_pull_secrets,
   ((to_jsonb(automount_service_account_token) #>> '{}')::boolean)::boolean AS automount_service_account_token
 FROM k8s_serviceaccounts

@@ -12,16 +12,16 @@ SELECT
   uid::text AS uid,
   (COALESCE(resource_version, ''))::text AS resource_version,
   (COALESCE(generation, 0))::bigint AS generation,
-  NULL::bigint AS deletion_grace_period_seconds,
+  deletion_grace_period_seconds AS deletion_grace_period_seconds,
   (COALESCE(labels, '{}'))::jsonb AS labels,
   (COALESCE(annotations, '{}'))::jsonb AS annotations,
   (COALESCE(owner_references, '[]'))::jsonb AS owner_references,
   finalizers AS finalizers,
   (COALESCE((to_jsonb(provisioner) #>> '{}'), ''))::text AS provisioner,
-  NULL::jsonb AS parameters,
+  (COALESCE(parameters, '{}'))::jsonb AS parameters,
   ((to_jsonb(reclaim_policy) #>> '{}'))::text AS reclaim_policy,
-  NULL::text[] AS mount_options,
-  NULL::boolean AS allow_volume_expansion,
+  (CASE WHEN jsonb_typeof(to_jsonb(mount_options)) = 'array' THEN ARRAY(SELECT e FROM jsonb_array_elements_text(to_jsonb(mount_options)) WITH ORDINALITY AS a(e, i) ORDER BY i) END)::text[] AS mount_options,
+  ((to_jsonb(allow_volume_expansion) #>> '{}')::boolean)::boolean AS allow_volume_expansion,
   ((to_jsonb(volume_binding_mode) #>> '{}'))::text AS volume_binding_mode,
-  NULL::jsonb AS allowed_topologies
+  (COALESCE(allowed_topologies, '[]'))::jsonb AS allowed_topologies
 FROM k8s_storageclasses
