@@ -3,12 +3,13 @@ feed them. The one place to look when adding or changing a table.
 
 - built-in tables: ``k8s_clusters`` (built per sync from the cache, see ``clusters``),
   one per resource in ``resources.RESOURCES`` plus the tables derived from them, and
-  ``k8s_custom_objects``;
+  ``k8s_custom_objects``, and the history tables (``k8s_object_changes``,
+  ``k8s_object_lifetimes``: ``history``), which only ever gain rows at the destination;
 - discovered tables (``k8s_<group>_<plural>``, CRDs and aggregated APIs) are planned
   by ``discovery`` at run time; their schema is the generic one from ``tables``.
 
 It sits below the spec, discovery, the cache and the readers: it imports only the
-declarations (``resources``, ``tables``, ``clusters``), never a layer that uses it.
+declarations (``resources``, ``tables``, ``clusters``, ``history``), never a layer that uses it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 import pyarrow as pa
 
 from watcher.clusters import CLUSTERS_SCHEMA, CLUSTERS_TABLE
+from watcher.history import CHANGES_SCHEMA, CHANGES_TABLE, HISTORY_TABLES, LIFETIMES_SCHEMA, LIFETIMES_TABLE
 from watcher.resources import (
     BY_TABLE,
     CRD,
@@ -34,6 +36,7 @@ __all__ = [
     "ALL_TABLES",
     "CLUSTERS_TABLE",
     "CUSTOM_OBJECTS_TABLE",
+    "HISTORY_TABLES",
     "excluded",
     "needed_resources",
     "schema_for",
@@ -44,6 +47,7 @@ ALL_TABLES: tuple[str, ...] = (
     CLUSTERS_TABLE,
     *(t for d in RESOURCES for t in (d.table, *(x.table for x in d.derived))),
     CUSTOM_OBJECTS_TABLE,
+    *HISTORY_TABLES,
 )
 
 
@@ -53,6 +57,10 @@ def schema_for(table: str) -> pa.Schema:
         return CLUSTERS_SCHEMA
     if table == CUSTOM_OBJECTS_TABLE:
         return custom_objects_schema()
+    if table == CHANGES_TABLE:
+        return CHANGES_SCHEMA
+    if table == LIFETIMES_TABLE:
+        return LIFETIMES_SCHEMA
     if table in DERIVED_BY_TABLE:
         return derived_schema(DERIVED_BY_TABLE[table][1])
     if table in BY_TABLE:
@@ -69,6 +77,8 @@ def needed_resources(tables: tuple[str, ...], *, discovery: bool = False) -> lis
             needed += [BY_TABLE["k8s_namespaces"], NODES]
         elif table == CUSTOM_OBJECTS_TABLE:
             needed.append(CRD)
+        elif table in HISTORY_TABLES:
+            continue  # recorded from whichever resources are watched (the history policy)
         elif table in DERIVED_BY_TABLE:
             needed.append(DERIVED_BY_TABLE[table][0])
         else:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from watcher import state
-from watcher.catalog import ALL_TABLES, excluded, schema_for
+from watcher.catalog import ALL_TABLES, HISTORY_TABLES, excluded, schema_for
 from watcher.clusters import CLUSTERS_TABLE
 from watcher.errors import CacheError
 from watcher.kubeconfig import KubeconfigError, resolve_contexts
@@ -195,7 +195,8 @@ class Plugin:
             rows = deletes = 0
             retired = _retired_since(snap, since, watched=self.contexts) if cursor is not None else []
             for ctx in retired:
-                for table in (t for t in tables if owns(t, ctx)):
+                # A retired context's history stays at the destination: it happened.
+                for table in (t for t in tables if owns(t, ctx) and t not in HISTORY_TABLES):
                     deletes += 1
                     yield SyncDeleteRecord(table, ctx)
             # A context that could not be refreshed still sends what the cache holds for
@@ -209,10 +210,12 @@ class Plugin:
                 per_object = table != CLUSTERS_TABLE
                 mine = [c for c in self.contexts if owns(table, c)]
                 whole = [c for c in mine if c not in after or not per_object]
-                for ctx in whole if cursor is not None and per_object else ():
+                clear_first = cursor is not None and per_object and table not in HISTORY_TABLES
+                for ctx in whole if clear_first else ():
                     # A full snapshot in incremental mode (first run, lost or expired
                     # cursor): the destination does not delete stale rows in overwrite
-                    # mode, so clear this context's rows first.
+                    # mode, so clear this context's rows first. Not the history's: the
+                    # destination keeps what the cache has purged.
                     yield SyncDeleteRecord(table, ctx)
                 # The contexts sent whole share one query and full batches.
                 for batch in snap.table_batches(table, whole):

@@ -158,12 +158,26 @@ def _field(name: str, type_: pa.DataType, *, pk: bool = False) -> pa.Field:
 
 def table_schema(table: str, columns: Sequence[Column], description: str = "") -> pa.Schema:
     """The CloudQuery table schema: ``(context_name, uid)`` primary key, then ``columns``."""
-    fields = [_field("context_name", pa.string(), pk=True), _field("uid", UUIDType(), pk=True)]
+    return keyed_schema(table, (("uid", "uuid"),), columns, description)
+
+
+def keyed_schema(
+    table: str,
+    key: Sequence[tuple[str, ColumnType]],
+    columns: Sequence[Column],
+    description: str = "",
+    *,
+    incremental: bool = False,
+) -> pa.Schema:
+    """A table keyed by ``context_name`` and ``key``, then ``columns``. ``incremental``
+    marks a table whose rows a sync only adds (CloudQuery's incremental tables)."""
+    fields = [_field("context_name", pa.string(), pk=True)]
+    fields += [_field(name, _OUTPUT_TYPES[type_], pk=True) for name, type_ in key]
     fields += [_field(c.name, _OUTPUT_TYPES[c.type]) for c in columns]
-    return pa.schema(
-        fields,
-        metadata={b"cq:table_name": table.encode(), b"cq:table_description": description.encode()},
-    )
+    metadata = {b"cq:table_name": table.encode(), b"cq:table_description": description.encode()}
+    if incremental:
+        metadata[b"cq:extension:incremental"] = b"true"
+    return pa.schema(fields, metadata=metadata)
 
 
 def descriptor_schema(descriptor: ResourceDescriptor) -> pa.Schema:

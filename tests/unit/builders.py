@@ -8,10 +8,13 @@ import uuid
 from typing import Any
 
 from watcher import state
+from watcher.history import HistoryPolicy
 from watcher.resources import BY_KEY
 from watcher.state import CacheStore, InformerStatus
 
 PODS, CMS, SECRETS = BY_KEY["pods"], BY_KEY["configmaps"], BY_KEY["secrets"]
+#: For tests of the objects' own seq arithmetic: history rows take seqs too (test_history).
+NO_HISTORY = HistoryPolicy(enabled=False)
 
 
 def meta(name: str = "obj", **extra: Any) -> dict[str, Any]:
@@ -75,14 +78,15 @@ def informer_status(desc: Any = CMS, state: str = "watching", rv: str | None = N
 
 
 def stored_rows(store: CacheStore) -> dict[str, dict[str, Any]]:
-    """Every row of ``objects`` by object name, once the writer has caught up: the writer's
-    tests look at its raw rows (tombstones, seqs, list generations), which no reader
-    outside the cache needs; everything else is read through the reader API below."""
+    """Every object's row of ``objects`` by object name (not the history's rows), once the
+    writer has caught up: the writer's tests look at its raw rows (tombstones, seqs, list
+    generations), which no reader outside the cache needs; everything else is read
+    through the reader API below."""
     store.flush()
     con = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
     try:
-        return {r["name"]: dict(r) for r in con.execute("SELECT * FROM objects")}
+        return {r["name"]: dict(r) for r in con.execute("SELECT * FROM objects WHERE resource NOT LIKE '~%'")}
     finally:
         con.close()
 

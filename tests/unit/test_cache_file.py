@@ -14,7 +14,16 @@ from typing import Any
 
 import pytest
 
-from tests.unit.builders import CMS, cache_meta, configmap, informer_status, query_cache, seq_of, stored_rows
+from tests.unit.builders import (
+    CMS,
+    NO_HISTORY,
+    cache_meta,
+    configmap,
+    informer_status,
+    query_cache,
+    seq_of,
+    stored_rows,
+)
 from watcher.state import SCHEMA_VERSION, CacheLocked, CacheStore, CacheUnusable, open_reader
 
 
@@ -77,14 +86,14 @@ def test_cache_of_another_format_is_moved_aside_not_misread(tmp_path: Path) -> N
 
 def test_reopening_a_cache_keeps_its_seq_and_cache_id(tmp_path: Path) -> None:
     path = tmp_path / "cache.db"
-    s = CacheStore(path)
+    s = CacheStore(path, history=NO_HISTORY)
     s.apply_events("ctx", CMS, [("ADDED", configmap("a", str(uuid.uuid4()), "1"))], informer_status())
     s.flush()
     seq = seq_of(s)
     cache_id = cache_meta(s, "cache_id")
     assert cache_id
     s.close()
-    s2 = CacheStore(path)
+    s2 = CacheStore(path, history=NO_HISTORY)
     try:
         # A new process takes the context over and continues its sequence.
         s2.apply_events("ctx", CMS, [("ADDED", configmap("b", str(uuid.uuid4()), "1"))], informer_status())
@@ -99,7 +108,7 @@ def test_a_second_writer_on_the_same_cache_is_refused_and_the_sequence_stays_inc
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "cache.db"
-    first = CacheStore(path)
+    first = CacheStore(path, history=NO_HISTORY)
     first.apply_events("ctx", CMS, [("ADDED", configmap("a", str(uuid.uuid4()), "1"))], informer_status())
     with pytest.raises(CacheLocked, match=f"cache file {path} is already written by another process"):
         CacheStore(path)
@@ -112,7 +121,7 @@ def test_a_second_writer_on_the_same_cache_is_refused_and_the_sequence_stays_inc
     first.flush()
     seqs = [seq_of(first)]
     first.close()
-    second = CacheStore(path)  # the lock went with the first writer
+    second = CacheStore(path, history=NO_HISTORY)  # the lock went with the first writer
     try:
         second.apply_events(
             "ctx", CMS, [("ADDED", configmap("b", str(uuid.uuid4()), "1"))], informer_status()

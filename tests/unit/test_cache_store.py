@@ -8,6 +8,7 @@ from typing import Any
 
 from tests.unit.builders import (
     CMS,
+    NO_HISTORY,
     PODS,
     SECRETS,
     checkpoints_of,
@@ -162,9 +163,10 @@ def test_purging_drops_a_contexts_tombstones_up_to_a_seq_and_records_its_purge_p
     assert purged_seq(store) == seq_of(store)
 
 
-def test_each_context_has_a_change_sequence_of_its_own(store: CacheStore) -> None:
+def test_each_context_has_a_change_sequence_of_its_own(tmp_path: Path) -> None:
     """Seqs count per context (one writer owns each): two contexts written in the
     same transactions both count 1, 2, 3."""
+    store = CacheStore(tmp_path / "cache.db", batch_wait=0.0, history=NO_HISTORY)
     for i in range(3):
         for ctx in ("ctx", "other"):
             store.apply_events(
@@ -173,6 +175,7 @@ def test_each_context_has_a_change_sequence_of_its_own(store: CacheStore) -> Non
     rows = query_cache(store, "SELECT context, seq FROM objects ORDER BY context, seq")
     assert rows == [("ctx", 1), ("ctx", 2), ("ctx", 3), ("other", 1), ("other", 2), ("other", 3)]
     assert store.owned_positions() == {"ctx": 3, "other": 3}
+    store.close()
 
 
 def test_writes_coalesced_into_one_transaction_still_apply_in_enqueue_order(tmp_path: Path) -> None:
@@ -180,7 +183,8 @@ def test_writes_coalesced_into_one_transaction_still_apply_in_enqueue_order(tmp_
     as if applied one by one: add, delete, re-add of one object; a checkpoint per op
     (the last one wins); a context dropped after its events (its checkpoint is not
     brought back by one still pending)."""
-    store = CacheStore(tmp_path / "batched.db", batch_wait=0.5)  # everything below in one batch
+    # Everything below in one batch.
+    store = CacheStore(tmp_path / "batched.db", batch_wait=0.5, history=NO_HISTORY)
     try:
         uid = str(uuid.uuid4())
         store.apply_events("ctx", CMS, [("ADDED", configmap("a", uid, "1"))], _status("ctx", "1"))

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 import watcher.spec as spec_module
-from watcher.catalog import ALL_TABLES, CLUSTERS_TABLE
+from watcher.catalog import ALL_TABLES, CLUSTERS_TABLE, HISTORY_TABLES
 from watcher.resources import (
     CUSTOM_OBJECTS_TABLE,
 )
@@ -30,7 +30,7 @@ def test_an_empty_spec_takes_every_default(clean_env: Path, raw: Any) -> None:
     spec = Spec.parse(raw)
     assert spec.contexts == ("*",)
     assert spec.tables == ALL_TABLES
-    assert spec.tables[0] == CLUSTERS_TABLE and spec.tables[-1] == CUSTOM_OBJECTS_TABLE
+    assert spec.tables[0] == CLUSTERS_TABLE and spec.tables[-3:] == (CUSTOM_OBJECTS_TABLE, *HISTORY_TABLES)
     assert spec.kubeconfig == clean_env / "kc.yaml"
     assert spec.cache_path == clean_env / "state" / "k8s-watcher" / "cache.db"
     assert spec.incremental is False

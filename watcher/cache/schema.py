@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    text,
 )
 
 #: The cache format (see ``tables.encode_row``). 2: JSON columns stored as is.
@@ -44,10 +45,46 @@ objects = Table(
     Column("seq", BigInteger, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
     Column("list_gen", BigInteger),
+    #: History rows only (``watcher.history``): when a change was recorded, or when a
+    #: lifetime's object was deleted; the retention purge's clock. NULL otherwise.
+    Column("observed_at", Float),
     # seq last: an incremental or follow read of one table and context is a range scan.
     Index("objects_by_table", "table_name", "context", "deleted", "seq"),
     # What changed in a context since a cursor (a follow sync's poll).
     Index("objects_by_context_seq", "context", "seq"),
+    # The history purge's scan, oldest first (partial: object rows have no observed_at).
+    Index(
+        "objects_history_age",
+        "observed_at",
+        sqlite_where=text("observed_at IS NOT NULL"),
+        postgresql_where=text("observed_at IS NOT NULL"),
+    ),
+)
+
+#: The last recorded version of each object with a history (``watcher.cache.history``):
+#: the next change's patch starts from ``doc``, its managers from ``managers``.
+history_heads = Table(
+    "history_heads",
+    metadata,
+    Column("context", String, primary_key=True),
+    Column("resource", String, primary_key=True),
+    Column("uid", String, primary_key=True),
+    Column("resource_version", String, nullable=False),
+    Column("doc", LargeBinary, nullable=False),
+    Column("managers", LargeBinary, nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("first_seen_as", String, nullable=False),
+    Column("first_seq", BigInteger, nullable=False),
+)
+
+#: The (context, resource) pairs whose history has begun: a later list of one follows a
+#: watch that ended (a 410, a restart past compaction): a gap in its history.
+history_followed = Table(
+    "history_followed",
+    metadata,
+    Column("context", String, primary_key=True),
+    Column("resource", String, primary_key=True),
+    Column("since", Float, nullable=False),
 )
 
 checkpoints = Table(

@@ -24,6 +24,7 @@ from sqlalchemy import Table, func, select, update
 
 from watcher.cache import backend
 from watcher.cache.backend import CacheLocation, CacheLocked, CacheUnusable
+from watcher.cache.history import HistoryRecorder, purge_history
 from watcher.cache.reader import read_meta, stored_resource_versions
 from watcher.cache.schema import (
     SCHEMA_VERSION,
@@ -37,6 +38,7 @@ from watcher.cache.schema import (
     retired_contexts,
     unusable_reason,
 )
+from watcher.history import HISTORY_KEYS, HistoryPolicy
 from watcher.resources import ResourceDescriptor
 from watcher.tables import columns_of, decode_row, derived_rows, extract_row, sanitize
 
@@ -46,8 +48,8 @@ log = logging.getLogger(__name__)
 # constructs per batch cost more than the database itself. ``?`` placeholders, turned
 # into the driver's by ``backend.driver_sql``.
 _UPSERT_OBJECT = """
-INSERT INTO objects (context, resource, uid, table_name, namespace, name, resource_version, row, seq, deleted, list_gen)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE, ?)
+INSERT INTO objects (context, resource, uid, table_name, namespace, name, resource_version, row, seq, deleted, list_gen, observed_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE, ?, ?)
 ON CONFLICT (context, resource, uid) DO UPDATE SET
     namespace = excluded.namespace,
     name = excluded.name,
@@ -58,7 +60,8 @@ ON CONFLICT (context, resource, uid) DO UPDATE SET
                THEN objects.seq ELSE excluded.seq END,
     resource_version = excluded.resource_version,
     deleted = FALSE,
-    list_gen = coalesce(excluded.list_gen, objects.list_gen)
+    list_gen = coalesce(excluded.list_gen, objects.list_gen),
+    observed_at = excluded.observed_at
 """
 _TOMBSTONE_OBJECT = """
 UPDATE objects SET deleted = TRUE, seq = ?, resource_version = ?
@@ -153,6 +156,7 @@ class CacheStore:
         identity: str | None = None,
         batch_max: int = 5000,
         batch_wait: float = 0.02,
+        history: HistoryPolicy | None = None,
     ) -> None:
         self.location = CacheLocation.of(where)
         self.path: Path | None = self.location.path if self.location.is_sqlite else None
@@ -198,6 +202,9 @@ class CacheStore:
         self._tombstone_object = backend.driver_sql(self.engine, _TOMBSTONE_OBJECT)
         self._upsert_status = backend.driver_sql(self.engine, _UPSERT_STATUS)
         self._insert = backend.upsert(self.engine)
+        self.history = HistoryRecorder(
+            history or HistoryPolicy(), lambda sql: backend.driver_sql(self.engine, sql)
+        )
         self._batch_max = batch_max
         self._batch_wait = batch_wait
         # Bounded: when the database falls behind (or is down), informers wait here
@@ -366,6 +373,7 @@ class CacheStore:
             with self.engine.begin() as conn:
                 self._tx_seqs = {}
                 self._rows_sql, self._rows, self._statuses = "", [], {}
+                self.history.reset()
                 owned: dict[str, int] = {}  # context -> its seq when this transaction locked it
                 for op in ops:
                     if op.context is not None and op.context not in owned:
@@ -434,6 +442,7 @@ class CacheStore:
 
     def _send_pending(self, conn: Any) -> None:
         self._send_rows(conn)
+        self.history.send(conn)
         if self._statuses:
             conn.exec_driver_sql(self._upsert_status, list(self._statuses.values()))
             self._statuses = {}
@@ -552,12 +561,19 @@ class CacheStore:
         desc: ResourceDescriptor,
         objs: Sequence[dict[str, Any]],
         gen: int | None,
+        events: Sequence[str] | None = None,
     ) -> None:
+        """Upsert objects (and their derived rows, and their history); ``events``: each
+        object's watch event type (None: a list's page)."""
         if not objs:
             return
         rows = []
-        for obj in objs:
+        versions = []
+        recorded = self.history.records(desc)
+        for i, obj in enumerate(objs):
             clean = sanitize(obj, desc)
+            if recorded:
+                versions.append((events[i] if events is not None else "LISTED", obj, clean))
             m = clean["metadata"]
             namespace, name, rv = m.get("namespace"), m.get("name") or "", m.get("resourceVersion") or ""
             row = extract_row(clean, desc)
@@ -573,6 +589,7 @@ class CacheStore:
                     row,
                     self._next_seq(context),
                     gen,
+                    None,
                 )
             )
             # Derived rows carry their object's resourceVersion: they change (take a new
@@ -589,9 +606,12 @@ class CacheStore:
                     doc,
                     self._next_seq(context),
                     gen,
+                    None,
                 )
                 for d, uid, child, doc in derived_rows(clean, desc)
             )
+        if versions:
+            rows += self.history.upserted(conn, context, desc, versions, lambda: self._next_seq(context))
         self._queue_rows(conn, self._upsert_object, rows)
 
     def _tombstone(
@@ -608,6 +628,10 @@ class CacheStore:
                     (self._next_seq(context), rv, context, derived.key, r["uid"]) for r in derived.rows(obj)
                 )
         self._queue_rows(conn, self._tombstone_object, rows)
+        if self.history.records(desc):
+            gone = [(str((o.get("metadata") or {}).get("uid")), o, sanitize(o, desc)) for o in objs]
+            changes = self.history.deleted(conn, context, desc, gone, lambda: self._next_seq(context))
+            self._queue_rows(conn, self._upsert_object, changes)
 
     def apply_events(
         self,
@@ -622,15 +646,17 @@ class CacheStore:
 
         def apply(conn: Any, store: CacheStore) -> None:
             batch: list[dict[str, Any]] = []
+            kinds: list[str] = []
             for kind, obj in events:
                 if kind in ("ADDED", "MODIFIED"):
                     batch.append(obj)
+                    kinds.append(kind)
                     continue
-                store._upsert_rows(conn, context, desc, batch, None)
-                batch = []
+                store._upsert_rows(conn, context, desc, batch, None, kinds)
+                batch, kinds = [], []
                 if kind == "DELETED":
                     store._tombstone(conn, context, desc, [obj])
-            store._upsert_rows(conn, context, desc, batch, None)
+            store._upsert_rows(conn, context, desc, batch, None, kinds)
             store._write_status(conn, status)
 
         self._submit(apply, context=context, coalesced=True)
@@ -655,14 +681,25 @@ class CacheStore:
         then record the list's resourceVersion: the cache now equals the list."""
 
         def apply(conn: Any, store: CacheStore) -> None:
+            missing = (
+                (objects.c.context == context)
+                & (objects.c.deleted == False)  # noqa: E712
+                & ((objects.c.list_gen != gen) | objects.c.list_gen.is_(None))
+            )
+            if store.history.records(desc):
+                # The history first: it needs to know which objects the list did not return.
+                store._send_pending(conn)
+                gone = conn.execute(select(objects.c.uid).where(missing & (objects.c.resource == desc.key)))
+                next_seq = lambda: store._next_seq(context)  # noqa: E731
+                rows = store.history.deleted(
+                    conn, context, desc, [(u, None, None) for u in gone.scalars()], next_seq
+                )
+                rows += store.history.listed(conn, context, desc, status.resource_version or "", next_seq)
+                store._queue_rows(conn, store._upsert_object, rows)
+                store._send_pending(conn)
             conn.execute(
                 update(objects)
-                .where(
-                    (objects.c.context == context)
-                    & objects.c.resource.in_([desc.key, *(d.key for d in desc.derived)])
-                    & (objects.c.deleted == False)  # noqa: E712
-                    & ((objects.c.list_gen != gen) | objects.c.list_gen.is_(None))
-                )
+                .where(missing & objects.c.resource.in_([desc.key, *(d.key for d in desc.derived)]))
                 .values(deleted=True, seq=store._next_seq(context))
             )
             store._write_status(conn, status)
@@ -697,9 +734,14 @@ class CacheStore:
 
         def apply(conn: Any, store: CacheStore) -> None:
             seq = store._next_seq(context)
+            # Its history stays: it is what happened, and the destination keeps it.
             conn.execute(
                 update(objects)
-                .where((objects.c.context == context) & (objects.c.deleted == False))  # noqa: E712
+                .where(
+                    (objects.c.context == context)
+                    & (objects.c.deleted == False)  # noqa: E712
+                    & objects.c.resource.not_in(HISTORY_KEYS)
+                )
                 .values(deleted=True, seq=seq)
             )
             conn.execute(checkpoints.delete().where(checkpoints.c.context == context))
@@ -794,6 +836,20 @@ class CacheStore:
                     )
                 )
             result["n"] = gone
+
+        self._submit(apply, wait=True)
+        return result["n"]
+
+    def purge_history(self, now: float | None = None) -> int:
+        """Delete history rows past the policy's retention and size, in the contexts
+        this writer purges; returns how many."""
+        result: dict[str, int] = {}
+        contexts = select(context_seqs.c.context).where(self._purgeable())
+
+        def apply(conn: Any, store: CacheStore) -> None:
+            result["n"] = purge_history(
+                conn, contexts, store.history.policy, time.time() if now is None else now
+            )
 
         self._submit(apply, wait=True)
         return result["n"]
