@@ -77,6 +77,48 @@ _CACHE_URL: dict[str, Any] = {
 }
 
 
+def _size(text: str) -> int:
+    """``500MB``, ``1GiB``, ``2000000`` (bytes)."""
+    units = {
+        "": 1,
+        "b": 1,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "kib": 1 << 10,
+        "mib": 1 << 20,
+        "gib": 1 << 30,
+    }
+    number = text.strip().lower().rstrip("bikmg")
+    unit = text.strip().lower()[len(number) :]
+    try:
+        value = float(number) * units[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500MB, 1GiB)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (must be more than 0)")
+    return int(value)
+
+
+def _patterns(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _history_policy(args: argparse.Namespace) -> Any:
+    from watcher.history import HistoryPolicy
+
+    given: dict[str, Any] = {"enabled": not args.no_history, "status_updates": args.history_status_updates}
+    for key, option in (
+        ("off", "history_off"),
+        ("on", "history_on"),
+        ("retention_seconds", "history_retention"),
+        ("max_bytes", "history_max_size"),
+    ):
+        if getattr(args, option) is not None:
+            given[key] = getattr(args, option)
+    return HistoryPolicy(**given)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from watcher.daemon import Daemon, DaemonConfig
     from watcher.errors import CacheError, ConfigError
@@ -111,6 +153,7 @@ def _serve(args: argparse.Namespace) -> int:
             if getattr(args, key)
         }
     )
+    given["history"] = _history_policy(args)
     config = DaemonConfig(
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else default_kubeconfig(),
         contexts=args.contexts.split(",") if args.contexts else ["*"],
@@ -360,6 +403,30 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--exec-timeout", type=_duration(allow_zero=False), metavar="DURATION",
         help="kill an exec credential plugin that runs longer than this (default 30s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--no-history", action="store_true",
+        help="keep no history of changes (k8s_object_changes, k8s_object_lifetimes stay empty)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--history-off", type=_patterns, metavar="KINDS",
+        help="comma-separated kinds without history (plural, kind, resource or table name; * globs) "
+        "(default: events,leases,endpoints,endpointslices)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--history-on", type=_patterns, metavar="KINDS", help="kinds with history even if --history-off names them"
+    )  # fmt: skip
+    serve.add_argument(
+        "--history-status-updates", action="store_true",
+        help="also record changes that touch only an object's status (a pod's phase, a node's conditions)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--history-retention", type=_duration(allow_zero=False), metavar="DURATION",
+        help="purge recorded changes older than this (default 7d)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--history-max-size", type=_size, metavar="SIZE",
+        help="purge the oldest changes beyond this size in the cache (default 1GiB)",
     )  # fmt: skip
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--log-format", default="text", choices=["text", "json"])

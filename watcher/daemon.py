@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from watcher import state
 from watcher.credentials import DEFAULT_EXEC_TIMEOUT
 from watcher.errors import ConfigError
+from watcher.history import HistoryPolicy
 from watcher.informers import InformerManager
 from watcher.kube import KubeClient, connection_stats
 from watcher.kubeconfig import (
@@ -84,6 +85,8 @@ class DaemonConfig:
     replicas_group: str = "default"
     #: A replica that stops renewing loses its contexts to the others after this long.
     lease_duration: float = 15.0
+    #: Which kinds keep a history of their changes, and for how long (``watcher.history``).
+    history: HistoryPolicy = field(default_factory=HistoryPolicy)
 
     @property
     def cache(self) -> CacheLocation:
@@ -308,7 +311,11 @@ class Daemon:
             )
         identity = default_identity()
         self.store = CacheStore(
-            config.cache, shared=replicated, group=config.replicas_group, identity=identity
+            config.cache,
+            shared=replicated,
+            group=config.replicas_group,
+            identity=identity,
+            history=config.history,
         )
 
         def make_client(ctx: str) -> KubeClient:
@@ -426,6 +433,10 @@ class Daemon:
                 ", ".join(f"{c}@{s}" for c, s in sorted(cutoffs.items())),
             )
 
+    def _purge_history(self) -> None:
+        purged = self.store.purge_history()
+        log.log(logging.INFO if purged else logging.DEBUG, "purged %d history rows", purged)
+
     def _relist_all(self) -> None:
         log.info("periodic safety-net relist of every informer")
         self.manager.request_relist_all()
@@ -439,6 +450,12 @@ class Daemon:
             "interval",
             seconds=purge_interval(self.config.tombstone_retention),
             id="tombstones",
+        )
+        self.scheduler.add_job(
+            self._purge_history,
+            "interval",
+            seconds=purge_interval(self.config.history.retention_seconds),
+            id="history",
         )
         self.scheduler.add_job(self.store.checkpoint_wal, "interval", minutes=5, id="wal-checkpoint")
         self.scheduler.add_job(trim_memory, "interval", seconds=30, id="trim-memory")

@@ -32,7 +32,7 @@ ENV_FIELDS = {"contexts": "K8S_CONTEXTS", "resources": "K8S_RESOURCES"}
 
 log = logging.getLogger(__name__)
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
 JSON_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -138,9 +138,9 @@ def seconds(value: str | float | int, *, allow_zero: bool = False) -> float:
     else:
         match = _DURATION.match(value)
         if not match:
-            raise ValueError(f"{value!r} is not a duration (use e.g. 90s, 10m, 1h)")
+            raise ValueError(f"{value!r} is not a duration (use e.g. 90s, 10m, 1h, 7d)")
         number, unit = float(match.group(1)), match.group(2) or "s"
-        result = number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+        result = number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
     if not math.isfinite(result) or result < 0 or (result == 0 and not allow_zero):
         rule = "zero or a positive" if allow_zero else "a positive"
         raise ValueError(f"{value!r}: must be {rule}, finite duration")
