@@ -245,7 +245,9 @@ def convert(value: str, pg_type: str, go_kind: str) -> str:
     if pg_type == "boolean":
         return f"COALESCE({scalar}::boolean, false)" if zero else f"{scalar}::boolean"
     if pg_type == "timestamp":
-        return f"{scalar}::timestamptz AT TIME ZONE 'UTC'"
+        # A metav1.Time value (not a pointer) is Go's zero time when unset, as the SDK writes it.
+        at = f"{scalar}::timestamptz AT TIME ZONE 'UTC'"
+        return f"COALESCE({at}, '0001-01-01 00:00:00')" if go_kind == "time" else at
     if pg_type == "text[]":
         return (
             f"CASE WHEN jsonb_typeof({value}) = 'array' THEN ARRAY(SELECT e FROM jsonb_array_elements_text({value})"
