@@ -1,8 +1,8 @@
 """Discovery-driven inventory on the real test bed: every resource the API server serves
 with list and watch is synced, the ones without a table of their own into generic
-tables; what can be listed but not watched, or may not be listed, is logged and the
-rest of the sync is complete; the spec excludes kinds. Through the fallback relist
-(registry local) and through the daemon (registry grpc)."""
+tables; component statuses, which can be listed but not watched, are polled; what may
+not be listed is logged and the rest of the sync is complete; the spec excludes kinds.
+Through the fallback relist (registry local) and through the daemon (registry grpc)."""
 
 from __future__ import annotations
 
@@ -71,14 +71,15 @@ def test_a_served_resource_without_a_table_of_its_own_is_synced_into_a_generic_t
     assert cidrs == [("kubernetes",)]  # the API server's own ServiceCIDR
 
 
-def test_what_can_be_listed_but_not_watched_or_may_not_be_listed_is_logged_and_the_rest_synced(
+def test_component_statuses_are_listed_what_may_not_be_listed_is_logged_and_the_rest_synced(
     synced: Synced, planes: ControlPlanes
 ) -> None:
-    for ctx in CONTEXTS:
-        assert f"{ctx}: componentstatuses can be listed but not watched (get, list); skipped" in synced.output
+    assert "componentstatuses can be listed but not watched" not in synced.output
     assert "prod-viewer: relist failed for secrets: HTTP 403" in synced.output
+    assert "prod-viewer: relist failed for componentstatuses: HTTP 403" in synced.output
     tables = pg_tables(synced.dsn)
-    assert "k8s_core_componentstatuses" not in tables
+    assert "k8s_core_componentstatuses" not in tables  # its own table, not a generic one
+    assert _component_statuses(synced.dsn) == {("prod", "etcd-0", "True")}
     admin = planes.servers["prod"].admin()
     for ctx in CONTEXTS:
         assert pg_uids(synced.dsn, NSS.table, ctx) == set(truth(admin, NSS)), ctx
@@ -112,6 +113,20 @@ def test_the_daemon_watches_discovered_resources_and_a_sync_through_it_sends_the
     assert revision["metadata"]["uid"] in pg_uids(dsn, "k8s_apps_controllerrevisions", "prod")
     tables = pg_tables(dsn)
     assert "k8s_networking_ipaddresses" not in tables and "k8s_networking_servicecidrs" in tables
+    # Component statuses: polled by an informer like any other (watching between polls).
+    statuses = {i["resource"]: i for i in daemon.status()["informers"] if i["context"] == "prod"}
     assert (
-        "prod: componentstatuses can be listed but not watched (get, list); skipped" in daemon.log.read_text()
+        statuses["componentstatuses"]["state"] == "watching" and statuses["componentstatuses"]["lists"] == 1
     )
+    assert _component_statuses(dsn) == {("prod", "etcd-0", "True")}
+
+
+def _component_statuses(dsn: str) -> set[tuple[str, str, str]]:
+    """(context, component, Healthy) of etcd, the one component the test bed runs."""
+    with psycopg.connect(dsn) as conn:
+        return set(
+            conn.execute(
+                "SELECT context_name, name, conditions->0->>'status' FROM k8s_componentstatuses"
+                " WHERE name LIKE 'etcd-%'"
+            ).fetchall()
+        )
