@@ -16,6 +16,7 @@ from typing import Any
 from watcher import __version__
 from watcher.checks.commands import register as register_check_commands
 from watcher.compat.commands import register as register_compat_commands
+from watcher.timeline.commands import register as register_history_commands
 
 log = logging.getLogger("watcher")
 
@@ -456,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     status.set_defaults(func=_status)
     register_check_commands(sub)  # check, report
     register_compat_commands(sub)  # compat install
+    register_history_commands(sub)  # history install
     args = parser.parse_args(argv)
     return int(args.func(args))
 

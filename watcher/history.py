@@ -139,9 +139,13 @@ def _escape(key: str) -> str:
 
 # --------------------------------------------------------------------------- managers
 
-#: A managedFields entry as a head keeps it: manager, operation, subresource, time and a
-#: fingerprint of its fieldsV1 (which fields it owns).
-ManagerEntry = tuple[str, str, str, str, str]
+#: A managedFields entry as a head keeps it: manager, operation, subresource, time, a
+#: fingerprint of its fieldsV1 (which fields it owns) and how many fields that is.
+ManagerEntry = tuple[str, str, str, str, str, int]
+
+
+def _field_count(fields: Any) -> int:
+    return sum(1 + _field_count(v) for v in fields.values()) if isinstance(fields, Mapping) else 0
 
 
 def managers_of(obj: Mapping[str, Any]) -> list[ManagerEntry]:
@@ -156,6 +160,7 @@ def managers_of(obj: Mapping[str, Any]) -> list[ManagerEntry]:
             hashlib.blake2b(
                 orjson.dumps(e.get("fieldsV1"), option=orjson.OPT_SORT_KEYS), digest_size=8
             ).hexdigest(),
+            _field_count(e.get("fieldsV1")),
         )
         for e in entries
         if isinstance(e, Mapping)
@@ -163,15 +168,17 @@ def managers_of(obj: Mapping[str, Any]) -> list[ManagerEntry]:
 
 
 def changed_managers(before: Sequence[ManagerEntry], after: Sequence[ManagerEntry]) -> list[dict[str, str]]:
-    """The managers whose entry is new or moved (time or owned fields) since ``before``:
-    who made this change. The API server updates an entry's time and fields exactly when
-    that manager changed something."""
+    """The managers that made this change since ``before``: an entry that is new, whose
+    time moved, or whose fields changed without shrinking (the API server stamps the
+    time with a second's precision: two changes in one second keep it). An entry that
+    only lost fields is not an author: another manager took them over (a forced apply)."""
     known = {e[:3]: e[3:] for e in before}
-    return [
-        {"manager": m, "operation": op, "subresource": sub, "time": t}
-        for m, op, sub, t, fp in after
-        if known.get((m, op, sub)) != (t, fp)
-    ]
+    authors = []
+    for m, op, sub, t, fp, size in after:
+        old = known.get((m, op, sub))
+        if old is None or old[0] != t or (old[1] != fp and size >= old[2]):
+            authors.append({"manager": m, "operation": op, "subresource": sub, "time": t})
+    return authors
 
 
 # --------------------------------------------------------------------------- tables

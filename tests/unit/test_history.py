@@ -124,6 +124,18 @@ def test_the_managers_of_a_change_are_those_whose_entry_is_new_or_moved() -> Non
     )
     assert [m["manager"] for m in changed_managers(before, after)] == ["kcm", "deployer"]
     assert changed_managers(after, after) == []
+    # A forced apply took helm's field: helm's entry shrank, at its old time: not an author.
+    took = managers_of(
+        deployment(
+            "u",
+            "3",
+            "c",
+            managed("helm", "Update", "t1", {}),
+            managed("kcm", "Update", "t1", {"f:status": {}}),
+            managed("deployer", "Apply", "t3", {"f:spec": {"f:x": {}}}),
+        )
+    )
+    assert [m["manager"] for m in changed_managers(after, took)] == ["deployer"]
 
 
 # --------------------------------------------------------------------------- policy
