@@ -500,6 +500,7 @@ _VIEWER_ROLE = {
                 "resourcequotas",
                 "podtemplates",
                 "replicationcontrollers",
+                "componentstatuses",
             ],
             "verbs": ["get", "list", "watch"],
         },
