@@ -53,6 +53,10 @@ RENAMED = {
     "message": "note",
     "involved_object": "regarding",
     "reporting_component": "reporting_controller",
+    "source": "deprecated_source",
+    "first_timestamp": "deprecated_first_timestamp",
+    "last_timestamp": "deprecated_last_timestamp",
+    "count": "deprecated_count",
 }
 
 Columns = dict[str, str]  # column name -> PostgreSQL type (udt_name)
