@@ -73,3 +73,47 @@ def test_follow_sends_changes_as_they_commit_and_stops(store: CacheStore, tmp_pa
     assert plugin.follow_status.streams == 0
     assert plugin.follow_status.sent == {"ctx": seq_of(store)}
     assert plugin.follow_status.lag_seconds() == 0.0
+
+
+def test_follow_streams_new_changes_and_never_deletes_history(store: CacheStore, tmp_path: Path) -> None:
+    a = str(uuid.uuid4())
+    status = informer_status(CMS)
+    store.apply_events("ctx", CMS, [("ADDED", configmap("a", a, "1"))], status)
+    store.flush()
+    plugin = Plugin(NoRefresh())
+    plugin.spec = Spec.parse(
+        {"follow": True, "cache_path": str(tmp_path / "cache.db"), "tables": ["k8s_object_changes"]}
+    )
+    plugin.contexts = ["ctx"]
+    stop = threading.Event()
+    messages: queue.Queue[SyncMessage] = queue.Queue()
+
+    def run() -> Any:
+        for msg in plugin.sync(SyncOptions(stop=stop)):
+            messages.put(msg)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert isinstance(_next(messages), SyncMigrateTable)
+        first = _next(messages)  # the full snapshot: no clearing of the history first
+        assert isinstance(first, SyncInsert)
+        assert [r["change_type"] for r in first.record.to_pylist()] == ["added"]
+        store.apply_events(
+            "ctx",
+            CMS,
+            [("MODIFIED", configmap("a", a, "2", k="v")), ("DELETED", configmap("a", a, "3"))],
+            status,
+        )
+        store.flush()
+        sent = _next(messages)
+        assert isinstance(sent, SyncInsert), sent
+        assert [(r["change_type"], r["resource_version"]) for r in sent.record.to_pylist()] == [
+            ("modified", "2"),
+            ("deleted", "3"),
+        ]
+        assert messages.empty()
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
