@@ -11,6 +11,7 @@ import re
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +36,8 @@ from tests.conftest import (
 )
 from tests.unit.builders import CMS
 from watcher import state
+from watcher.history import CHANGES_TABLE
+from watcher.snapshot import SnapshotReader
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +78,10 @@ class _Churn:
         self.admins, self.ns = admins, ns
         self.stop = threading.Event()
         self.changes = 0
+        #: Per cluster (0: dev, 1: prod): every (uid, resourceVersion) created or updated,
+        #: and the uids deleted: what the history must record, once each.
+        self.versions: dict[int, set[tuple[str, str]]] = {0: set(), 1: set()}
+        self.deleted: dict[int, set[str]] = {0: set(), 1: set()}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> _Churn:
@@ -88,16 +95,20 @@ class _Churn:
     def _run(self) -> None:
         rng = random.Random(7)
         names: dict[int, list[str]] = {0: [], 1: []}
+        uids: dict[str, str] = {}
         while not self.stop.is_set():
             which = rng.randrange(2)
             admin, mine = self.admins[which], names[which]
             op = rng.random()
             path = f"/api/v1/namespaces/{self.ns}/configmaps"
+            obj = None
             if mine and op < 0.25:
-                admin.delete(f"{path}/{mine.pop(rng.randrange(len(mine)))}")
+                name = mine.pop(rng.randrange(len(mine)))
+                admin.delete(f"{path}/{name}")
+                self.deleted[which].add(uids[name])
             elif mine and op < 0.6:
                 name = rng.choice(mine)
-                admin.apply(
+                obj = admin.apply(
                     path,
                     {
                         "apiVersion": "v1",
@@ -108,7 +119,10 @@ class _Churn:
                 )
             else:
                 mine.append(f"cm-{self.changes}")
-                configmap(admin, self.ns, mine[-1], v="0")
+                obj = configmap(admin, self.ns, mine[-1], v="0")
+            if obj is not None:
+                uids[obj["metadata"]["name"]] = obj["metadata"]["uid"]
+                self.versions[which].add((obj["metadata"]["uid"], obj["metadata"]["resourceVersion"]))
             self.changes += 1
             time.sleep(0.02)
 
@@ -236,6 +250,23 @@ def test_replicas_share_the_contexts_and_take_over_a_killed_one_without_losing_o
             "SELECT count(*) FROM k8s_configmaps WHERE context_name = ANY(%s)", (CONTEXTS,)
         ).fetchone()
     assert rows == len({(c, u) for c in CONTEXTS for u in pg_uids(dsn, CMS.table, c)})
+
+    # History: each context's change rows hold every version the churn made on its
+    # cluster exactly once, and each deletion once, across the hand-over.
+    with SnapshotReader.open(cache_url) as snap:
+        changes = [r for b in snap.table_batches(CHANGES_TABLE, CONTEXTS) for r in b.to_pylist()]
+    for ctx in CONTEXTS:
+        server = 0 if ctx.startswith("dev") else 1
+        mine = [c for c in changes if c["context_name"] == ctx and c["namespace"] == ns]
+        written = [
+            (str(uuid.UUID(bytes=c["uid"])), c["resource_version"])
+            for c in mine
+            if c["change_type"] in ("added", "modified")
+        ]
+        assert len(written) == len(set(written)), f"{ctx}: a change recorded twice"
+        assert set(written) == churn.versions[server], f"{ctx}: changes lost or invented"
+        gone = [str(uuid.UUID(bytes=c["uid"])) for c in mine if c["change_type"] == "deleted"]
+        assert sorted(gone) == sorted(churn.deleted[server]), f"{ctx}: deletions"
 
 
 def test_a_replica_refuses_a_sqlite_cache_and_a_missing_lease_cluster(
