@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     serve.add_argument(
         "--history-retention", type=_duration(allow_zero=False), metavar="DURATION",
-        help="purge recorded changes older than this (default 7d)",
+        help="purge recorded changes from the cache after this long (default 24h; the destination keeps them)",
     )  # fmt: skip
     serve.add_argument(
         "--history-max-size", type=_size, metavar="SIZE",

@@ -65,7 +65,7 @@ class HistoryPolicy:
     #: Record changes that touch only ``/status`` (a pod's phase, a node's conditions).
     status_updates: bool = False
     #: Changes older than this are purged (and lifetimes of objects deleted before it).
-    retention_seconds: float = 7 * DAY
+    retention_seconds: float = DAY
     #: Beyond this many bytes of change rows, the oldest are purged first.
     max_bytes: int = 1 << 30
 

@@ -314,9 +314,9 @@ def test_the_purge_drops_old_history_but_no_object(store: CacheStore) -> None:
     assert len(rows(store, CHANGES_TABLE)) == 3
     import time
 
-    assert store.purge_history(now=time.time() + 6 * 86_400) == 0
-    # A week later: every change is past retention, and a's lifetime (deleted); b lives on.
-    assert store.purge_history(now=time.time() + 8 * 86_400) == 4
+    assert store.purge_history(now=time.time() + 0.9 * 86_400) == 0
+    # A day later: every change is past retention, and a's lifetime (deleted); b lives on.
+    assert store.purge_history(now=time.time() + 1.1 * 86_400) == 4
     assert rows(store, CHANGES_TABLE) == []
     assert [r["name"] for r in rows(store, LIFETIMES_TABLE)] == ["b"]
 
