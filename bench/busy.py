@@ -113,10 +113,48 @@ class Cache:
         return (self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)) / 2**20
 
     def counts(self) -> dict[str, int]:
-        live, dead = self.conn.execute(
-            "SELECT sum(NOT deleted), sum(deleted) FROM objects WHERE context = ?", (CTX,)
+        """Live object rows and tombstones, and the history's rows (watcher.history)."""
+        live, dead, changes, lifetimes = self.conn.execute(
+            "SELECT sum(NOT deleted AND resource NOT LIKE '~%'), sum(deleted), "
+            "sum(resource = '~history/changes'), sum(resource = '~history/lifetimes') "
+            "FROM objects WHERE context = ?",
+            (CTX,),
         ).fetchone()
-        return {"rows": int(live or 0), "tombstones": int(dead or 0)}
+        return {
+            "rows": int(live or 0),
+            "tombstones": int(dead or 0),
+            "changes": int(changes or 0),
+            "lifetimes": int(lifetimes or 0),
+        }
+
+    def history(self) -> dict[str, Any]:
+        """The recorded changes: by type and kind, and the bytes each takes in the cache
+        (its row document: the JSON patch, the managers, the object after it)."""
+        by_type: dict[str, int] = {}
+        by_kind: dict[str, int] = {}
+        sizes = []
+        for (row,) in self.conn.execute(
+            "SELECT row FROM objects WHERE context = ? AND resource = '~history/changes'", (CTX,)
+        ):
+            sizes.append(len(row))
+            head = json.loads(bytes(row).split(b"\x1e", 1)[0])
+            by_type[head["change_type"]] = by_type.get(head["change_type"], 0) + 1
+            by_kind[head["kind"]] = by_kind.get(head["kind"], 0) + 1
+        sizes.sort()
+        (heads,) = self.conn.execute(
+            "SELECT count(*) FROM history_heads WHERE context = ?", (CTX,)
+        ).fetchone()
+        return {
+            "changes": len(sizes),
+            "by_type": by_type,
+            "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+            "bytes_per_change": {
+                "median": sizes[len(sizes) // 2] if sizes else 0,
+                "p99": sizes[min(len(sizes) - 1, int(len(sizes) * 0.99))] if sizes else 0,
+                "max": sizes[-1] if sizes else 0,
+            },
+            "heads": int(heads),
+        }
 
 
 class Freshness:
@@ -531,6 +569,7 @@ def measure(
     )
     steady = phase(args.seconds, parts, cache, daemon, syncs, args.sync_every)
     out["churn"] = churn.finish()
+    out["history"] = cache.history()
     out["freshness"] = fresh.result()
     steady["growth_per_hour"] = growth(steady["samples"], after=args.retention)
     steady["rss_over_quiet"] = round(steady["daemon_rss_mb"]["max"] / out["quiet"]["daemon_rss_mb"]["max"], 3)
@@ -606,7 +645,7 @@ def growth(samples: list[dict[str, Any]], *, after: float) -> dict[str, Any]:
         "window_s": round(late[-1]["t"] - late[0]["t"], 1),
         **{
             f"{k}_per_h": round((late[-1][k] - late[0][k]) / hours, 1)
-            for k in ("rows", "tombstones", "cache_mb")
+            for k in ("rows", "tombstones", "changes", "lifetimes", "cache_mb")
         },
     }
 
