@@ -19,7 +19,7 @@ from testbed.cluster import ControlPlanes
 from testbed.postgres import Postgres, postgres_server
 from tests.conftest import assert_pg_equals_api, cached, eventually, namespace, new_dsn, sync, truth, unique
 from tests.conftest import configmap as create_configmap
-from tests.unit.builders import CMS, configmap, informer_status
+from tests.unit.builders import CMS, NO_HISTORY, configmap, informer_status
 from watcher.snapshot import SnapshotReader
 from watcher.state import CacheLocked, CacheStore, CacheUnusable
 
@@ -144,8 +144,8 @@ def test_a_retired_context_let_go_by_its_replica_is_purged_by_another(cache_url:
     """The replica that tombstoned a context removed from the kubeconfig gives it up;
     its tombstones must not stay forever: any replica's retention job purges them."""
     a, b = (
-        CacheStore(cache_url, shared=True, batch_wait=0.0),
-        CacheStore(cache_url, shared=True, batch_wait=0.0),
+        CacheStore(cache_url, shared=True, batch_wait=0.0, history=NO_HISTORY),
+        CacheStore(cache_url, shared=True, batch_wait=0.0, history=NO_HISTORY),
     )
     try:
         a.claim_context("gone")
@@ -168,8 +168,8 @@ def test_a_replica_that_lost_a_context_writes_nothing_more_for_it(cache_url: str
     taken), the old owner's writes for it are dropped, and its other contexts go on;
     the new owner continues the same change sequence."""
     old, new = (
-        CacheStore(cache_url, shared=True, batch_wait=0.0),
-        CacheStore(cache_url, shared=True, batch_wait=0.0),
+        CacheStore(cache_url, shared=True, batch_wait=0.0, history=NO_HISTORY),
+        CacheStore(cache_url, shared=True, batch_wait=0.0, history=NO_HISTORY),
     )
     try:
         old.claim_context("moved")
@@ -245,7 +245,7 @@ def test_incremental_reads_miss_nothing_and_repeat_nothing_with_concurrent_write
     reader polls incremental changes all along. Its copy must end equal to the cache,
     and no object version may reach it twice."""
     contexts = [f"ctx-{i}" for i in range(6)]
-    replicas = [CacheStore(cache_url, shared=True, batch_wait=0.005) for _ in range(3)]
+    replicas = [CacheStore(cache_url, shared=True, batch_wait=0.005, history=NO_HISTORY) for _ in range(3)]
     owner = {ctx: replicas[i % 3] for i, ctx in enumerate(contexts)}
     for ctx, store in owner.items():
         store.claim_context(ctx)

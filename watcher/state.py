@@ -34,9 +34,11 @@ The retention job purges old tombstones of a context and records its purge point
 a reader with an older cursor for that context takes a full snapshot of it instead.
 
 The parts live in :mod:`watcher.cache`: ``schema`` (the tables and the format version),
-``writer`` (:class:`CacheStore`: the writer thread, retries, locks, fencing, batching)
-and ``reader`` (every read query: status, syncs, metrics, tests) and ``backend`` (where the
-cache lives, SQLite or PostgreSQL, and what differs between the two). This module is the
+``writer`` (:class:`CacheStore`: every write operation, the locks), ``writeloop`` (the
+writer thread, its batches and retries), ``transaction`` (one transaction's seqs,
+fencing and statement batching), ``history`` (the history's rows), ``reader`` (every
+read query: status, syncs, metrics, tests) and ``backend`` (where the cache lives,
+SQLite or PostgreSQL, and what differs between the two). This module is the
 front door: callers import from here.
 """
 
@@ -65,7 +67,9 @@ from watcher.cache.reader import (
     stored_resource_versions,
 )
 from watcher.cache.schema import SCHEMA_VERSION
-from watcher.cache.writer import MAX_RETRY_DELAY, CacheStore, ContextFenced, InformerStatus, writer_identity
+from watcher.cache.transaction import ContextFenced
+from watcher.cache.writeloop import MAX_RETRY_DELAY
+from watcher.cache.writer import CacheStore, InformerStatus, writer_identity
 from watcher.informerstate import UNSERVED, InformerState, informer_state
 
 __all__ = [

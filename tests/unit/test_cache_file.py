@@ -10,7 +10,6 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,6 +23,7 @@ from tests.unit.builders import (
     seq_of,
     stored_rows,
 )
+from watcher.cache.transaction import WriteTransaction
 from watcher.state import SCHEMA_VERSION, CacheLocked, CacheStore, CacheUnusable, open_reader
 
 
@@ -140,16 +140,16 @@ def test_a_second_writer_on_the_same_cache_is_refused_and_the_sequence_stays_inc
 def test_a_write_that_keeps_failing_is_counted_not_silently_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import watcher.cache.writer as writer_module
+    import watcher.cache.writeloop as writer_module
 
     monkeypatch.setattr(writer_module.time, "sleep", lambda _s: None)  # no retry delays in a unit test
     store = CacheStore(tmp_path / "cache.db")
     try:
         attempts: list[int] = []
 
-        def failing(conn: Any, _store: CacheStore) -> None:
+        def failing(tx: WriteTransaction) -> None:
             attempts.append(1)
-            conn.exec_driver_sql("INSERT INTO no_such_table VALUES (1)")
+            tx.conn.exec_driver_sql("INSERT INTO no_such_table VALUES (1)")
 
         store._submit(failing, wait=True)
         assert len(attempts) == 5

@@ -1,7 +1,9 @@
-"""The cache writer: :class:`CacheStore`, its one writer thread, its retries while the
-database is unreachable, the file or advisory writer lock, context ownership (fencing)
-and the statement batching. Every write to the cache goes through here; the design is
-described in :mod:`watcher.state`.
+"""The cache writer: :class:`CacheStore`, every write operation on the cache, and how a
+cache is opened for writing (the file repaired or moved aside, the file or advisory
+writer lock, the schema). Its parts: the writer thread and its retries
+(:mod:`watcher.cache.writeloop`), one transaction's seqs, fencing and statement batching
+(:mod:`watcher.cache.transaction`), the history's rows (:mod:`watcher.cache.history`).
+The design is described in :mod:`watcher.state`.
 """
 
 from __future__ import annotations
@@ -9,10 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import queue
 import shutil
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,6 +38,8 @@ from watcher.cache.schema import (
     retired_contexts,
     unusable_reason,
 )
+from watcher.cache.transaction import ContextSeqs, WriteTransaction
+from watcher.cache.writeloop import Operation, WriteLoop
 from watcher.history import HISTORY_KEYS, HistoryPolicy
 from watcher.resources import ResourceDescriptor
 from watcher.tables import columns_of, decode_row, derived_rows, extract_row, sanitize
@@ -75,42 +77,12 @@ _UPSERT_STATUS = (
 )
 
 
-class ContextFenced(CacheUnusable):
-    """Another writer owns this context now (its Lease moved): this one must stop writing it."""
-
-    def __init__(self, context: str, owner: str | None) -> None:
-        super().__init__(f"context {context} is written by {owner or 'no one'} now, not by this process")
-        self.context = context
-        self.owner = owner
-
-
 def _create_private(path: Path) -> None:
     """Create the file 0600 before SQLite does (it copies the mode to -wal and -shm)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
     os.chmod(path, 0o600)
-
-
-# --------------------------------------------------------------------------- writes
-
-
-@dataclass
-class _Op:
-    """One queued write; ``apply`` runs on the writer thread inside a transaction.
-    ``context``: the context it writes (its owner is checked first), or None."""
-
-    apply: Callable[[Any, CacheStore], None]
-    context: str | None = None
-    done: threading.Event | None = None
-    #: Writes only through the coalesced statements (object upserts and tombstones,
-    #: checkpoints): they share executemany calls with the ops around it. Any other op
-    #: first sends what is pending, so statements still run in enqueue order.
-    coalesced: bool = False
-
-
-#: How long a write waits at most between two attempts while the database is unreachable.
-MAX_RETRY_DELAY = 30.0
 
 
 @dataclass(slots=True)
@@ -201,36 +173,29 @@ class CacheStore:
         self._upsert_object = backend.driver_sql(self.engine, _UPSERT_OBJECT)
         self._tombstone_object = backend.driver_sql(self.engine, _TOMBSTONE_OBJECT)
         self._upsert_status = backend.driver_sql(self.engine, _UPSERT_STATUS)
-        self._insert = backend.upsert(self.engine)
         self.history = HistoryRecorder(
             history or HistoryPolicy(), lambda sql: backend.driver_sql(self.engine, sql)
         )
-        self._batch_max = batch_max
-        self._batch_wait = batch_wait
-        # Bounded: when the database falls behind (or is down), informers wait here
-        # instead of piling up parsed objects in memory (a relist page holds up to 500).
-        self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=4)
+        self._seqs = ContextSeqs(self.identity, shared=shared, upsert=self._upsert_stmt)
         self._gen = 0
-        #: The seq each context owned by this transaction is at (writer thread only).
-        self._tx_seqs: dict[str, int] = {}
-        #: A lone writer's committed seq per context it wrote: nobody else writes them (the
-        #: writer lock), so a transaction need not read and lock their rows again. (Fleet:
-        #: a bookmark a minute from each of 25,000 watches made that read most of the
-        #: writer's idle work.) Replicas always read: another may have fenced them.
-        self._known_seqs: dict[str, int] = {}
-        #: Statements of the open transaction not sent yet (see _queue_rows).
-        self._rows_sql = ""
-        self._rows: list[tuple[Any, ...]] = []
-        self._statuses: dict[tuple[str, str], tuple[Any, ...]] = {}
-        #: Contexts another writer took over: their writes are skipped (context -> owner).
-        self.fenced: dict[str, str | None] = {}
-        self.dropped_batches = 0
-        #: Since when (wall clock) the database has been unreachable, or None.
-        self.unreachable_since: float | None = None
-        self._closing = threading.Event()
-        self._lock_lost = False
-        self._writer = threading.Thread(target=self._write_loop, name="cache-writer", daemon=True)
-        self._writer.start()
+        self._loop = WriteLoop(
+            self._commit, location=self.location, lock=self._lock, batch_max=batch_max, batch_wait=batch_wait
+        )
+
+    @property
+    def fenced(self) -> dict[str, str | None]:
+        """Contexts another writer took over: their writes are skipped (context -> owner)."""
+        return self._loop.fenced
+
+    @property
+    def dropped_batches(self) -> int:
+        """Batches of writes dropped after repeated failures (the informers relist)."""
+        return self._loop.dropped_batches
+
+    @property
+    def unreachable_since(self) -> float | None:
+        """Since when (wall clock) the database has been unreachable, or None."""
+        return self._loop.unreachable_since
 
     def _create_schema(self) -> None:
         with self.engine.begin() as conn:
@@ -293,178 +258,38 @@ class CacheStore:
         except OSError as exc:
             raise CacheUnusable(f"cache file {self.path} cannot be created: {exc}") from exc
 
-    # -- the writer thread ---------------------------------------------------
+    # -- transactions ------------------------------------------------------------
 
-    def _write_loop(self) -> None:
-        while not self._lock_lost:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            deadline = time.monotonic() + self._batch_wait
-            stop = False
-            while len(batch) < self._batch_max:
-                try:
-                    op = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if op is None:
-                    stop = True
-                    break
-                batch.append(op)
-            self._apply(batch)
-            if stop:
-                return
-
-    def _apply(self, batch: list[_Op]) -> None:
-        failures = 0
-        delay = 0.5
-        while True:
-            try:
-                if self.unreachable_since is not None:
-                    # Before any write: the lock may have gone with the database's restart.
-                    self._lock.ensure()
-                self._commit([op for op in batch if op.context not in self.fenced])
-                if self.unreachable_since is not None:
-                    self.unreachable_since = None
-                    log.info("cache database %s reachable again; writes resumed", self.location)
-                break
-            except CacheLocked as exc:
-                # Another lone writer took the database while it was down: two writers
-                # would hand out the same seqs. Stop; /healthz fails and the pod restarts.
-                log.error("%s: this process stops writing", exc)
-                self._lock_lost = True
-                break
-            except ContextFenced as exc:
-                # Not an error of the batch: drop that context's writes, keep the rest.
-                self.fenced[exc.context] = exc.owner
-                log.error("%s; its writes are dropped here", exc)
-            except Exception as exc:
-                if backend.is_connection_error(self.location, exc) and not self._closing.is_set():
-                    # The database is down or out of reach: keep the batch (and, through
-                    # the bounded queue, the informers) waiting until it is back; the
-                    # watches resume from the resourceVersions nothing has moved past.
-                    self.unreachable_since = self.unreachable_since or time.time()
-                    log.warning(
-                        "cache database %s unreachable (%s); retrying %d writes in %.1fs",
-                        self.location, str(exc.__cause__ or exc).strip().splitlines()[0], len(batch), delay,
-                    )  # fmt: skip
-                    time.sleep(delay)
-                    delay = min(MAX_RETRY_DELAY, delay * 2)
-                    continue
-                failures += 1
-                log.exception("cache write of %d operations failed (attempt %d)", len(batch), failures)
-                if failures >= 5:
-                    # Events were lost on the way to the cache: it no longer follows the
-                    # watches. The informer manager sees this counter and relists everything.
-                    self.dropped_batches += 1
-                    log.error(
-                        "cache write of %d operations dropped after 5 attempts; informers will relist",
-                        len(batch),
-                    )
-                    break
-                time.sleep(0.5 * failures)
-        for op in batch:
-            if op.done is not None:
-                op.done.set()
-
-    def _commit(self, ops: list[_Op]) -> None:
+    def _commit(self, ops: list[Operation]) -> None:
+        """One batch of operations in one transaction (on the writer thread)."""
         try:
             with self.engine.begin() as conn:
-                self._tx_seqs = {}
-                self._rows_sql, self._rows, self._statuses = "", [], {}
-                self.history.reset()
-                owned: dict[str, int] = {}  # context -> its seq when this transaction locked it
+                tx = WriteTransaction(
+                    conn, self._seqs, status_sql=self._upsert_status, pending=(self.history,)
+                )
                 for op in ops:
-                    if op.context is not None and op.context not in owned:
-                        owned[op.context] = self._tx_seqs[op.context] = self._owned_seq(conn, op.context)
+                    if op.context is not None:
+                        tx.enter(op.context)
                     if not op.coalesced:
                         # Any other operation may change context_seqs (retire, purge, claim).
-                        self._known_seqs.clear()
-                        self._send_pending(conn)
-                    op.apply(conn, self)
-                self._send_pending(conn)
-                for ctx, seq in self._tx_seqs.items():
-                    if seq != owned[ctx]:  # (a checkpoint alone takes no seq)
-                        conn.execute(
-                            update(context_seqs).where(context_seqs.c.context == ctx).values(seq=seq)
-                        )
+                        self._seqs.forget()
+                        tx.send_pending()
+                    op.apply(tx)
+                seqs = tx.finish()
         except BaseException:
-            self._known_seqs.clear()
+            self._seqs.forget()
             raise
-        if not self.shared:
-            self._known_seqs.update(self._tx_seqs)
-
-    def _owned_seq(self, conn: Any, context: str) -> int:
-        known = self._known_seqs.get(context)
-        return known if known is not None and not self.shared else self._own(conn, context)
-
-    def _own(self, conn: Any, context: str) -> int:
-        """Lock ``context``'s counter row until commit and return its seq; raise
-        :class:`ContextFenced` if another writer owns the context. A lone writer owns
-        every context it writes (it takes over one last written by an earlier process)."""
-        found = conn.execute(
-            select(context_seqs.c.seq, context_seqs.c.owner)
-            .where(context_seqs.c.context == context)
-            .with_for_update()
-        ).first()
-        if found is not None and found.owner == self.identity:
-            return int(found.seq)
-        if self.shared:
-            raise ContextFenced(context, found.owner if found else None)
-        self._take_over(conn, context)
-        return int(found.seq) if found is not None else 0
-
-    def _take_over(self, conn: Any, context: str) -> None:
-        values = {
-            "context": context,
-            "seq": 0,
-            "purged_seq": 0,
-            "owner": self.identity,
-            "owned_since": time.time(),
-        }
-        conn.execute(self._upsert_stmt(context_seqs, values, ["context"], ["owner", "owned_since"]))
-
-    # Coalesced statements: a watch burst is an op of a few events, and a statement per op
-    # is a round trip per op to PostgreSQL. Rows of consecutive ops using the same
-    # statement go out in one executemany; checkpoints once per (context, resource), last wins.
-
-    def _queue_rows(self, conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if sql != self._rows_sql:
-            self._send_rows(conn)
-            self._rows_sql = sql
-        self._rows.extend(rows)
-
-    def _send_rows(self, conn: Any) -> None:
-        if self._rows:
-            conn.exec_driver_sql(self._rows_sql, self._rows)
-            self._rows = []
-
-    def _send_pending(self, conn: Any) -> None:
-        self._send_rows(conn)
-        self.history.send(conn)
-        if self._statuses:
-            conn.exec_driver_sql(self._upsert_status, list(self._statuses.values()))
-            self._statuses = {}
-
-    def _next_seq(self, context: str) -> int:
-        self._tx_seqs[context] += 1
-        return self._tx_seqs[context]
+        self._seqs.committed(seqs)
 
     def _submit(
         self,
-        fn: Callable[[Any, CacheStore], None],
+        fn: Callable[[WriteTransaction], None],
         *,
         context: str | None = None,
         wait: bool = False,
         coalesced: bool = False,
     ) -> None:
-        if not self._writer.is_alive():
-            raise CacheUnusable(f"cache {self.location} is closed")
-        done = threading.Event() if wait else None
-        self._queue.put(_Op(fn, context, done, coalesced))
-        if done is not None:
-            done.wait()
+        self._loop.submit(fn, context=context, wait=wait, coalesced=coalesced)
 
     # -- context ownership ---------------------------------------------------
 
@@ -472,11 +297,11 @@ class CacheStore:
         """Own ``context`` from now on (its Lease was acquired): its previous writer, if
         still running, is fenced off at its next write. Returns once committed."""
 
-        def apply(conn: Any, store: CacheStore) -> None:
-            conn.execute(
+        def apply(tx: WriteTransaction) -> None:
+            tx.conn.execute(
                 select(context_seqs.c.seq).where(context_seqs.c.context == context).with_for_update()
             )
-            store._take_over(conn, context)
+            self._seqs.take_over(tx.conn, context)
 
         self._submit(apply, wait=True)
         self.fenced.pop(context, None)
@@ -485,10 +310,10 @@ class CacheStore:
     def release_context(self, context: str) -> None:
         """Give ``context`` up (its Lease is being released); after its informers stopped."""
 
-        def apply(conn: Any, store: CacheStore) -> None:
-            conn.execute(
+        def apply(tx: WriteTransaction) -> None:
+            tx.conn.execute(
                 update(context_seqs)
-                .where((context_seqs.c.context == context) & (context_seqs.c.owner == store.identity))
+                .where((context_seqs.c.context == context) & (context_seqs.c.owner == self.identity))
                 .values(owner=None, owned_since=time.time())
             )
 
@@ -531,24 +356,19 @@ class CacheStore:
             return stored_resource_versions(conn, context)
 
     def writer_alive(self) -> bool:
-        return self._writer.is_alive()
+        return self._loop.alive()
 
     def flush(self) -> None:
         """Block until everything enqueued so far is committed."""
-        self._submit(lambda _c, _s: None, wait=True)
+        self._submit(lambda _tx: None, wait=True)
 
     def close(self, timeout: float = 30) -> None:
         """Commit what is queued and stop. A database still unreachable after
         ``timeout`` loses the queued writes: their checkpoints were not committed either,
         so the next start resumes the watches from before them."""
-        if not self._writer.is_alive():
+        if not self._loop.alive():
             return
-        self._queue.put(None)
-        self._writer.join(timeout)
-        if self._writer.is_alive():
-            self._closing.set()  # stop retrying the unreachable database
-            self._writer.join(MAX_RETRY_DELAY + 5)
-            log.error("cache %s closed with writes not committed (database unreachable)", self.location)
+        self._loop.close(timeout)
         self._lock.release()
         self.engine.dispose()
 
@@ -556,7 +376,7 @@ class CacheStore:
 
     def _upsert_rows(
         self,
-        conn: Any,
+        tx: WriteTransaction,
         context: str,
         desc: ResourceDescriptor,
         objs: Sequence[dict[str, Any]],
@@ -587,7 +407,7 @@ class CacheStore:
                     name,
                     rv,
                     row,
-                    self._next_seq(context),
+                    tx.next_seq(context),
                     gen,
                     None,
                 )
@@ -604,34 +424,34 @@ class CacheStore:
                     f"{name}/{child}",
                     rv,
                     doc,
-                    self._next_seq(context),
+                    tx.next_seq(context),
                     gen,
                     None,
                 )
                 for d, uid, child, doc in derived_rows(clean, desc)
             )
         if versions:
-            rows += self.history.upserted(conn, context, desc, versions, lambda: self._next_seq(context))
-        self._queue_rows(conn, self._upsert_object, rows)
+            rows += self.history.upserted(tx.conn, context, desc, versions, lambda: tx.next_seq(context))
+        tx.queue_rows(self._upsert_object, rows)
 
     def _tombstone(
-        self, conn: Any, context: str, desc: ResourceDescriptor, objs: Sequence[dict[str, Any]]
+        self, tx: WriteTransaction, context: str, desc: ResourceDescriptor, objs: Sequence[dict[str, Any]]
     ) -> None:
         rows = []
         for obj in objs:
             m = obj.get("metadata") or {}
             rv = m.get("resourceVersion") or ""
-            rows.append((self._next_seq(context), rv, context, desc.key, m.get("uid")))
+            rows.append((tx.next_seq(context), rv, context, desc.key, m.get("uid")))
             # A deleted object's last state names its derived rows (their uids are stable).
             for derived in desc.derived:
                 rows.extend(
-                    (self._next_seq(context), rv, context, derived.key, r["uid"]) for r in derived.rows(obj)
+                    (tx.next_seq(context), rv, context, derived.key, r["uid"]) for r in derived.rows(obj)
                 )
-        self._queue_rows(conn, self._tombstone_object, rows)
+        tx.queue_rows(self._tombstone_object, rows)
         if self.history.records(desc):
             gone = [(str((o.get("metadata") or {}).get("uid")), o, sanitize(o, desc)) for o in objs]
-            changes = self.history.deleted(conn, context, desc, gone, lambda: self._next_seq(context))
-            self._queue_rows(conn, self._upsert_object, changes)
+            changes = self.history.deleted(tx.conn, context, desc, gone, lambda: tx.next_seq(context))
+            tx.queue_rows(self._upsert_object, changes)
 
     def apply_events(
         self,
@@ -644,7 +464,7 @@ class CacheStore:
         checkpoint, in one transaction, in order."""
         events = list(events)
 
-        def apply(conn: Any, store: CacheStore) -> None:
+        def apply(tx: WriteTransaction) -> None:
             batch: list[dict[str, Any]] = []
             kinds: list[str] = []
             for kind, obj in events:
@@ -652,12 +472,12 @@ class CacheStore:
                     batch.append(obj)
                     kinds.append(kind)
                     continue
-                store._upsert_rows(conn, context, desc, batch, None, kinds)
+                self._upsert_rows(tx, context, desc, batch, None, kinds)
                 batch, kinds = [], []
                 if kind == "DELETED":
-                    store._tombstone(conn, context, desc, [obj])
-            store._upsert_rows(conn, context, desc, batch, None, kinds)
-            store._write_status(conn, status)
+                    self._tombstone(tx, context, desc, [obj])
+            self._upsert_rows(tx, context, desc, batch, None, kinds)
+            self._write_status(tx, status)
 
         self._submit(apply, context=context, coalesced=True)
 
@@ -671,7 +491,7 @@ class CacheStore:
     ) -> None:
         items = list(items)
         self._submit(
-            lambda conn, store: store._upsert_rows(conn, context, desc, items, gen),
+            lambda tx: self._upsert_rows(tx, context, desc, items, gen),
             context=context,
             coalesced=True,
         )
@@ -680,29 +500,31 @@ class CacheStore:
         """Tombstone every cached object of this resource that the list did not return,
         then record the list's resourceVersion: the cache now equals the list."""
 
-        def apply(conn: Any, store: CacheStore) -> None:
+        def apply(tx: WriteTransaction) -> None:
             missing = (
                 (objects.c.context == context)
                 & (objects.c.deleted == False)  # noqa: E712
                 & ((objects.c.list_gen != gen) | objects.c.list_gen.is_(None))
             )
-            if store.history.records(desc):
+            if self.history.records(desc):
                 # The history first: it needs to know which objects the list did not return.
-                store._send_pending(conn)
-                gone = conn.execute(select(objects.c.uid).where(missing & (objects.c.resource == desc.key)))
-                next_seq = lambda: store._next_seq(context)  # noqa: E731
-                rows = store.history.deleted(
-                    conn, context, desc, [(u, None, None) for u in gone.scalars()], next_seq
+                tx.send_pending()
+                gone = tx.conn.execute(
+                    select(objects.c.uid).where(missing & (objects.c.resource == desc.key))
                 )
-                rows += store.history.listed(conn, context, desc, status.resource_version or "", next_seq)
-                store._queue_rows(conn, store._upsert_object, rows)
-                store._send_pending(conn)
-            conn.execute(
+                next_seq = lambda: tx.next_seq(context)  # noqa: E731
+                rows = self.history.deleted(
+                    tx.conn, context, desc, [(u, None, None) for u in gone.scalars()], next_seq
+                )
+                rows += self.history.listed(tx.conn, context, desc, status.resource_version or "", next_seq)
+                tx.queue_rows(self._upsert_object, rows)
+                tx.send_pending()
+            tx.conn.execute(
                 update(objects)
                 .where(missing & objects.c.resource.in_([desc.key, *(d.key for d in desc.derived)]))
-                .values(deleted=True, seq=store._next_seq(context))
+                .values(deleted=True, seq=tx.next_seq(context))
             )
-            store._write_status(conn, status)
+            self._write_status(tx, status)
 
         self._submit(apply, context=context)
 
@@ -710,17 +532,17 @@ class CacheStore:
         """Tombstone every object of a resource that no longer exists (a deleted CRD)
         and forget its checkpoint."""
 
-        def apply(conn: Any, store: CacheStore) -> None:
-            conn.execute(
+        def apply(tx: WriteTransaction) -> None:
+            tx.conn.execute(
                 update(objects)
                 .where(
                     (objects.c.context == context)
                     & (objects.c.resource == resource)
                     & (objects.c.deleted == False)  # noqa: E712
                 )
-                .values(deleted=True, seq=store._next_seq(context))
+                .values(deleted=True, seq=tx.next_seq(context))
             )
-            conn.execute(
+            tx.conn.execute(
                 checkpoints.delete().where(
                     (checkpoints.c.context == context) & (checkpoints.c.resource == resource)
                 )
@@ -732,10 +554,10 @@ class CacheStore:
         """A context removed from the kubeconfig: tombstone all its objects, forget its
         checkpoints and cluster row, and record it as retired."""
 
-        def apply(conn: Any, store: CacheStore) -> None:
-            seq = store._next_seq(context)
+        def apply(tx: WriteTransaction) -> None:
+            seq = tx.next_seq(context)
             # Its history stays: it is what happened, and the destination keeps it.
-            conn.execute(
+            tx.conn.execute(
                 update(objects)
                 .where(
                     (objects.c.context == context)
@@ -744,25 +566,23 @@ class CacheStore:
                 )
                 .values(deleted=True, seq=seq)
             )
-            conn.execute(checkpoints.delete().where(checkpoints.c.context == context))
-            conn.execute(clusters.delete().where(clusters.c.context == context))
+            tx.conn.execute(checkpoints.delete().where(checkpoints.c.context == context))
+            tx.conn.execute(clusters.delete().where(clusters.c.context == context))
             values = {"context": context, "retired_at": time.time(), "seq": seq}
-            conn.execute(store._upsert_stmt(retired_contexts, values, ["context"], ["retired_at", "seq"]))
+            tx.conn.execute(self._upsert_stmt(retired_contexts, values, ["context"], ["retired_at", "seq"]))
 
         self._submit(apply, context=context)
 
     def unretire_context(self, context: str) -> None:
         """A context (re)added to the kubeconfig is no longer retired."""
         self._submit(
-            lambda conn, _store: conn.execute(
-                retired_contexts.delete().where(retired_contexts.c.context == context)
-            )
+            lambda tx: tx.conn.execute(retired_contexts.delete().where(retired_contexts.c.context == context))
         )
 
     # -- status --------------------------------------------------------------
 
-    def _write_status(self, _conn: Any, status: InformerStatus) -> None:
-        self._statuses[(status.context, status.resource)] = tuple(getattr(status, c) for c in _STATUS_COLUMNS)
+    def _write_status(self, tx: WriteTransaction, status: InformerStatus) -> None:
+        tx.write_status((status.context, status.resource), tuple(getattr(status, c) for c in _STATUS_COLUMNS))
 
     def write_status(self, status: InformerStatus) -> None:
         self.write_statuses([status])
@@ -775,9 +595,9 @@ class CacheStore:
 
         for context, group in by_context.items():
 
-            def apply(conn: Any, store: CacheStore, group: list[InformerStatus] = group) -> None:
+            def apply(tx: WriteTransaction, group: list[InformerStatus] = group) -> None:
                 for status in group:
-                    store._write_status(conn, status)
+                    self._write_status(tx, status)
 
             self._submit(apply, context=context, coalesced=True)
 
@@ -785,7 +605,7 @@ class CacheStore:
         now = time.time()
         row = {"context": context, "created_at": now, "updated_at": now, **values}
         stmt = self._upsert_stmt(clusters, row, ["context"], [*values, "updated_at"])
-        self._submit(lambda conn, _store: conn.execute(stmt), context=context)
+        self._submit(lambda tx: tx.conn.execute(stmt), context=context)
 
     # -- maintenance ---------------------------------------------------------
 
@@ -795,9 +615,9 @@ class CacheStore:
             self._upsert_stmt(meta, {"key": k, "value": v}, ["key"], ["value"]) for k, v in values.items()
         ]
 
-        def apply(conn: Any, _store: CacheStore) -> None:
+        def apply(tx: WriteTransaction) -> None:
             for stmt in stmts:
-                conn.execute(stmt)
+                tx.conn.execute(stmt)
 
         self._submit(apply)
 
@@ -810,18 +630,18 @@ class CacheStore:
         points. Only contexts this writer purges (:meth:`_purgeable`)."""
         result: dict[str, int] = {}
 
-        def apply(conn: Any, store: CacheStore) -> None:
+        def apply(tx: WriteTransaction) -> None:
             gone = 0
             for ctx, cutoff in cutoffs.items():
-                owned = (context_seqs.c.context == ctx) & store._purgeable()
-                if not conn.execute(
+                owned = (context_seqs.c.context == ctx) & self._purgeable()
+                if not tx.conn.execute(
                     update(context_seqs)
                     .where(owned & (context_seqs.c.purged_seq < cutoff))
                     .values(purged_seq=cutoff)
                 ).rowcount:
                     continue
                 gone += (
-                    conn.execute(
+                    tx.conn.execute(
                         objects.delete().where(
                             (objects.c.context == ctx)
                             & objects.c.deleted.is_(True)
@@ -830,7 +650,7 @@ class CacheStore:
                     ).rowcount
                     or 0
                 )
-                conn.execute(
+                tx.conn.execute(
                     retired_contexts.delete().where(
                         (retired_contexts.c.context == ctx) & (retired_contexts.c.seq <= cutoff)
                     )
@@ -846,9 +666,9 @@ class CacheStore:
         result: dict[str, int] = {}
         contexts = select(context_seqs.c.context).where(self._purgeable())
 
-        def apply(conn: Any, store: CacheStore) -> None:
+        def apply(tx: WriteTransaction) -> None:
             result["n"] = purge_history(
-                conn, contexts, store.history.policy, time.time() if now is None else now
+                tx.conn, contexts, self.history.policy, time.time() if now is None else now
             )
 
         self._submit(apply, wait=True)

@@ -1,0 +1,172 @@
+"""The cache's writer thread: :class:`WriteLoop` takes queued operations in batches,
+commits each batch in one transaction (the commit itself is the store's), and decides
+what a failure means: a database out of reach is waited for (nothing is dropped), a
+context another writer took is dropped from the batch (fencing), a write that keeps
+failing is dropped and counted (the informers then relist).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from watcher.cache import backend
+from watcher.cache.backend import CacheLocation, CacheLocked, CacheUnusable
+from watcher.cache.transaction import ContextFenced, WriteTransaction
+
+log = logging.getLogger(__name__)
+
+#: How long a write waits at most between two attempts while the database is unreachable.
+MAX_RETRY_DELAY = 30.0
+
+
+@dataclass
+class Operation:
+    """One queued write; ``apply`` runs on the writer thread inside a transaction.
+    ``context``: the context it writes (its owner is checked first), or None."""
+
+    apply: Callable[[WriteTransaction], None]
+    context: str | None = None
+    done: threading.Event | None = None
+    #: Writes only through the coalesced statements (object upserts and tombstones,
+    #: checkpoints): they share executemany calls with the operations around it. Any
+    #: other operation first sends what is pending, so statements still run in order.
+    coalesced: bool = False
+
+
+class WriteLoop:
+    """The one writer thread of a cache store."""
+
+    def __init__(
+        self,
+        commit: Callable[[list[Operation]], None],
+        *,
+        location: CacheLocation,
+        lock: backend.FileWriterLock | backend.AdvisoryWriterLock,
+        batch_max: int,
+        batch_wait: float,
+    ) -> None:
+        self._commit = commit
+        self.location = location
+        self._lock = lock
+        self._batch_max = batch_max
+        self._batch_wait = batch_wait
+        # Bounded: when the database falls behind (or is down), informers wait here
+        # instead of piling up parsed objects in memory (a relist page holds up to 500).
+        self._queue: queue.Queue[Operation | None] = queue.Queue(maxsize=4)
+        #: Contexts another writer took over: their writes are skipped (context -> owner).
+        self.fenced: dict[str, str | None] = {}
+        self.dropped_batches = 0
+        #: Since when (wall clock) the database has been unreachable, or None.
+        self.unreachable_since: float | None = None
+        self._closing = threading.Event()
+        self._lock_lost = False
+        self._thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(
+        self,
+        fn: Callable[[WriteTransaction], None],
+        *,
+        context: str | None = None,
+        wait: bool = False,
+        coalesced: bool = False,
+    ) -> None:
+        if not self._thread.is_alive():
+            raise CacheUnusable(f"cache {self.location} is closed")
+        done = threading.Event() if wait else None
+        self._queue.put(Operation(fn, context, done, coalesced))
+        if done is not None:
+            done.wait()
+
+    def close(self, timeout: float) -> None:
+        """Commit what is queued and stop. A database still unreachable after
+        ``timeout`` loses the queued writes."""
+        if not self._thread.is_alive():
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._closing.set()  # stop retrying the unreachable database
+            self._thread.join(MAX_RETRY_DELAY + 5)
+            log.error("cache %s closed with writes not committed (database unreachable)", self.location)
+
+    def _run(self) -> None:
+        while not self._lock_lost:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self._batch_wait
+            stop = False
+            while len(batch) < self._batch_max:
+                try:
+                    op = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if op is None:
+                    stop = True
+                    break
+                batch.append(op)
+            self._apply(batch)
+            if stop:
+                return
+
+    def _apply(self, batch: list[Operation]) -> None:
+        failures = 0
+        delay = 0.5
+        while True:
+            try:
+                if self.unreachable_since is not None:
+                    # Before any write: the lock may have gone with the database's restart.
+                    self._lock.ensure()
+                self._commit([op for op in batch if op.context not in self.fenced])
+                if self.unreachable_since is not None:
+                    self.unreachable_since = None
+                    log.info("cache database %s reachable again; writes resumed", self.location)
+                break
+            except CacheLocked as exc:
+                # Another lone writer took the database while it was down: two writers
+                # would hand out the same seqs. Stop; /healthz fails and the pod restarts.
+                log.error("%s: this process stops writing", exc)
+                self._lock_lost = True
+                break
+            except ContextFenced as exc:
+                # Not an error of the batch: drop that context's writes, keep the rest.
+                self.fenced[exc.context] = exc.owner
+                log.error("%s; its writes are dropped here", exc)
+            except Exception as exc:
+                if backend.is_connection_error(self.location, exc) and not self._closing.is_set():
+                    # The database is down or out of reach: keep the batch (and, through
+                    # the bounded queue, the informers) waiting until it is back; the
+                    # watches resume from the resourceVersions nothing has moved past.
+                    self.unreachable_since = self.unreachable_since or time.time()
+                    log.warning(
+                        "cache database %s unreachable (%s); retrying %d writes in %.1fs",
+                        self.location, str(exc.__cause__ or exc).strip().splitlines()[0], len(batch), delay,
+                    )  # fmt: skip
+                    time.sleep(delay)
+                    delay = min(MAX_RETRY_DELAY, delay * 2)
+                    continue
+                failures += 1
+                log.exception("cache write of %d operations failed (attempt %d)", len(batch), failures)
+                if failures >= 5:
+                    # Events were lost on the way to the cache: it no longer follows the
+                    # watches. The informer manager sees this counter and relists everything.
+                    self.dropped_batches += 1
+                    log.error(
+                        "cache write of %d operations dropped after 5 attempts; informers will relist",
+                        len(batch),
+                    )
+                    break
+                time.sleep(0.5 * failures)
+        for op in batch:
+            if op.done is not None:
+                op.done.set()
