@@ -109,8 +109,8 @@ def test_purge_job_purges_up_to_the_newest_seq_older_than_the_retention(
         ),
         (["--tombstone-retention", "-5"], "argument --tombstone-retention: '-5' is not a duration"),
         (
-            ["--tombstone-retention", "1d"],
-            "argument --tombstone-retention: '1d' is not a duration (use e.g. 90s",
+            ["--tombstone-retention", "1w"],
+            "argument --tombstone-retention: '1w' is not a duration (use e.g. 90s",
         ),
         (["--tombstone-retention", "inf"], "argument --tombstone-retention: 'inf' is not a duration"),
         (["--relist-interval", "-1"], "argument --relist-interval: '-1' is not a duration"),
