@@ -28,6 +28,27 @@ def _next(messages: queue.Queue[SyncMessage], timeout: float = 5) -> SyncMessage
     return messages.get(timeout=timeout)
 
 
+def follow_plugin(cache: Path, table: str) -> Plugin:
+    plugin = Plugin(NoRefresh())
+    plugin.spec = Spec.parse({"follow": True, "cache_path": str(cache), "tables": [table]})
+    plugin.contexts = ["ctx"]
+    return plugin
+
+
+def following(plugin: Plugin) -> tuple[queue.Queue[SyncMessage], threading.Event, threading.Thread]:
+    """A follow sync running on a thread: its messages, its stop, the thread."""
+    stop = threading.Event()
+    messages: queue.Queue[SyncMessage] = queue.Queue()
+
+    def run() -> Any:
+        for msg in plugin.sync(SyncOptions(stop=stop)):
+            messages.put(msg)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return messages, stop, thread
+
+
 def _uids_and_versions(msg: SyncMessage) -> list[tuple[str, str]]:
     assert isinstance(msg, SyncInsert)
     return [(str(uuid.UUID(bytes=r["uid"])), r["resource_version"]) for r in msg.record.to_pylist()]
@@ -40,20 +61,8 @@ def test_follow_sends_changes_as_they_commit_and_stops(store: CacheStore, tmp_pa
         "ctx", CMS, [("ADDED", configmap("a", a, "1")), ("ADDED", configmap("b", b, "2"))], status
     )
     store.flush()
-    plugin = Plugin(NoRefresh())
-    plugin.spec = Spec.parse(
-        {"follow": True, "cache_path": str(tmp_path / "cache.db"), "tables": ["k8s_configmaps"]}
-    )
-    plugin.contexts = ["ctx"]
-    stop = threading.Event()
-    messages: queue.Queue[SyncMessage] = queue.Queue()
-
-    def run() -> Any:
-        for msg in plugin.sync(SyncOptions(stop=stop)):
-            messages.put(msg)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    plugin = follow_plugin(tmp_path / "cache.db", "k8s_configmaps")
+    messages, stop, thread = following(plugin)
     try:
         assert isinstance(_next(messages), SyncMigrateTable)
         assert _next(messages) == SyncDeleteRecord("k8s_configmaps", "ctx")  # first run: full snapshot
@@ -80,20 +89,8 @@ def test_follow_streams_new_changes_and_never_deletes_history(store: CacheStore,
     status = informer_status(CMS)
     store.apply_events("ctx", CMS, [("ADDED", configmap("a", a, "1"))], status)
     store.flush()
-    plugin = Plugin(NoRefresh())
-    plugin.spec = Spec.parse(
-        {"follow": True, "cache_path": str(tmp_path / "cache.db"), "tables": ["k8s_object_changes"]}
-    )
-    plugin.contexts = ["ctx"]
-    stop = threading.Event()
-    messages: queue.Queue[SyncMessage] = queue.Queue()
-
-    def run() -> Any:
-        for msg in plugin.sync(SyncOptions(stop=stop)):
-            messages.put(msg)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    plugin = follow_plugin(tmp_path / "cache.db", "k8s_object_changes")
+    messages, stop, thread = following(plugin)
     try:
         assert isinstance(_next(messages), SyncMigrateTable)
         first = _next(messages)  # the full snapshot: no clearing of the history first
