@@ -632,15 +632,18 @@ class WatchStream:
     async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
         buffer = b""
         try:
-            async for chunk in self._resp.chunks(self._read_timeout):
-                buffer += chunk
-                if b"\n" not in chunk:
+            # receive(), not chunks(): an idle watch waits in one coroutine frame, not in a
+            # generator over a waiting coroutine (tens of thousands of them).
+            while chunks := await self._resp.receive(self._read_timeout):
+                data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+                buffer += data
+                if b"\n" not in data:
                     continue
                 *lines, buffer = buffer.split(b"\n")
                 events = [orjson.loads(line) for line in lines if line.strip()]
                 # Nothing of this batch stays referenced while the watch waits for the
                 # next one: tens of thousands of idle watches would each keep their last.
-                chunk, lines = b"", []
+                chunks, data, lines = [], b"", []
                 if events:
                     yield events
                 events = []

@@ -37,8 +37,8 @@ Header values (the Authorization header) never appear in logs or exception messa
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import base64
-import binascii
 import collections
 import contextlib
 import http
@@ -172,36 +172,60 @@ class HttpResponse:
         leaving the iteration early (``break``, the consuming task cancelled), so that no
         stream outlives its reader."""
         try:
-            while True:
-                if self._buf:
-                    taken, self._buf = self._buf, []
-                    for chunk in taken:
-                        if self._cancelled:
-                            return
-                        self._unacked -= len(chunk)
-                        self._credit(len(chunk))
-                        yield chunk
-                    # Nothing received stays referenced while the stream waits: an idle
-                    # watch would hold its last DATA frame (tens of thousands of them).
-                    taken, chunk = [], b""
-                    continue
-                if self._cancelled:
-                    return
-                if self._error is not None:
-                    raise self._error
-                if self._ended:
-                    return
-                if not await self._wait_data(idle_timeout):
-                    self.cancel()
-                    raise TransportError("timeout", f"no data for {idle_timeout:g}s")
+            while taken := await self.receive(idle_timeout):
+                for chunk in taken:
+                    if self._cancelled:
+                        return
+                    yield chunk
+                # Nothing received stays referenced while the stream waits: an idle
+                # watch would hold its last DATA frame (tens of thousands of them).
+                taken, chunk = [], b""
         except (asyncio.CancelledError, GeneratorExit):
             self.cancel()
             raise
-        finally:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
-            self._settle()
+
+    async def receive(self, idle_timeout: float | None = None) -> list[bytes]:
+        """The body chunks received since the last call, waiting for some if there are
+        none; an empty list at the end of the body (or once cancelled). No byte for
+        ``idle_timeout`` seconds abandons the response and raises TransportError
+        (kind="timeout"). A reader that stops before the end must :meth:`cancel`.
+
+        One coroutine that waits in place, so that an idle watch is one frame here,
+        not a generator over a waiting coroutine. The idle timer outlives the wait
+        and is only re-armed when it fires: a stream receiving an event a second does
+        not create and cancel a timer for each (a tenth of the CPU of 25,000 idle
+        watches)."""
+        while not self._buf:
+            if self._cancelled or self._ended:
+                self._stop_reading()
+                return []
+            if self._error is not None:
+                self._stop_reading()
+                raise self._error
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[bool] = loop.create_future()
+            self._waiter = waiter
+            if idle_timeout is not None:
+                self._idle_from = loop.time()
+                if self._idle_timer is None:
+                    self._idle_timer = loop.call_at(
+                        self._idle_from + idle_timeout, self._idle_check, idle_timeout
+                    )
+            try:
+                arrived = await waiter
+            except BaseException:
+                self._waiter = None
+                self.cancel()
+                raise
+            self._waiter = None
+            if not arrived:
+                self.cancel()
+                raise TransportError("timeout", f"no data for {idle_timeout:g}s")
+        taken, self._buf = self._buf, []
+        for chunk in taken:
+            self._unacked -= len(chunk)
+            self._credit(len(chunk))
+        return taken
 
     async def aclose(self) -> None:
         """Abandon the response (a no-op once the body has been received)."""
@@ -213,6 +237,7 @@ class HttpResponse:
             return
         self._cancelled = True
         self._buf = []
+        self._stop_reading()
         self._abandon()
         self._wake()
 
@@ -250,21 +275,12 @@ class HttpResponse:
             if timer is not None:
                 timer.cancel()
 
-    async def _wait_data(self, timeout: float | None) -> bool:
-        """:meth:`_wait` for the body: the idle timer outlives the wait and is only
-        re-armed when it fires, so a stream receiving an event a second does not create
-        and cancel a timer for each (a tenth of the CPU of 25,000 idle watches)."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        self._waiter = waiter
-        if timeout is not None:
-            self._idle_from = loop.time()
-            if self._idle_timer is None:
-                self._idle_timer = loop.call_at(self._idle_from + timeout, self._idle_check, timeout)
-        try:
-            return await waiter
-        finally:
-            self._waiter = None
+    def _stop_reading(self) -> None:
+        """No more reading of the body: its idle timer goes, and the credit held back."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._settle()
 
     def _idle_check(self, timeout: float) -> None:
         self._idle_timer = None
@@ -339,20 +355,28 @@ async def _until(fut: asyncio.Future[Any], deadline: float, *, cancel: bool = Tr
 # --------------------------------------------------------------------------- HTTP/2
 
 
-def _short_data_repr(data: bytes | None) -> str:
-    """hyperframe's ``_raw_data_repr`` with the same result, from the first 11 bytes only.
+def _short_frame_repr(frame: hyperframe.frame.Frame) -> str:
+    """A frame's repr without its flags and body.
 
     h2 evaluates ``repr(frame)`` of every received frame for a trace log even when nothing
-    logs, and the original hex-encodes the whole payload before cutting it to 20 digits:
-    that was half of the client's CPU reading a large LIST.
+    logs. hyperframe's repr formats the flags and hex-encodes the payload: half of the
+    client's CPU reading a large LIST (before the payload was cut to its first bytes), and
+    4 % of an idle fleet's loop time, where every frame is a bookmark (after).
     """
-    if not data:
-        return "None"
-    digits = binascii.hexlify(data[:11]).decode("ascii")
-    return "<hex:" + (digits[:20] + "..." if len(digits) > 20 else digits) + ">"
+    return f"{type(frame).__name__}(stream_id={frame.stream_id})"
 
 
-hyperframe.frame._raw_data_repr = _short_data_repr
+hyperframe.frame.Frame.__repr__ = _short_frame_repr  # type: ignore[method-assign]
+
+#: asyncio's TLS transport reads the socket into a buffer of ``SSLProtocol.max_size``,
+#: allocated (and zeroed, so resident) per connection, and asks OpenSSL for that much
+#: plaintext at a time (a bytes object of that size each read, shrunk afterwards). Its
+#: 256 KiB default is 62 MB for a fleet's 247 connections that mostly carry bookmarks,
+#: and an allocation above malloc's mmap threshold for every read. A TLS record holds at
+#: most 16 KiB, so 32 KiB (two records a read) costs a large LIST only more, smaller reads.
+#: Process-wide: every asyncio TLS connection of the process is one of this module's.
+TLS_READ_BUFFER = 32 << 10
+asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
 class _H2State(h2.connection.H2Connection):
@@ -1102,7 +1126,13 @@ class ConnectionPool:
         connection or a freed stream wakes only as many of them as it has room for (25,000
         watches re-opening after a restart must not all wake for each new connection)."""
         loop = asyncio.get_running_loop()
-        conn = self._h2_with_capacity() if not self._h2_waiters and self._h2_free() > 0 else None
+        conn = None
+        if not self._h2_waiters:
+            conn = self._h2_with_capacity()
+            # Free slots are counted (all connections again) only while some are promised
+            # to woken waiters: a fleet re-opens 55 watches a second over 250 connections.
+            if conn is not None and self._h2_promised and self._h2_free() <= 0:
+                conn = None
         woken = False
         while conn is None:
             if self._protocol == "http/1.1":

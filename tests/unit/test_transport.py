@@ -23,6 +23,7 @@ import h2.errors
 import h2.events
 import h2.settings
 import h11
+import hyperframe.frame
 import pytest
 
 from testbed.cluster import Pki
@@ -1083,3 +1084,31 @@ def test_socks5_proxies(pki: Pki, scheme: str) -> None:
 
 def test_response_objects_are_small() -> None:
     assert not hasattr(HttpResponse(), "__dict__")
+
+
+def test_tls_connections_read_into_a_small_buffer(pki: Pki) -> None:
+    """asyncio's default is 256 KiB per connection (62 MB for a fleet's 247): the pool's
+    connections read into TLS_READ_BUFFER, and a body many times that arrives whole."""
+    body = bytes(range(256)) * (MiB // 256)
+
+    async def handler(req: H2Request) -> None:
+        req.respond(200)
+        await req.send(body, end=True)
+
+    async def main() -> None:
+        async with FakeH2Server(pki, handler) as server:
+            pool = server.pool()
+            resp = await pool.request("GET", "/big", [])
+            assert await resp.read() == body
+            tls = pool._h2[0].transport._ssl_protocol  # type: ignore[union-attr]
+            assert len(tls._ssl_buffer) == transport.TLS_READ_BUFFER < 256 * 1024
+            await pool.aclose()
+
+    run(main())
+
+
+def test_frames_are_formatted_without_their_payload() -> None:
+    """h2 formats every received frame for a trace log: a bookmark's or a LIST page's
+    payload must not be hex-encoded for nobody."""
+    frame = hyperframe.frame.DataFrame(7, data=b"x" * 100_000)
+    assert repr(frame) == "DataFrame(stream_id=7)"
