@@ -78,9 +78,14 @@ def test_five_contexts_of_over_150_kinds_watch_over_at_most_ten_http2_connection
     kubeconfig = tmp_path / "kubeconfig"
     contexts = fleet_kubeconfig(planes, kubeconfig, 5)
     daemon = start_daemon(kubeconfig, tmp_path / "cache.db", timeout=180)
-    watching = _watching(daemon.cache)
-    assert set(watching) == set(contexts)
-    assert min(watching.values()) >= 150, watching
+
+    # The daemon says synced from its informers' states; their last checkpoints may still
+    # be in the writer's queue (a loaded machine: 20 of a context's 153 were, once).
+    def all_watching() -> dict[str, int] | None:
+        found = _watching(daemon.cache)
+        return found if set(found) == set(contexts) and min(found.values()) >= 150 else None
+
+    watching = eventually(all_watching, what="150 informers of every context watching in the cache")
     connections = tcp_connections(daemon.proc.pid, _port(planes))
     threads = thread_count(daemon.proc.pid)
     print(f"{sum(watching.values())} watches over {connections} connections, {threads} threads")

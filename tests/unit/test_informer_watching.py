@@ -5,7 +5,6 @@ half of client-go's reflector_test.go)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import pytest
 
@@ -118,8 +117,8 @@ def test_bookmark_only_checkpoints_are_written_together_with_each_informers_curr
             self.stopping, self.store = False, store
             self.status = InformerStatus(context="c", resource=resource, table_name="t", state="watching")
 
-        def _status_copy(self) -> InformerStatus:
-            return dataclasses.replace(self.status)
+        def _current_status(self) -> InformerStatus:
+            return self.status
 
     async def scenario() -> None:
         deferred = BookmarkCheckpoints(interval=0.01)
