@@ -32,6 +32,8 @@ SEVERITIES = ("low", "medium", "high", "critical")
 FRAMEWORKS = ("nsa-cisa", "pss-baseline", "pss-restricted")
 #: The columns every check returns, in this order.
 RESULT_COLUMNS = ("context_name", "kind", "namespace", "name", "uid")
+#: Where ``check`` stores each run's results (``runner``), which the findings follow (``tracking``).
+RESULTS_TABLE = "k8s_policy_results"
 
 _HEADER = re.compile(r"^-- (id|title|severity|frameworks|section|remediation): (.+)$")
 _TABLE = re.compile(r"\bk8s_[a-z_]+\b")

@@ -57,6 +57,12 @@ def check_command(args: argparse.Namespace) -> int:
         f"{len(run.failing())} failing, {len(failing)} at or above {args.severity_threshold}",
         file=sys.stderr,
     )
+    changes = run.finding_changes
+    if changes is not None:
+        print(
+            f"findings: {changes.opened} opened, {changes.closed} closed, {changes.open} open",
+            file=sys.stderr,
+        )
     return 1 if failing else 0
 
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import psycopg
 
-from watcher.checks import SEVERITIES, Check
+from watcher.checks import RESULTS_TABLE, SEVERITIES, Check
 from watcher.checks.charts import PALETTE, donut, stacked_bars
-from watcher.checks.runner import RESULTS_TABLE, Finding, Run, findings, run_checks, table_names
+from watcher.checks.runner import Finding, Run, findings, run_checks, table_names
+from watcher.checks.tracking import FINDINGS_VIEW, SPANS_TABLE
 
 #: Offending objects listed per check; the rest are counted.
 OBJECTS_PER_CHECK = 200
@@ -43,7 +44,7 @@ def _object_tables(conn: psycopg.Connection) -> list[str]:
               AND column_name IN ('context_name', 'uid')
             GROUP BY table_name HAVING count(*) = 2 ORDER BY 1"""
     ).fetchall()
-    return [r[0] for r in rows if r[0] not in ("k8s_clusters", RESULTS_TABLE)]
+    return [r[0] for r in rows if r[0] not in ("k8s_clusters", RESULTS_TABLE, FINDINGS_VIEW, SPANS_TABLE)]
 
 
 def _inventory(conn: psycopg.Connection) -> dict[str, dict[str, int]]:

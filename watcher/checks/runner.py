@@ -3,7 +3,8 @@
 A run stores one ``fail`` row per offending object, and one ``pass`` (or ``skipped``,
 when a table the check reads is missing) row per check and context with no object.
 Offending rows are written by ``INSERT ... SELECT`` inside PostgreSQL: only the
-counts come back, so a run over a large inventory moves no rows through Python.
+counts come back, so a run over a large inventory moves no rows through Python. The
+same transaction brings ``k8s_policy_findings`` up to date (``tracking``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from watcher.checks import RESULT_COLUMNS, SEVERITIES, Check
-
-RESULTS_TABLE = "k8s_policy_results"
+from watcher.checks import RESULT_COLUMNS, RESULTS_TABLE, SEVERITIES, Check
+from watcher.checks.tracking import FindingChanges, prepare, track
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS {RESULTS_TABLE} (
@@ -65,6 +65,8 @@ class Run:
     run_at: datetime
     contexts: list[str]
     outcomes: list[Outcome]
+    #: What the run did to ``k8s_policy_findings`` (set when it is recorded).
+    finding_changes: FindingChanges | None = None
 
     def failing(self, threshold: str = "low") -> list[Outcome]:
         """Checks that failed somewhere, at or above ``threshold`` severity."""
@@ -108,12 +110,14 @@ def _record_failures(conn: psycopg.Connection, check: Check, run: Run) -> dict[s
 
 def run_checks(conn: psycopg.Connection, checks: Iterable[Check]) -> Run:
     """Run ``checks`` and record them as one run, committed when all are done."""
-    run = Run(uuid.uuid4(), datetime.now(UTC), [], [])
     # The planner prices every jsonb_array_elements() at 100 rows, so the container
     # checks look expensive enough to JIT-compile: seconds of compiling for queries
     # that run in milliseconds.
     conn.execute("SET LOCAL jit = off")
     conn.execute(_DDL)
+    prepare(conn)
+    # Timed once the findings are ours: a run that waited for another is later than it.
+    run = Run(uuid.uuid4(), datetime.now(UTC), [], [])
     tables = table_names(conn)
     run.contexts = known_contexts(conn, tables)
     for check in checks:
@@ -129,6 +133,8 @@ def run_checks(conn: psycopg.Connection, checks: Iterable[Check]) -> Run:
             for ctx in run.contexts:
                 if o.status(ctx) != "fail":
                     copy.write_row((*_meta(o.check, run, o.status(ctx)), ctx))
+    ran = [o.check.id for o in run.outcomes if not o.missing_tables]
+    run.finding_changes = track(conn, run.run_id, run.run_at, ran, run.contexts)
     conn.commit()
     return run
 
