@@ -19,6 +19,7 @@ from watcher.history import (
     changed_managers,
     json_patch,
     managers_of,
+    same_but_status,
 )
 from watcher.resources import BY_KEY
 from watcher.snapshot import SnapshotReader
@@ -155,6 +156,15 @@ def test_status_only_changes_are_kept_only_when_the_policy_asks() -> None:
     assert HistoryPolicy().keeps(["/status/replicas", "/spec/replicas"])
     assert HistoryPolicy(status_updates=True).keeps(["/status/replicas"])
     assert not HistoryPolicy().keeps([])
+
+
+def test_a_status_only_change_is_told_without_a_patch_and_as_json() -> None:
+    old = {"spec": {"replicas": 1, "paused": False}, "status": {"ready": 0}}
+    assert same_but_status(old, {"spec": {"replicas": 1, "paused": False}, "status": {"ready": 1}})
+    assert same_but_status(old, {"spec": {"replicas": 1, "paused": False}})
+    assert not same_but_status(old, {"spec": {"replicas": 2, "paused": False}, "status": {"ready": 0}})
+    # Equal in Python, not in JSON (nor in a patch): 0 is not false.
+    assert not same_but_status(old, {"spec": {"replicas": 1, "paused": 0}, "status": {"ready": 0}})
 
 
 # --------------------------------------------------------------------------- the writer

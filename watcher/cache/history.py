@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from sqlalchemy import delete, func, select
 
-from watcher.cache.schema import history_followed, history_heads, objects
+from watcher.cache.schema import history_followed, objects
 from watcher.history import (
     CHANGE_COLUMNS,
     CHANGES_KEY,
@@ -44,6 +44,7 @@ from watcher.history import (
     history_doc,
     json_patch,
     managers_of,
+    same_but_status,
 )
 from watcher.resources import Column, ResourceDescriptor
 from watcher.tables import document
@@ -59,6 +60,10 @@ ON CONFLICT (context, resource, uid) DO UPDATE SET
     resource_version = excluded.resource_version, doc = excluded.doc, managers = excluded.managers
 """
 _DELETE_HEAD = "DELETE FROM history_heads WHERE context = ? AND resource = ? AND uid = ?"
+_SELECT_HEADS = """
+SELECT uid, resource_version, doc, managers, first_seen, first_seen_as, first_seq FROM history_heads
+WHERE context = ? AND resource = ? AND uid IN ({})
+"""
 
 #: An objects row (the writer's upsert statement's parameters).
 ObjectRow = tuple[Any, ...]
@@ -85,8 +90,12 @@ class HistoryRecorder:
 
     def __init__(self, policy: HistoryPolicy, sql: Callable[[str], str]) -> None:
         self.policy = policy
+        self._sql = sql
         self._upsert_head = sql(_UPSERT_HEAD)
         self._delete_head = sql(_DELETE_HEAD)
+        #: The heads' SELECT by IN-list length (see _select_heads).
+        self._select_heads_sql: dict[int, str] = {}
+        self._records: dict[str, bool] = {}
         #: (context, resource, uid) -> the head written by this transaction (None: removed).
         self._pending: dict[tuple[str, str, str], Head | None] = {}
         #: (context, resource) -> whether its history has begun (this transaction's view).
@@ -100,7 +109,10 @@ class HistoryRecorder:
         self._new_followed.clear()
 
     def records(self, desc: ResourceDescriptor) -> bool:
-        return self.policy.records(desc)
+        # Asked on every write: the policy's globs, matched once per kind.
+        if desc.key not in self._records:
+            self._records[desc.key] = self.policy.records(desc)
+        return self._records[desc.key]
 
     # -- heads -------------------------------------------------------------------
 
@@ -115,21 +127,28 @@ class HistoryRecorder:
                     found[uid] = head
             else:
                 missing.append(uid)
-        h = history_heads.c
         for i in range(0, len(missing), 500):
-            query = select(
-                h.uid, h.resource_version, h.doc, h.managers, h.first_seen, h.first_seen_as, h.first_seq
-            ).where((h.context == context) & (h.resource == resource) & h.uid.in_(missing[i : i + 500]))
-            for row in conn.execute(query):
-                found[row.uid] = Head(
-                    row.resource_version,
-                    orjson.loads(row.doc),
-                    [tuple(e) for e in orjson.loads(row.managers)],
-                    row.first_seen,
-                    row.first_seen_as,
-                    row.first_seq,
+            some = missing[i : i + 500]
+            for uid, rv, doc, managers, first_seen, first_seen_as, first_seq in conn.exec_driver_sql(
+                self._select_heads(len(some)), (context, resource, *some)
+            ):
+                found[uid] = Head(
+                    rv,
+                    orjson.loads(doc),
+                    [tuple(e) for e in orjson.loads(managers)],
+                    first_seen,
+                    first_seen_as,
+                    first_seq,
                 )
         return found
+
+    def _select_heads(self, n: int) -> str:
+        """The heads' SELECT of ``n`` uids, as driver SQL: it runs for every watch read and
+        every deletion, and building and compiling a Core select each time was a third of
+        a history-on writer's time (bench/history_bench.py)."""
+        if n not in self._select_heads_sql:
+            self._select_heads_sql[n] = self._sql(_SELECT_HEADS.format(", ".join("?" * n)))
+        return self._select_heads_sql[n]
 
     def send(self, conn: Any) -> None:
         """Write the heads this transaction changed (before any read that needs them)."""
@@ -198,6 +217,8 @@ class HistoryRecorder:
             if head is not None and head.resource_version == rv:
                 continue  # the version recorded last (a relist of an unchanged object)
             doc = history_doc(clean, desc)
+            if head is not None and not self.policy.status_updates and same_but_status(head.doc, doc):
+                continue  # status only (or no change the document shows): not recorded
             managers = managers_of(raw)
             if head is None:
                 seq = next_seq()
