@@ -3,9 +3,15 @@
 -- object as it was after it in "object") and k8s_object_lifetimes (first seen, deleted).
 -- :schema is the schema of the functions and of those tables.
 
--- What an as-of query reads: the newest change of each object at or before a time.
-CREATE INDEX IF NOT EXISTS k8s_object_changes_by_object
-    ON :schema.k8s_object_changes (context_name, uid, observed_at DESC, change_seq DESC);
+-- What an as-of query reads: the newest change of each object at or before a time, one
+-- index descent per object. change_type rides in the index so that counting or listing
+-- what existed is an index-only scan (the row, with its object, is read only when asked
+-- for): at 100k objects and 1M changes this halved the whole-fleet as-of, and it keeps the
+-- planner's estimate under the cost where JIT compiles with inlining and optimization
+-- (bench/history_bench.py). It replaces k8s_object_changes_by_object, the same without it.
+DROP INDEX IF EXISTS :schema.k8s_object_changes_by_object;
+CREATE INDEX IF NOT EXISTS k8s_object_changes_as_of
+    ON :schema.k8s_object_changes (context_name, uid, observed_at DESC, change_seq DESC) INCLUDE (change_type);
 -- What a changes-between query reads.
 CREATE INDEX IF NOT EXISTS k8s_object_changes_by_time ON :schema.k8s_object_changes (observed_at);
 -- Which objects were alive at a time.
@@ -24,17 +30,22 @@ RETURNS TABLE (
 LANGUAGE sql STABLE AS $$
     SELECT l.context_name, l.uid, c.kind, c.api_version, c.namespace, c.name,
            c.resource_version, c.object::jsonb, c.observed_at, c.change_seq
-    FROM :schema.k8s_object_lifetimes l
+    -- The objects in the changes index's order: each descent finds the pages of the one
+    -- before it in cache (a fifth less CPU than in the table's order, at 100k objects).
+    FROM (
+        SELECT l.context_name, l.uid FROM :schema.k8s_object_lifetimes l
+        WHERE l.first_seen_at <= at
+          AND (l.deleted_at IS NULL OR l.deleted_at > at)
+          AND (kinds IS NULL OR l.kind = ANY (kinds))
+        ORDER BY l.context_name, l.uid
+    ) l
     CROSS JOIN LATERAL (
         SELECT * FROM :schema.k8s_object_changes c
         WHERE c.context_name = l.context_name AND c.uid = l.uid AND c.observed_at <= at
         ORDER BY c.observed_at DESC, c.change_seq DESC
         LIMIT 1
     ) c
-    WHERE l.first_seen_at <= at
-      AND (l.deleted_at IS NULL OR l.deleted_at > at)
-      AND (kinds IS NULL OR l.kind = ANY (kinds))
-      AND c.change_type <> 'deleted'
+    WHERE c.change_type <> 'deleted'
 $$;
 
 -- What differs between the fleet as of t1 and as of t2: objects added, deleted or
