@@ -103,6 +103,18 @@ def destination_config(
     }
 
 
+def history_configs(dsn: str, *, path: str | Path, registry: str = "grpc") -> list[dict[str, Any]]:
+    """A source of the two history tables and a destination entry of their own that
+    never deletes stale rows (write_mode overwrite), into ``dsn``: docs/history.md's
+    way to keep history beside an inventory synced with overwrite-delete-stale."""
+    tables = ["k8s_object_changes", "k8s_object_lifetimes"]
+    source = source_config({}, registry=registry, path=path, tables=tables, name="k8s-history")
+    source["spec"]["destinations"] = ["postgresql-history"]
+    destination = destination_config(dsn, write_mode="overwrite")
+    destination["spec"]["name"] = "postgresql-history"
+    return [source, destination]
+
+
 @dataclass
 class CqResult:
     returncode: int

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 
 from testbed.cluster import control_planes
-from testbed.cq import destination_config, run_cloudquery, source_config
+from testbed.cq import destination_config, history_configs, run_cloudquery, source_config
 from testbed.daemon import DaemonProcess, console_script
 from testbed.live import LiveCluster, deployment_manifest
 from testbed.postgres import postgres_server
@@ -88,9 +88,12 @@ def main() -> int:
             print("demo: prod runs kube-controller-manager, kube-scheduler and kwok with 3 nodes")
             daemon.start()
             print(f"demo: daemon healthy: {daemon.http('/healthz')[1].strip()}")
+            # As examples/grpc-snapshot.yml: the history through a destination entry of its
+            # own that never deletes stale rows (docs/history.md).
             configs = [
                 source_config({}, registry="grpc", path=daemon.grpc_address),
                 destination_config(pg.dsn),
+                *history_configs(pg.dsn, path=daemon.grpc_address),
             ]
             started = time.monotonic()
             result = run_cloudquery(["sync"], workdir=work / "cq", configs=configs)

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from testbed.cluster import ControlPlanes
-from testbed.cq import destination_config, run_cloudquery, source_config
+from testbed.cq import destination_config, history_configs, run_cloudquery, source_config
 from testbed.daemon import console_script
 from tests.conftest import CMS, configmap, eventually, namespace, sync, unique
 from watcher.history import CHANGES_TABLE
@@ -208,13 +208,8 @@ def history_kept_apart(tmp: Path, dsn: str, address: str) -> None:
     """One ``cloudquery sync`` as docs/history.md configures it: the inventory through a
     destination that deletes stale rows, the history through one that never does."""
     inventory = source_config({}, registry="grpc", path=address, tables=["k8s_configmaps"], name="k8s")
-    history = source_config({}, registry="grpc", path=address, tables=HISTORY, name="k8s-history")
-    history["spec"]["destinations"] = ["postgresql-history"]
-    kept = destination_config(dsn, write_mode="overwrite")
-    kept["spec"]["name"] = "postgresql-history"
-    result = run_cloudquery(
-        ["sync"], workdir=tmp / "cq-apart", configs=[inventory, history, destination_config(dsn), kept]
-    )
+    configs = [inventory, destination_config(dsn), *history_configs(dsn, path=address)]
+    result = run_cloudquery(["sync"], workdir=tmp / "cq-apart", configs=configs)
     assert result.returncode == 0, result.output[-3000:]
 
 

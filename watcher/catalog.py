@@ -40,6 +40,7 @@ __all__ = [
     "excluded",
     "needed_resources",
     "schema_for",
+    "selects",
 ]
 
 #: Every built-in table, in the order a sync emits them (discovered tables come after).
@@ -49,6 +50,16 @@ ALL_TABLES: tuple[str, ...] = (
     CUSTOM_OBJECTS_TABLE,
     *HISTORY_TABLES,
 )
+
+
+def selects(pattern: str, table: str) -> bool:
+    """Whether a source's ``tables`` pattern selects ``table``. The history tables are
+    synced when asked for: a catch-all pattern (one that also selects k8s_clusters: ``*``,
+    ``k8s_*``) leaves them out, so a configuration written before them syncs what it
+    did; their names, or ``k8s_object_*``, select them."""
+    if not fnmatch.fnmatchcase(table, pattern):
+        return False
+    return table not in HISTORY_TABLES or not fnmatch.fnmatchcase(CLUSTERS_TABLE, pattern)
 
 
 def schema_for(table: str) -> pa.Schema:

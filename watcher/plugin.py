@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from watcher import state
-from watcher.catalog import ALL_TABLES, HISTORY_TABLES, excluded, schema_for
+from watcher.catalog import ALL_TABLES, HISTORY_TABLES, excluded, schema_for, selects
 from watcher.clusters import CLUSTERS_TABLE
 from watcher.errors import CacheError
 from watcher.kubeconfig import KubeconfigError, resolve_contexts
@@ -117,7 +117,7 @@ class Plugin:
             allowed = self.spec.tables if self.spec else ALL_TABLES
         chosen = [
             t for t in allowed
-            if any(fnmatch.fnmatchcase(t, p) for p in (patterns or ["*"]))
+            if any(selects(p, t) for p in (patterns or ["*"]))
             and not any(fnmatch.fnmatchcase(t, p) for p in skip)
         ]  # fmt: skip
         return tuple(chosen)

@@ -35,13 +35,16 @@ def follow_plugin(cache: Path, table: str) -> Plugin:
     return plugin
 
 
-def following(plugin: Plugin) -> tuple[queue.Queue[SyncMessage], threading.Event, threading.Thread]:
-    """A follow sync running on a thread: its messages, its stop, the thread."""
+def following(
+    plugin: Plugin, tables: tuple[str, ...] = ("*",)
+) -> tuple[queue.Queue[SyncMessage], threading.Event, threading.Thread]:
+    """A follow sync of ``tables`` (the CLI's patterns) running on a thread: its
+    messages, its stop, the thread."""
     stop = threading.Event()
     messages: queue.Queue[SyncMessage] = queue.Queue()
 
     def run() -> Any:
-        for msg in plugin.sync(SyncOptions(stop=stop)):
+        for msg in plugin.sync(SyncOptions(tables=tables, stop=stop)):
             messages.put(msg)
 
     thread = threading.Thread(target=run)
@@ -90,7 +93,7 @@ def test_follow_streams_new_changes_and_never_deletes_history(store: CacheStore,
     store.apply_events("ctx", CMS, [("ADDED", configmap("a", a, "1"))], status)
     store.flush()
     plugin = follow_plugin(tmp_path / "cache.db", "k8s_object_changes")
-    messages, stop, thread = following(plugin)
+    messages, stop, thread = following(plugin, ("k8s_object_changes",))  # named: history is opt-in
     try:
         assert isinstance(_next(messages), SyncMigrateTable)
         first = _next(messages)  # the full snapshot: no clearing of the history first

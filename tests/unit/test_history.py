@@ -12,8 +12,10 @@ import orjson
 import pytest
 
 from tests.unit.builders import CMS, SECRETS, configmap, informer_status
+from watcher.catalog import selects
 from watcher.history import (
     CHANGES_TABLE,
+    HISTORY_TABLES,
     LIFETIMES_TABLE,
     HistoryPolicy,
     changed_managers,
@@ -21,6 +23,7 @@ from watcher.history import (
     managers_of,
     same_but_status,
 )
+from watcher.plugin import Plugin
 from watcher.resources import BY_KEY
 from watcher.snapshot import SnapshotReader
 from watcher.state import CacheStore
@@ -346,3 +349,14 @@ def test_the_purge_keeps_history_under_its_size_bound_oldest_first(tmp_path: Any
         assert [c["resource_version"] for c in left] == [str(i) for i in range(11 - len(left), 11)]
     finally:
         store.close()
+
+
+def test_a_catch_all_pattern_leaves_the_history_tables_out_and_their_names_select_them() -> None:
+    plugin = Plugin(refresher=None)  # type: ignore[arg-type]  # (selecting tables refreshes nothing)
+    assert not set(HISTORY_TABLES) & set(plugin.select_tables(["*"], []))
+    assert not set(HISTORY_TABLES) & set(plugin.select_tables(["k8s_*"], []))
+    assert "k8s_pods" in plugin.select_tables(["*"], [])
+    assert plugin.select_tables(["k8s_object_*"], []) == HISTORY_TABLES
+    assert plugin.select_tables(["*", "k8s_object_changes"], [])[-1] == CHANGES_TABLE
+    assert plugin.select_tables(["k8s_object_*"], ["k8s_object_lifetimes"]) == (CHANGES_TABLE,)
+    assert selects("k8s_object_lifetimes", LIFETIMES_TABLE) and not selects("*", LIFETIMES_TABLE)
