@@ -177,7 +177,9 @@ class Chaos:
 
     # -- the run -------------------------------------------------------------
 
-    def run(self, seconds: float, fault_every: float) -> Report:
+    def run(self, seconds: float, fault_every: float, min_faults: int = 0) -> Report:
+        """``seconds`` of churn, syncs and faults; on a slow machine (each fault takes
+        longer) the run goes on until ``min_faults`` were injected, up to twice as long."""
         for ctx in CONTEXTS:
             self.planes.servers[ctx].admin().create("/api/v1/namespaces", {"metadata": {"name": "chaos"}})
             self.planes.servers[ctx].admin().create(
@@ -187,9 +189,11 @@ class Chaos:
         workers = [threading.Thread(target=self.churn), threading.Thread(target=self.syncs)]
         for w in workers:
             w.start()
-        deadline = time.monotonic() + seconds
+        started = time.monotonic()
         try:
-            while time.monotonic() < deadline:
+            while (elapsed := time.monotonic() - started) < seconds or (
+                sum(self.report.faults.values()) < min_faults and elapsed < 2 * seconds
+            ):
                 time.sleep(self.rng.uniform(0.5, 1.5) * fault_every)
                 self.inject()
         finally:
@@ -246,14 +250,16 @@ class Chaos:
         return out
 
 
-def run_chaos(seconds: float, *, seed: int = 1, fault_every: float = 4.0) -> dict[str, Any]:
+def run_chaos(
+    seconds: float, *, seed: int = 1, fault_every: float = 4.0, min_faults: int = 0
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="k8s-watcher-chaos-") as tmp:
         work = Path(tmp)
         with (
             control_planes(CONTEXTS, workdir=work / "kube", with_proxy=True) as planes,
             postgres_server() as pg,
         ):
-            report = Chaos(planes, pg.dsn, work, random.Random(seed)).run(seconds, fault_every)
+            report = Chaos(planes, pg.dsn, work, random.Random(seed)).run(seconds, fault_every, min_faults)
     return report.as_dict()
 
 
