@@ -43,8 +43,8 @@ from testbed.daemon import DaemonProcess
 from testbed.fleet import create_crds, create_objects, fleet_crds, fleet_kubeconfig
 from testbed.postgres import postgres_server
 from testbed.sockets import tcp_connections, thread_count
+from watcher.catalog import ALL_TABLES, DEFAULT_TABLES
 from watcher.snapshot import SnapshotReader
-from watcher.spec import ALL_TABLES
 
 NS = "fleet"
 
@@ -60,7 +60,7 @@ def null_batches(cache: Path, contexts: list[str], path: Path) -> tuple[int, int
     with SnapshotReader.open(cache) as snap:
         snap.load_custom_tables(contexts)
         tables = [
-            *ALL_TABLES,
+            *DEFAULT_TABLES,
             *sorted(set(snap.cached_tables(contexts)) - set(ALL_TABLES)),
             *sorted(snap.custom),
         ]

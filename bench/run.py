@@ -48,8 +48,8 @@ from testbed.cluster import ApiServer, ControlPlanes, control_planes, crd_manife
 from testbed.cq import destination_config, run_cloudquery, source_config
 from testbed.daemon import DaemonProcess
 from testbed.postgres import postgres_server
+from watcher.catalog import ALL_TABLES, DEFAULT_TABLES
 from watcher.snapshot import SnapshotReader
-from watcher.spec import ALL_TABLES
 
 REPO = Path(__file__).resolve().parent.parent
 CONTEXTS = ["c1", "c2", "c3"]
@@ -252,7 +252,7 @@ def emission_rate(cache: Path, *, passes: int = 4) -> tuple[float, float, int, P
             # and each CRD's typed table.
             snap.load_custom_tables(CONTEXTS)
             tables = [
-                *ALL_TABLES,
+                *DEFAULT_TABLES,
                 *sorted(set(snap.cached_tables(CONTEXTS)) - set(ALL_TABLES)),
                 *sorted(snap.custom),
             ]

@@ -56,8 +56,8 @@ from testbed.cluster import ControlPlanes, binary_dir, control_planes
 from testbed.cq import DESTINATION_VERSION, cloudquery_binary, destination_config, source_config
 from testbed.daemon import DaemonProcess
 from testbed.postgres import Postgres, postgres_server
+from watcher.catalog import ALL_TABLES, DEFAULT_TABLES
 from watcher.snapshot import SnapshotReader
-from watcher.spec import ALL_TABLES
 
 REPO = Path(__file__).resolve().parent.parent
 #: Six contexts on the three API servers: c4..c6 are c1..c3 under other names.
@@ -97,7 +97,7 @@ def _tables(snap: SnapshotReader, contexts: list[str]) -> list[str]:
     """What a default sync of ``contexts`` sends: built-in, discovered and CRD tables."""
     snap.load_custom_tables(contexts)
     found = set(snap.cached_tables(contexts)) | set(snap.custom)
-    return [*ALL_TABLES, *sorted(found - set(ALL_TABLES))]
+    return [*DEFAULT_TABLES, *sorted(found - set(ALL_TABLES))]
 
 
 def _emit_all(where: Path | str, contexts: list[str]) -> int:

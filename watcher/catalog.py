@@ -36,6 +36,7 @@ __all__ = [
     "ALL_TABLES",
     "CLUSTERS_TABLE",
     "CUSTOM_OBJECTS_TABLE",
+    "DEFAULT_TABLES",
     "HISTORY_TABLES",
     "excluded",
     "needed_resources",
@@ -60,6 +61,10 @@ def selects(pattern: str, table: str) -> bool:
     if not fnmatch.fnmatchcase(table, pattern):
         return False
     return table not in HISTORY_TABLES or not fnmatch.fnmatchcase(CLUSTERS_TABLE, pattern)
+
+
+#: The built-in tables a catch-all ``tables: ["*"]`` syncs (all but the history's).
+DEFAULT_TABLES: tuple[str, ...] = tuple(t for t in ALL_TABLES if selects("*", t))
 
 
 def schema_for(table: str) -> pa.Schema:
