@@ -30,8 +30,17 @@ def accepted(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e.get("responseStatus", {}).get("code", 200) != 401]
 
 
+#: Resources the daemon polls with a LIST a minute (no watch verb: watcher.polling).
+POLLED = {d.plural for d in RESOURCES if d.list_only}
+
+
 def list_requests(events: list[dict[str, Any]]) -> list[str]:
-    """LISTs and streaming lists (watches with sendInitialEvents) among the events."""
+    """LISTs and streaming lists (watches with sendInitialEvents) among the events,
+    but for the polls of list-only resources: a poll is how those are followed, not a
+    relist."""
     return [
-        e["requestURI"] for e in events if e["verb"] == "list" or "sendInitialEvents=true" in e["requestURI"]
+        e["requestURI"]
+        for e in events
+        if (e["verb"] == "list" or "sendInitialEvents=true" in e["requestURI"])
+        and e.get("objectRef", {}).get("resource") not in POLLED
     ]
