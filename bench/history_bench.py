@@ -745,7 +745,17 @@ def asof(pg: Postgres, work: Path, objects: int) -> dict[str, Any]:
     print(f"  timeline: {out['timeline']}", flush=True)
     out["install_s"] = round(install(dsn), 1)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("ANALYZE")
+        # As autovacuum leaves an append-only table (PostgreSQL >= 13 vacuums after
+        # inserts): its visibility map set, so an index-only scan reads no heap.
+        for table in (CHANGES_TABLE, LIFETIMES_TABLE):
+            conn.execute(f"VACUUM ANALYZE {table}")
+        out["pages_all_visible"] = {
+            r[0]: f"{r[2]}/{r[1]}"
+            for r in conn.execute(
+                "SELECT relname, relpages, relallvisible FROM pg_class WHERE relname IN (%s, %s)",
+                (CHANGES_TABLE, LIFETIMES_TABLE),
+            )
+        }
         out["indexes"] = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename LIKE 'k8s_object_%'")]  # fmt: skip
         out["bytes_after_install"] = {
             t: conn.execute("SELECT pg_total_relation_size(%s)", (t,)).fetchone()[0]  # type: ignore[index]
@@ -889,7 +899,9 @@ def main() -> int:
     )
     parser.add_argument("--objects", type=int, default=100_000)
     parser.add_argument("--churn", type=int, default=100_000, help="watch events after the lists")
-    parser.add_argument("--rounds", type=int, default=3, help="on/off pairs on SQLite")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="on/off pairs on SQLite (0: skip the ingest part)"
+    )
     parser.add_argument("--pg-rounds", type=int, default=1, help="on/off pairs on PostgreSQL (0: none)")
     parser.add_argument("--asof-objects", type=int, default=100_000, help="0: skip the as-of part")
     parser.add_argument("--soak-seconds", type=float, default=600, help="0: skip the soak")
@@ -906,67 +918,71 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="k8s-watcher-history-") as tmp, postgres_server() as pg:
         work = Path(tmp)
-        out["postgres"] = psycopg.connect(pg.dsn).execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-        started = time.monotonic()
-        fleet = Fleet(args.objects)
-        reads = fleet.churn(args.churn)
-        events = sum(len(e) for _, _, e in reads)
-        kinds = Counter(e[0] for _, _, evs in reads for e in evs)
-        out["workload"] = {"objects_listed": fleet.size(), "churn_events": events, "event_types": dict(kinds),
-                           "by_kind": dict(Counter(k for _, k, evs in reads for _ in evs)), "generated_s": round(time.monotonic() - started, 1)}  # fmt: skip
-        print(f"workload: {out['workload']}", flush=True)
+        with psycopg.connect(pg.dsn) as conn:
+            out["postgres"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        if args.rounds:  # 0: no ingest part
+            started = time.monotonic()
+            fleet = Fleet(args.objects)
+            reads = fleet.churn(args.churn)
+            events = sum(len(e) for _, _, e in reads)
+            kinds = Counter(e[0] for _, _, evs in reads for e in evs)
+            out["workload"] = {"objects_listed": fleet.size(), "churn_events": events, "event_types": dict(kinds),
+                               "by_kind": dict(Counter(k for _, k, evs in reads for _ in evs)), "generated_s": round(time.monotonic() - started, 1)}  # fmt: skip
+            print(f"workload: {out['workload']}", flush=True)
 
-        with frozen_gc():
-            print("1. ingest, SQLite cache", flush=True)
-            stores: dict[bool, dict[str, Any]] = {}
+            with frozen_gc():
+                print("1. ingest, SQLite cache", flush=True)
+                stores: dict[bool, dict[str, Any]] = {}
 
-            def sqlite_after(r: int, on: bool, where: str | Path, res: dict[str, Any]) -> dict[str, Any]:
-                size = sqlite_files(Path(where))
-                found = storage(Path(where), res["churn_started_at"])
-                if r == 0:
-                    stores[on] = {"cache_file_bytes": size, **(found if on else {})}
-                for p in Path(where).parent.glob("*"):
-                    p.unlink()
-                return {"cache_file_bytes": size, "change_rows": found["change_rows"]}
+                def sqlite_after(r: int, on: bool, where: str | Path, res: dict[str, Any]) -> dict[str, Any]:
+                    size = sqlite_files(Path(where))
+                    found = storage(Path(where), res["churn_started_at"])
+                    if r == 0:
+                        stores[on] = {"cache_file_bytes": size, **(found if on else {})}
+                    for p in Path(where).parent.glob("*"):
+                        p.unlink()
+                    return {"cache_file_bytes": size, "change_rows": found["change_rows"]}
 
-            def pg_after(r: int, on: bool, where: str | Path, res: dict[str, Any]) -> dict[str, Any]:
-                with psycopg.connect(str(where)) as conn:
-                    row = conn.execute(
-                        "SELECT count(*) FROM objects WHERE resource = %s", (CHANGES_KEY,)
-                    ).fetchone()
-                return {"change_rows": row[0] if row else None}
+                def pg_after(r: int, on: bool, where: str | Path, res: dict[str, Any]) -> dict[str, Any]:
+                    with psycopg.connect(str(where)) as conn:
+                        row = conn.execute(
+                            "SELECT count(*) FROM objects WHERE resource = %s", (CHANGES_KEY,)
+                        ).fetchone()
+                    return {"change_rows": row[0] if row else None}
 
-            def sqlite_where(r: int, on: bool) -> Path:
-                (work / f"s{r}{on}").mkdir()
-                return work / f"s{r}{on}" / "cache.db"
+                def sqlite_where(r: int, on: bool) -> Path:
+                    (work / f"s{r}{on}").mkdir()
+                    return work / f"s{r}{on}" / "cache.db"
 
-            out["ingest_sqlite"] = ingest_rounds(
-                sqlite_where, fleet, reads, events, args.rounds, sqlite_after
-            )
-            print(f"  medians: {out['ingest_sqlite']['median']}", flush=True)
-            out["storage"] = stores
-            print(f"2. storage: {json.dumps(stores)}", flush=True)
-            if args.pg_rounds:
-                print("1b. ingest, PostgreSQL cache", flush=True)
-                out["ingest_postgres"] = ingest_rounds(
-                    lambda r, on: _database(pg, f"cache_{r}_{int(on)}"),
-                    fleet,
-                    reads,
-                    events,
-                    args.pg_rounds,
-                    pg_after,
+                out["ingest_sqlite"] = ingest_rounds(
+                    sqlite_where, fleet, reads, events, args.rounds, sqlite_after
                 )
-                print(f"  medians: {out['ingest_postgres']['median']}", flush=True)
-            if not args.no_profile:
-                print("1c. where a history-on round's writer time goes (py-spy)", flush=True)
-                (work / "p").mkdir()
-                out["profile"] = {"sqlite": profile_round(work / "p" / "cache.db", fleet, reads, work / "p")}
+                print(f"  medians: {out['ingest_sqlite']['median']}", flush=True)
+                out["storage"] = stores
+                print(f"2. storage: {json.dumps(stores)}", flush=True)
                 if args.pg_rounds:
-                    out["profile"]["postgres"] = profile_round(
-                        _database(pg, "profile"), fleet, reads, work / "p"
+                    print("1b. ingest, PostgreSQL cache", flush=True)
+                    out["ingest_postgres"] = ingest_rounds(
+                        lambda r, on: _database(pg, f"cache_{r}_{int(on)}"),
+                        fleet,
+                        reads,
+                        events,
+                        args.pg_rounds,
+                        pg_after,
                     )
-                print(f"  {json.dumps(out['profile'], indent=1)}", flush=True)
-        del reads
+                    print(f"  medians: {out['ingest_postgres']['median']}", flush=True)
+                if not args.no_profile:
+                    print("1c. where a history-on round's writer time goes (py-spy)", flush=True)
+                    (work / "p").mkdir()
+                    out["profile"] = {
+                        "sqlite": profile_round(work / "p" / "cache.db", fleet, reads, work / "p")
+                    }
+                    if args.pg_rounds:
+                        out["profile"]["postgres"] = profile_round(
+                            _database(pg, "profile"), fleet, reads, work / "p"
+                        )
+                    print(f"  {json.dumps(out['profile'], indent=1)}", flush=True)
+            del reads
         if args.asof_objects:
             print("3. as-of queries, PostgreSQL", flush=True)
             out["asof"] = asof(pg, work, args.asof_objects)
