@@ -216,10 +216,12 @@ def _cache_rows(where: Path | str, query: str) -> list[tuple[Any, ...]]:
 
 def live_per_context(where: Path | str) -> dict[str, int]:
     """context -> live (not deleted) rows in a cache (derived rows included), Leases
-    left out: the replicas' own come and go (member leases are collected)."""
+    left out: the replicas' own come and go (member leases are collected); the history's
+    rows too: each cache has its own (what it saw)."""
     rows = _cache_rows(
         where,
-        "SELECT context, count(*) FROM objects WHERE NOT deleted AND table_name <> 'k8s_leases' GROUP BY context",
+        "SELECT context, count(*) FROM objects WHERE NOT deleted AND table_name <> 'k8s_leases'"
+        " AND resource NOT LIKE '~%' GROUP BY context",
     )
     return {str(c): int(n) for c, n in rows}
 

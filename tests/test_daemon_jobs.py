@@ -185,9 +185,11 @@ def _read(cache: Path, query: str, params: tuple[Any, ...] = ()) -> list[tuple[A
 
 
 def _rows_of(cache: Path, uids: set[str]) -> dict[str, tuple[int, int]]:
-    """uid -> (deleted, seq) of whatever rows the cache still holds for ``uids``."""
+    """uid -> (deleted, seq) of whatever object rows the cache still holds for ``uids``
+    (not their history's lifetime rows, which share the uid)."""
     marks = ",".join("?" for _ in uids)
-    rows = _read(cache, f"SELECT uid, deleted, seq FROM objects WHERE uid IN ({marks})", tuple(uids))
+    query = f"SELECT uid, deleted, seq FROM objects WHERE uid IN ({marks}) AND resource NOT LIKE '~%'"
+    rows = _read(cache, query, tuple(uids))
     return {uid: (int(deleted), int(seq)) for uid, deleted, seq in rows}
 
 
