@@ -465,18 +465,26 @@ class CacheStore:
         events = list(events)
 
         def apply(tx: WriteTransaction) -> None:
-            batch: list[dict[str, Any]] = []
+            # Runs of writes and runs of deletions, each run in one go (one heads lookup
+            # for the history), the runs in the order the events came.
+            upserts: list[dict[str, Any]] = []
             kinds: list[str] = []
+            deletes: list[dict[str, Any]] = []
             for kind, obj in events:
                 if kind in ("ADDED", "MODIFIED"):
-                    batch.append(obj)
+                    if deletes:
+                        self._tombstone(tx, context, desc, deletes)
+                        deletes = []
+                    upserts.append(obj)
                     kinds.append(kind)
-                    continue
-                self._upsert_rows(tx, context, desc, batch, None, kinds)
-                batch, kinds = [], []
-                if kind == "DELETED":
-                    self._tombstone(tx, context, desc, [obj])
-            self._upsert_rows(tx, context, desc, batch, None, kinds)
+                elif kind == "DELETED":
+                    if upserts:
+                        self._upsert_rows(tx, context, desc, upserts, None, kinds)
+                        upserts, kinds = [], []
+                    deletes.append(obj)
+            self._upsert_rows(tx, context, desc, upserts, None, kinds)
+            if deletes:
+                self._tombstone(tx, context, desc, deletes)
             self._write_status(tx, status)
 
         self._submit(apply, context=context, coalesced=True)
