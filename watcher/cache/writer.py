@@ -8,8 +8,8 @@ The design is described in :mod:`watcher.state`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import operator
 import os
 import shutil
 import socket
@@ -70,6 +70,9 @@ UPDATE objects SET deleted = TRUE, seq = ?, resource_version = ?
 WHERE context = ? AND resource = ? AND uid = ? AND NOT deleted
 """
 _STATUS_COLUMNS = [c.name for c in checkpoints.columns]
+#: An informer status as its checkpoint row (one C call).
+_status_row: Callable[[InformerStatus], tuple[Any, ...]] = operator.attrgetter(*_STATUS_COLUMNS)
+_CONTEXT, _RESOURCE = _STATUS_COLUMNS.index("context"), _STATUS_COLUMNS.index("resource")
 _UPSERT_STATUS = (
     f"INSERT INTO checkpoints ({', '.join(_STATUS_COLUMNS)}) VALUES ({', '.join('?' for _ in _STATUS_COLUMNS)}) "
     "ON CONFLICT (context, resource) DO UPDATE SET "
@@ -590,22 +593,24 @@ class CacheStore:
     # -- status --------------------------------------------------------------
 
     def _write_status(self, tx: WriteTransaction, status: InformerStatus) -> None:
-        tx.write_status((status.context, status.resource), tuple(getattr(status, c) for c in _STATUS_COLUMNS))
+        tx.write_status((status.context, status.resource), _status_row(status))
 
     def write_status(self, status: InformerStatus) -> None:
         self.write_statuses([status])
 
     def write_statuses(self, statuses: Sequence[InformerStatus]) -> None:
-        """Several informers' checkpoints, one operation per context."""
-        by_context: dict[str, list[InformerStatus]] = {}
+        """Several informers' checkpoints, one operation per context. Each status is
+        read now (the informer goes on changing it), as its row: a fleet's bookmark
+        checkpoints are thousands every few seconds, and a row is the cheapest copy."""
+        by_context: dict[str, list[tuple[Any, ...]]] = {}
         for status in statuses:
-            by_context.setdefault(status.context, []).append(dataclasses.replace(status))
+            by_context.setdefault(status.context, []).append(_status_row(status))
 
         for context, group in by_context.items():
 
-            def apply(tx: WriteTransaction, group: list[InformerStatus] = group) -> None:
-                for status in group:
-                    self._write_status(tx, status)
+            def apply(tx: WriteTransaction, group: list[tuple[Any, ...]] = group) -> None:
+                for row in group:
+                    tx.write_status((row[_CONTEXT], row[_RESOURCE]), row)
 
             self._submit(apply, context=context, coalesced=True)
 
