@@ -151,7 +151,7 @@ def test_a_write_that_keeps_failing_is_counted_not_silently_lost(
             attempts.append(1)
             tx.conn.exec_driver_sql("INSERT INTO no_such_table VALUES (1)")
 
-        store._submit(failing, wait=True)
+        store._loop.submit(failing, wait=True)
         assert len(attempts) == 5
         assert store.dropped_batches == 1
         store.flush()  # the writer survived and still works

@@ -284,16 +284,6 @@ class CacheStore:
             raise
         self._seqs.committed(seqs)
 
-    def _submit(
-        self,
-        fn: Callable[[WriteTransaction], None],
-        *,
-        context: str | None = None,
-        wait: bool = False,
-        coalesced: bool = False,
-    ) -> None:
-        self._loop.submit(fn, context=context, wait=wait, coalesced=coalesced)
-
     # -- context ownership ---------------------------------------------------
 
     def claim_context(self, context: str) -> None:
@@ -306,7 +296,7 @@ class CacheStore:
             )
             self._seqs.take_over(tx.conn, context)
 
-        self._submit(apply, wait=True)
+        self._loop.submit(apply, wait=True)
         self.fenced.pop(context, None)
         log.info("%s: this process (%s) now writes it", context, self.identity)
 
@@ -320,7 +310,7 @@ class CacheStore:
                 .values(owner=None, owned_since=time.time())
             )
 
-        self._submit(apply, wait=True)
+        self._loop.submit(apply, wait=True)
 
     def owned_positions(self) -> dict[str, int]:
         """context -> newest seq, of the contexts this process owns (or, in a replica,
@@ -363,7 +353,7 @@ class CacheStore:
 
     def flush(self) -> None:
         """Block until everything enqueued so far is committed."""
-        self._submit(lambda _tx: None, wait=True)
+        self._loop.submit(lambda _tx: None, wait=True)
 
     def close(self, timeout: float = 30) -> None:
         """Commit what is queued and stop. A database still unreachable after
@@ -490,7 +480,7 @@ class CacheStore:
                 self._tombstone(tx, context, desc, deletes)
             self._write_status(tx, status)
 
-        self._submit(apply, context=context, coalesced=True)
+        self._loop.submit(apply, context=context, coalesced=True)
 
     def begin_relist(self) -> int:
         """A new list generation: objects written with it survive ``end_relist``."""
@@ -501,7 +491,7 @@ class CacheStore:
         self, context: str, desc: ResourceDescriptor, items: Sequence[dict[str, Any]], gen: int
     ) -> None:
         items = list(items)
-        self._submit(
+        self._loop.submit(
             lambda tx: self._upsert_rows(tx, context, desc, items, gen),
             context=context,
             coalesced=True,
@@ -537,7 +527,7 @@ class CacheStore:
             )
             self._write_status(tx, status)
 
-        self._submit(apply, context=context)
+        self._loop.submit(apply, context=context)
 
     def drop_resource(self, context: str, resource: str) -> None:
         """Tombstone every object of a resource that no longer exists (a deleted CRD)
@@ -559,7 +549,7 @@ class CacheStore:
                 )
             )
 
-        self._submit(apply, context=context)
+        self._loop.submit(apply, context=context)
 
     def drop_context(self, context: str) -> None:
         """A context removed from the kubeconfig: tombstone all its objects, forget its
@@ -582,11 +572,11 @@ class CacheStore:
             values = {"context": context, "retired_at": time.time(), "seq": seq}
             tx.conn.execute(self._upsert_stmt(retired_contexts, values, ["context"], ["retired_at", "seq"]))
 
-        self._submit(apply, context=context)
+        self._loop.submit(apply, context=context)
 
     def unretire_context(self, context: str) -> None:
         """A context (re)added to the kubeconfig is no longer retired."""
-        self._submit(
+        self._loop.submit(
             lambda tx: tx.conn.execute(retired_contexts.delete().where(retired_contexts.c.context == context))
         )
 
@@ -612,13 +602,13 @@ class CacheStore:
                 for row in group:
                     tx.write_status((row[_CONTEXT], row[_RESOURCE]), row)
 
-            self._submit(apply, context=context, coalesced=True)
+            self._loop.submit(apply, context=context, coalesced=True)
 
     def write_cluster(self, context: str, **values: Any) -> None:
         now = time.time()
         row = {"context": context, "created_at": now, "updated_at": now, **values}
         stmt = self._upsert_stmt(clusters, row, ["context"], [*values, "updated_at"])
-        self._submit(lambda tx: tx.conn.execute(stmt), context=context)
+        self._loop.submit(lambda tx: tx.conn.execute(stmt), context=context)
 
     # -- maintenance ---------------------------------------------------------
 
@@ -632,7 +622,7 @@ class CacheStore:
             for stmt in stmts:
                 tx.conn.execute(stmt)
 
-        self._submit(apply)
+        self._loop.submit(apply)
 
     def heartbeat(self) -> None:
         """Record that a daemon is alive and keeping the cache warm."""
@@ -670,7 +660,7 @@ class CacheStore:
                 )
             result["n"] = gone
 
-        self._submit(apply, wait=True)
+        self._loop.submit(apply, wait=True)
         return result["n"]
 
     def purge_history(self, now: float | None = None) -> int:
@@ -684,7 +674,7 @@ class CacheStore:
                 tx.conn, contexts, self.history.policy, time.time() if now is None else now
             )
 
-        self._submit(apply, wait=True)
+        self._loop.submit(apply, wait=True)
         return result["n"]
 
     def checkpoint_wal(self) -> None:
