@@ -82,7 +82,12 @@ def caught_up(daemon: DaemonProcess, live: LiveCluster, descs: list[ResourceDesc
     """The cache holds as many live objects as the API server and each informer's
     checkpoint is past the newest object's resourceVersion (``k8s-watcher status``)."""
     status = daemon.status()
-    rvs = {r["resource"]: int(r["resource_version"] or 0) for r in status["informers"] if r["context"] == CTX}
+    watched = {d.key for d in descs}
+    rvs = {
+        r["resource"]: int(r["resource_version"] or 0)
+        for r in status["informers"]
+        if r["context"] == CTX and r["resource"] in watched  # (a polled one's RV is a digest)
+    }
     for desc in descs:
         now = truth(live, desc)
         if status["rows"].get(desc.table, 0) != len(now):
