@@ -225,9 +225,8 @@ class HistoryRecorder:
                 # A MODIFIED object without a head was not followed (history just turned on).
                 kind: ChangeType = {"LISTED": listed_as, "ADDED": "added"}.get(event, "observed")
                 head = Head(rv, doc, managers, now, kind, seq)
-                rows.append(
-                    self._change(context, desc, seq, kind, now, uid, meta, rv, None, managers, None, doc)
-                )
+                who = changed_managers([], managers)  # every manager made it
+                rows.append(self._change(context, desc, seq, kind, now, uid, meta, rv, None, who, None, doc))
                 rows.append(self._lifetime(context, desc, head, meta, deleted_at=None, last_seq=seq))
             else:
                 patch = json_patch(head.doc, doc)
@@ -301,16 +300,10 @@ class HistoryRecorder:
         meta: dict[str, Any],
         rv: str,
         before: Head | None,
-        managers: Sequence[Any],
+        who: list[dict[str, str]],
         patch: list[dict[str, Any]] | None,
         doc: dict[str, Any] | None,
     ) -> ObjectRow:
-        who = [
-            m
-            if isinstance(m, dict)
-            else {"manager": m[0], "operation": m[1], "subresource": m[2], "time": m[3]}
-            for m in managers
-        ]
         values = {
             "change_seq": seq,
             "uid": uid,
