@@ -587,6 +587,12 @@ class ResourceInformer:
             initial: list[dict[str, Any]] = []
             events = await self._open_watch(query, accept, timeout, streaming_list=streaming_list)
             opened, delivered = self.clock.monotonic(), 0
+            # Bookmarks while the watch waits are taken off the stream without waking
+            # this task (WatchStream.follow_bookmarks), once past any initial state: a
+            # stream that cannot (a scripted one, a poller) yields them as batches.
+            follow = getattr(events, "follow_bookmarks", None) if self.options.bookmarks else None
+            if follow is not None and gen is None:
+                follow(self._bookmarked)
             try:
                 async for batch in events:
                     delivered += len(batch)
@@ -595,9 +601,12 @@ class ResourceInformer:
                     batch = []
                     if had_initial_state and gen is None:
                         events.resumable()
+                        if follow is not None:
+                            follow(self._bookmarked)
                         if slot is not None:
                             slot.give_back()
             except ApiError as exc:
+                delivered += getattr(events, "bookmarks_taken", 0)
                 # A watch that worked and then broke is a network event, not a failing
                 # server: back to watching at once. One that broke at once backs off.
                 if is_transport(exc) and (delivered or self.clock.monotonic() - opened > 1.0):
@@ -665,6 +674,18 @@ class ResourceInformer:
         if not streaming_list:
             events.resumable()
         return events
+
+    def _bookmarked(self, rv: str | None) -> None:
+        """A BOOKMARK taken off the stream while this task waited for the next batch,
+        every event before it applied: what :meth:`_apply_batch` and :meth:`_flush` do
+        with a batch of bookmarks alone (the RV moves, the checkpoint is deferred), on
+        the loop, without waking the task."""
+        if rv:
+            self.resource_version = rv
+        self.status.resource_version = self.resource_version
+        bookmarks = self.options.bookmarks
+        assert bookmarks is not None  # followed only with deferred checkpoints
+        bookmarks.defer(self)
 
     def _apply_batch(
         self, batch: list[dict[str, Any]], gen: int | None, initial: list[dict[str, Any]]

@@ -30,7 +30,7 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -611,10 +611,18 @@ def _transport_error(exc: TransportError) -> ApiError:
     return ApiError(0, reason, str(exc))
 
 
+#: How kube-apiserver's JSON encoding of a BOOKMARK watch event begins (metav1.WatchEvent:
+#: ``type`` first). A line beginning otherwise is never taken for one.
+BOOKMARK_PREFIX = b'{"type":"BOOKMARK"'
+
+
 class WatchStream:
     """The events of one watch response. Iterating yields the events of each network
     read as a list, so a burst is applied to the cache in one transaction.
     :meth:`close` (on the loop) ends the iteration quietly."""
+
+    __slots__ = ("_on_bookmark", "_partial", "_read_timeout", "_resp", "_turns", "bookmarks_taken", "closed",
+                 "resumable_since")  # fmt: skip
 
     def __init__(self, resp: HttpResponse, read_timeout: float | None, turns: _Turns | None = None) -> None:
         self._resp = resp
@@ -623,6 +631,45 @@ class WatchStream:
         self.closed = False
         #: Set by :meth:`resumable`: ending it early loses nothing.
         self.resumable_since: float | None = None
+        #: The end of the body received so far that is not a whole line yet.
+        self._partial = b""
+        self._on_bookmark: Callable[[str | None], None] | None = None
+        #: Bookmarks handed to :meth:`follow_bookmarks`' callback instead of yielded.
+        self.bookmarks_taken = 0
+
+    def follow_bookmarks(self, callback: Callable[[str | None], None]) -> None:
+        """From now on, a network read that holds only whole BOOKMARK events and arrives
+        while the consumer waits for the next batch (everything before it yielded and
+        handled) is not yielded: ``callback(resourceVersion)`` is called for each of
+        its bookmarks on the loop, in order, from the connection's read. An idle watch's
+        bookmark (one a minute, 400 a second for a fleet of 25,000 watches) then wakes
+        no task and builds no batch. Any other read is yielded as before; so is a
+        bookmark behind anything not yet yielded, so none is taken out of order."""
+        self._on_bookmark = callback
+        self._resp.tap(self._take_bookmarks)
+
+    def _take_bookmarks(self, data: bytes) -> bool:
+        """The transport's tap (:meth:`HttpResponse.tap`): True when ``data`` was only
+        bookmarks, each handed to the callback."""
+        callback = self._on_bookmark
+        if callback is None or self._partial or not data.startswith(BOOKMARK_PREFIX) or data[-1:] != b"\n":
+            return False
+        versions: list[str | None] = []
+        try:
+            for line in data.split(b"\n")[:-1]:
+                if not line.startswith(BOOKMARK_PREFIX):
+                    return False
+                event = orjson.loads(line)
+                if event.get("type") != "BOOKMARK":
+                    return False
+                rv = ((event.get("object") or {}).get("metadata") or {}).get("resourceVersion")
+                versions.append(str(rv) if rv else None)
+        except (ValueError, AttributeError):
+            return False  # yielded: the iteration fails on it as it always did
+        for rv in versions:
+            self.bookmarks_taken += 1
+            callback(rv)
+        return True
 
     def resumable(self) -> None:
         """The watch is past any initial state: ended early, its informer re-watches from
@@ -630,16 +677,15 @@ class WatchStream:
         self.resumable_since = asyncio.get_running_loop().time()
 
     async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
-        buffer = b""
         try:
             # receive(), not chunks(): an idle watch waits in one coroutine frame, not in a
             # generator over a waiting coroutine (tens of thousands of them).
             while chunks := await self._resp.receive(self._read_timeout):
                 data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
-                buffer += data
                 if b"\n" not in data:
+                    self._partial += data
                     continue
-                *lines, buffer = buffer.split(b"\n")
+                *lines, self._partial = (self._partial + data).split(b"\n")
                 events = [orjson.loads(line) for line in lines if line.strip()]
                 # Nothing of this batch stays referenced while the watch waits for the
                 # next one: tens of thousands of idle watches would each keep their last.
@@ -656,6 +702,9 @@ class WatchStream:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self._on_bookmark is not None:
+                self._on_bookmark = None
+                self._resp.tap(None)
             self._resp.cancel()
             if self._turns is not None:
                 self._turns.remove(self)

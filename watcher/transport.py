@@ -132,6 +132,7 @@ class HttpResponse:
         "_error",
         "_idle_from",
         "_idle_timer",
+        "_tap",
         "_unacked",
         "_waiter",
         "headers",
@@ -151,6 +152,7 @@ class HttpResponse:
         self._waiter: asyncio.Future[bool] | None = None
         self._idle_from = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._tap: Callable[[bytes], bool] | None = None
 
     @property
     def reason(self) -> str:
@@ -227,6 +229,15 @@ class HttpResponse:
             self._credit(len(chunk))
         return taken
 
+    def tap(self, taker: Callable[[bytes], bool] | None) -> None:
+        """Offer each chunk that arrives while the reader waits in :meth:`receive`, with
+        nothing received before it still unread, to ``taker`` first: when it returns
+        True the chunk counts as read (credited back, and as data for the idle timeout)
+        and the wait goes on, so the reader's task is not woken. ``taker`` runs in the
+        connection's ``data_received``, in the order chunks arrive; it must not raise.
+        ``None`` removes it."""
+        self._tap = taker
+
     async def aclose(self) -> None:
         """Abandon the response (a no-op once the body has been received)."""
         self.cancel()
@@ -244,6 +255,14 @@ class HttpResponse:
     # -- called by connections
 
     def _deliver(self, data: bytes) -> None:
+        tap = self._tap
+        if tap is not None and not self._buf:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done() and tap(data):
+                if self._idle_timer is not None:
+                    self._idle_from = waiter.get_loop().time()
+                self._credit(len(data))
+                return
         self._buf.append(data)
         self._unacked += len(data)
         self._wake()
