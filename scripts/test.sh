@@ -10,4 +10,6 @@ export CQ_TELEMETRY_LEVEL=none
 .venv/bin/ruff format --check watcher testbed tests bench
 .venv/bin/lint-imports
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# Three workers on the 2-core machine: the tests wait on API servers, PostgreSQL and
+# the CLI about half their time; a file's tests stay in one worker (its fixtures).
+.venv/bin/python -m pytest -n "${K8S_WATCHER_TEST_WORKERS:-3}" --dist loadfile "$@"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,7 +39,9 @@ class ImageBuilder:
 
     def __init__(self, workdir: Path) -> None:
         self.root = workdir / "storage"
-        self.runroot = workdir / "run"
+        # podman refuses a runroot longer than 50 characters, and a test's temporary
+        # directory under a pytest-xdist worker is longer: a short one of its own.
+        self.runroot = Path(tempfile.mkdtemp(prefix="podman-run-"))
         self.log = workdir / "image.log"
 
     def _storage(self) -> list[str]:

@@ -1,7 +1,9 @@
 """Fixtures: the real control planes (session-wide), caches, and truth-vs-cache helpers.
 
 Tests share one etcd and two API servers (``dev`` behind a cutting proxy, ``prod``
-direct) and isolate themselves by namespace names of their own.
+direct) and isolate themselves by namespace names of their own. Under pytest-xdist
+(``scripts/test.sh`` runs ``-n 3 --dist loadfile``) each worker has its own control
+planes and PostgreSQL, and a file's tests run in one worker (module fixtures start once).
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ from watcher.resources import BY_KEY, ResourceDescriptor
 PODS, CMS, NSS, SECRETS = (BY_KEY[k] for k in ("pods", "configmaps", "namespaces", "secrets"))
 
 _counter = itertools.count()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with slow tests first, the rest in their order: pytest-xdist's ``loadfile``
+    hands files to its workers in collection order, so the long ones start at once and
+    the short ones fill in around them, instead of a two-minute test starting last while
+    the other workers idle (longest first, as far as the ``slow`` mark knows)."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
 
 
 def pytest_report_header() -> list[str]:

@@ -41,6 +41,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageBuilder]:
     # The vfs layers are big: drop them with the storage root (podman's files are root's).
     subprocess.run(builder.podman("system", "reset", "--force"), capture_output=True, check=False)
     shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(builder.runroot, ignore_errors=True)
 
 
 def test_the_cli_runs_in_the_image_on_a_read_only_root(image: ImageBuilder) -> None:
