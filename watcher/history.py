@@ -156,8 +156,14 @@ def _escape(key: str) -> str:
 ManagerEntry = tuple[str, str, str, str, str, int]
 
 
-def _field_count(fields: Any) -> int:
-    return sum(1 + _field_count(v) for v in fields.values()) if isinstance(fields, Mapping) else 0
+def _fields(fields: Any) -> tuple[str, int]:
+    """A fieldsV1's fingerprint and how many fields it names, from one serialization:
+    every field is a key whose value is an object (``"f:image":{}``), so its count is
+    the count of ``":{`` outside strings (inside one, the quote is escaped: ``\\":{``).
+    (A key ending in a backslash would be miscounted; field paths have none.)"""
+    raw = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    count = raw.count(b'":{') - raw.count(b'\\":{') if isinstance(fields, Mapping) else 0
+    return hashlib.blake2b(raw, digest_size=8).hexdigest(), count
 
 
 def managers_of(obj: Mapping[str, Any]) -> list[ManagerEntry]:
@@ -169,10 +175,7 @@ def managers_of(obj: Mapping[str, Any]) -> list[ManagerEntry]:
             str(e.get("operation") or ""),
             str(e.get("subresource") or ""),
             str(e.get("time") or ""),
-            hashlib.blake2b(
-                orjson.dumps(e.get("fieldsV1"), option=orjson.OPT_SORT_KEYS), digest_size=8
-            ).hexdigest(),
-            _field_count(e.get("fieldsV1")),
+            *_fields(e.get("fieldsV1")),
         )
         for e in entries
         if isinstance(e, Mapping)

@@ -118,6 +118,10 @@ def sqlite_engine(path: Path, *, readonly: bool) -> Engine:
         if not readonly:
             cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = NORMAL")
+            # 32 MiB of pages for the writer (SQLite's default is 2 MB): a watch read's
+            # writes touch the objects table's indexes all over, and with history on its
+            # heads too; the cache grows to hundreds of MB (bench/history_bench.py).
+            cur.execute("PRAGMA cache_size = -32768")
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -98,6 +98,9 @@ class HistoryRecorder:
         self._records: dict[str, bool] = {}
         #: (context, resource, uid) -> the head written by this transaction (None: removed).
         self._pending: dict[tuple[str, str, str], Head | None] = {}
+        #: (context, resource, uid) -> the head in the database, as this transaction read
+        #: or wrote it (None: none): a watch read's heads are read once (see prefetch).
+        self._known: dict[tuple[str, str, str], Head | None] = {}
         #: (context, resource) -> whether its history has begun (this transaction's view).
         self._followed: dict[tuple[str, str], bool] = {}
         self._new_followed: list[tuple[str, str]] = []
@@ -105,6 +108,7 @@ class HistoryRecorder:
     def reset(self) -> None:
         """A transaction begins (or begins again after a failure)."""
         self._pending.clear()
+        self._known.clear()
         self._followed.clear()
         self._new_followed.clear()
 
@@ -116,6 +120,13 @@ class HistoryRecorder:
 
     # -- heads -------------------------------------------------------------------
 
+    def prefetch(self, conn: Any, context: str, resource: str, uids: Sequence[str]) -> None:
+        """Read the heads of a watch read's objects in one SELECT: its runs of writes and
+        deletions (a SELECT each before) then find them here."""
+        found = self._heads(conn, context, resource, uids)
+        for uid in uids:
+            self._known.setdefault((context, resource, uid), found.get(uid))
+
     def _heads(self, conn: Any, context: str, resource: str, uids: Sequence[str]) -> dict[str, Head]:
         found: dict[str, Head] = {}
         missing = []
@@ -123,10 +134,13 @@ class HistoryRecorder:
             key = (context, resource, uid)
             if key in self._pending:
                 head = self._pending[key]
-                if head is not None:
-                    found[uid] = head
+            elif key in self._known:
+                head = self._known[key]
             else:
                 missing.append(uid)
+                continue
+            if head is not None:
+                found[uid] = head
         for i in range(0, len(missing), 500):
             some = missing[i : i + 500]
             for uid, rv, doc, managers, first_seen, first_seen_as, first_seq in conn.exec_driver_sql(
@@ -173,6 +187,7 @@ class HistoryRecorder:
                 history_followed.insert(),
                 [{"context": c, "resource": r, "since": now} for c, r in self._new_followed],
             )
+        self._known.update(self._pending)
         self._pending.clear()
         self._new_followed.clear()
 

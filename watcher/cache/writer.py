@@ -458,8 +458,13 @@ class CacheStore:
         events = list(events)
 
         def apply(tx: WriteTransaction) -> None:
-            # Runs of writes and runs of deletions, each run in one go (one heads lookup
-            # for the history), the runs in the order the events came.
+            if self.history.records(desc):
+                uids = [
+                    str((obj.get("metadata") or {}).get("uid")) for kind, obj in events if kind != "BOOKMARK"
+                ]
+                self.history.prefetch(tx.conn, context, desc.key, uids)
+            # Runs of writes and runs of deletions, each run in one go, the runs in the
+            # order the events came.
             upserts: list[dict[str, Any]] = []
             kinds: list[str] = []
             deletes: list[dict[str, Any]] = []
