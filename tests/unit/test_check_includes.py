@@ -17,10 +17,20 @@ _KIND = """  UNION ALL
 """
 
 
-def test_the_include_defines_the_two_expansions() -> None:
+def test_the_include_defines_the_four_expansions() -> None:
     shared = expansions()
-    assert shared.keys() == {"pod_specs", "containers"}
+    assert shared.keys() == {"pod_specs", "containers", "roles", "bindings"}
     assert "FROM k8s_cronjobs" in shared["pod_specs"] and "'ephemeralContainers'" in shared["containers"]
+    assert shared["roles"].count("rbac-defaults") == shared["bindings"].count("rbac-defaults") == 2
+
+
+def test_every_rbac_check_reads_roles_and_bindings_through_the_include() -> None:
+    rbac = [c for c in load_checks() if c.tables & {"k8s_roles", "k8s_rolebindings"}]
+    assert len(rbac) == 8
+    for check in rbac:
+        text = (SQL_DIR / f"{check.id}.sql").read_text()
+        assert "\n:roles\n" in text or "\n:bindings\n" in text, check.id
+        assert "rbac-defaults" not in text and "rbac-defaults" in check.sql, check.id
 
 
 def test_a_loaded_check_holds_the_expansion_and_no_psql_syntax() -> None:

@@ -6,15 +6,12 @@
 -- remediation: Remove system:anonymous and system:unauthenticated from the binding's subjects.
 --
 -- Returns one row per offending object: context_name, kind, namespace, name, uid.
+\ir include/expansions.sql
 WITH bindings AS (  -- RoleBindings and ClusterRoleBindings, without the API server's bootstrap ones
-  SELECT context_name, 'ClusterRoleBinding' AS kind, namespace, name, uid, role_ref, subjects, labels
-  FROM k8s_clusterrolebindings
-  UNION ALL
-  SELECT context_name, 'RoleBinding', namespace, name, uid, role_ref, subjects, labels FROM k8s_rolebindings
+:bindings
 )
 SELECT DISTINCT b.context_name, b.kind, b.namespace, b.name, b.uid
 FROM bindings b
-WHERE COALESCE(b.labels->>'kubernetes.io/bootstrapping', '') <> 'rbac-defaults'
-  AND EXISTS (
+WHERE EXISTS (
     SELECT 1 FROM jsonb_array_elements(COALESCE(b.subjects, '[]')) AS s
     WHERE s->>'name' IN ('system:anonymous', 'system:unauthenticated'));

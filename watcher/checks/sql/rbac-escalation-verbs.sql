@@ -6,14 +6,12 @@
 -- remediation: Remove escalate, bind and impersonate: each lets the holder act with more rights than it was given.
 --
 -- Returns one row per offending object: context_name, kind, namespace, name, uid.
+\ir include/expansions.sql
 WITH roles AS (  -- Roles and ClusterRoles, without the API server's own bootstrap roles
-  SELECT context_name, 'ClusterRole' AS kind, namespace, name, uid, rules, labels FROM k8s_clusterroles
-  UNION ALL
-  SELECT context_name, 'Role', namespace, name, uid, rules, labels FROM k8s_roles
+:roles
 )
 SELECT DISTINCT r.context_name, r.kind, r.namespace, r.name, r.uid
 FROM roles r, jsonb_array_elements(COALESCE(r.rules, '[]')) AS rule
-WHERE COALESCE(r.labels->>'kubernetes.io/bootstrapping', '') <> 'rbac-defaults'
-  AND (rule->'verbs' ?| array['escalate', 'bind', 'impersonate']
+WHERE (rule->'verbs' ?| array['escalate', 'bind', 'impersonate']
        OR (rule->'verbs' ? '*'
            AND rule->'resources' ?| array['roles', 'clusterroles', 'users', 'groups', 'serviceaccounts', 'uids', '*']));

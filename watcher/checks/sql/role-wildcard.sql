@@ -6,13 +6,11 @@
 -- remediation: List the verbs, resources and API groups the role needs instead of '*'.
 --
 -- Returns one row per offending object: context_name, kind, namespace, name, uid.
+\ir include/expansions.sql
 WITH roles AS (  -- Roles and ClusterRoles, without the API server's own bootstrap roles
-  SELECT context_name, 'ClusterRole' AS kind, namespace, name, uid, rules, labels FROM k8s_clusterroles
-  UNION ALL
-  SELECT context_name, 'Role', namespace, name, uid, rules, labels FROM k8s_roles
+:roles
 )
 SELECT DISTINCT r.context_name, r.kind, r.namespace, r.name, r.uid
 FROM roles r, jsonb_array_elements(COALESCE(r.rules, '[]')) AS rule
-WHERE COALESCE(r.labels->>'kubernetes.io/bootstrapping', '') <> 'rbac-defaults'
-  AND (rule->'verbs' ? '*' OR rule->'resources' ? '*' OR rule->'apiGroups' ? '*')
+WHERE (rule->'verbs' ? '*' OR rule->'resources' ? '*' OR rule->'apiGroups' ? '*')
   AND r.kind = 'Role';
