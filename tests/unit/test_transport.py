@@ -934,6 +934,33 @@ def test_connect_and_tls_failures_have_their_kind(pki: Pki, tmp_path: Path) -> N
     run(main())
 
 
+def test_a_server_that_never_answers_the_tls_handshake_times_out(pki: Pki) -> None:
+    """The transport's own TLS (_TlsTransport): a handshake cut by the connect timeout
+    leaves no socket open and nothing reported on the side (run() checks)."""
+    accepted: list[asyncio.StreamWriter] = []
+    ended: list[bytes] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        ended.append(await reader.read())  # the ClientHello, then the client's close
+
+    async def main() -> None:
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = ConnectionPool(f"https://127.0.0.1:{port}", ssl_context=client_tls(pki), connect_timeout=0.2)
+        with pytest.raises(TransportError) as info:
+            await pool.request("GET", "/", [])
+        assert info.value.kind == "connect" and "timed out" in str(info.value)
+        await eventually(lambda: ended)  # the client closed its socket
+        await pool.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
 def test_requests_go_through_a_connect_proxy(pki: Pki) -> None:
     proxy = ConnectProxy().start()
 
@@ -1100,8 +1127,9 @@ def test_tls_connections_read_into_a_small_buffer(pki: Pki) -> None:
             pool = server.pool()
             resp = await pool.request("GET", "/big", [])
             assert await resp.read() == body
-            tls = pool._h2[0].transport._ssl_protocol  # type: ignore[union-attr]
-            assert len(tls._ssl_buffer) == transport.TLS_READ_BUFFER < 256 * 1024
+            tls = pool._h2[0].transport
+            assert isinstance(tls, transport._TlsTransport)
+            assert len(tls._read_buffer) == len(tls._plain) == transport.TLS_READ_BUFFER < 256 * 1024
             await pool.aclose()
 
     run(main())
