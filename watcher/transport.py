@@ -46,6 +46,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -1037,6 +1038,21 @@ class _Handoff(asyncio.Protocol):
             protocol.connection_lost(self.exc)
 
 
+_read_buffers = threading.local()
+
+
+def _read_buffer() -> tuple[bytearray, memoryview]:
+    """The buffer every ``_TlsTransport`` of this thread reads into, ciphertext from the
+    socket and then plaintext from OpenSSL: a read copies what it got out before it
+    returns, so one buffer per loop thread serves every connection (asyncio's TLS kept
+    one per connection: 8 MB for a fleet's 247)."""
+    buffers: tuple[bytearray, memoryview] | None = getattr(_read_buffers, "buffers", None)
+    if buffers is None:
+        buffer = bytearray(TLS_READ_BUFFER)
+        buffers = _read_buffers.buffers = (buffer, memoryview(buffer))
+    return buffers
+
+
 class _TlsTransport(asyncio.BufferedProtocol, asyncio.Transport):
     """TLS over a plain socket transport: the socket's protocol and the transport the
     HTTP protocol sees. It does what asyncio's ``SSLProtocol`` does for a client, on an
@@ -1061,10 +1077,6 @@ class _TlsTransport(asyncio.BufferedProtocol, asyncio.Transport):
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
         self._raw: asyncio.Transport | None = None
         self._protocol: asyncio.BaseProtocol | None = None
-        self._read_buffer = bytearray(TLS_READ_BUFFER)
-        self._read_view = memoryview(self._read_buffer)
-        self._plain = bytearray(TLS_READ_BUFFER)
-        self._plain_view = memoryview(self._plain)
         self.handshake: asyncio.Future[None] = loop.create_future()
         self._shaken = False
         self._closing = False
@@ -1078,10 +1090,10 @@ class _TlsTransport(asyncio.BufferedProtocol, asyncio.Transport):
         self._shake()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._read_view
+        return _read_buffer()[1]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._incoming.write(self._read_view[:nbytes])
+        self._incoming.write(_read_buffer()[1][:nbytes])
         if not self._shaken:
             self._shake()
             if not self._shaken:
@@ -1133,7 +1145,8 @@ class _TlsTransport(asyncio.BufferedProtocol, asyncio.Transport):
 
     def _read(self) -> None:
         """Decrypt what arrived and hand it to the protocol in one call."""
-        ssl_object, incoming, plain, view = self._ssl, self._incoming, self._plain, self._plain_view
+        ssl_object, incoming = self._ssl, self._incoming
+        plain, view = _read_buffer()  # the ciphertext in it went into the BIO already
         got: list[bytes] = []
         ended = False
         try:
