@@ -396,6 +396,8 @@ hyperframe.frame.Frame.__repr__ = _short_frame_repr  # type: ignore[method-assig
 #: and an allocation above malloc's mmap threshold for every read. A TLS record holds at
 #: most 16 KiB, so 32 KiB (two records a read) costs a large LIST only more, smaller reads.
 #: Process-wide: every asyncio TLS connection of the process is one of this module's.
+#: Direct connections use ``_TlsTransport`` (one buffer of this size per thread), only
+#: those through a proxy asyncio's TLS (``start_tls`` in the tunnel).
 TLS_READ_BUFFER = 32 << 10
 asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
