@@ -69,10 +69,18 @@ def null_batches(cache: Path, contexts: list[str], path: Path) -> tuple[int, int
     return sum(b.num_rows for b in batches), len(tables)
 
 
-def run(contexts: int, crds: int, objects: int, idle: float, work: Path) -> dict[str, Any]:
+def run(
+    contexts: int, crds: int, objects: int, idle: float, work: Path, max_streams: int = 0
+) -> dict[str, Any]:
     out: dict[str, Any] = {"contexts": contexts, "crds": crds, "objects_per_crd": objects}
+    # kube-apiserver advertises 100 streams a connection unless told otherwise.
+    server_args = (f"--http2-max-streams-per-connection={max_streams}",) if max_streams else ()
+    out["apiserver_args"] = list(server_args)
     kinds = fleet_crds(crds, prefix="fb")
-    with control_planes(["fleet"], workdir=work / "kube") as planes, postgres_server() as pg:
+    with (
+        control_planes(["fleet"], workdir=work / "kube", apiserver_args=server_args) as planes,
+        postgres_server() as pg,
+    ):
         server = planes.servers["fleet"]
         admin = server.admin()
         started = time.monotonic()
@@ -188,10 +196,14 @@ def main() -> int:
     parser.add_argument("--crds", type=int, default=185, help="CRDs beside the ~65 built-in kinds")
     parser.add_argument("--objects", type=int, default=3, help="objects per CRD")
     parser.add_argument("--idle", type=float, default=60, help="seconds of idle CPU measurement")
+    parser.add_argument(
+        "--max-streams", type=int, default=0,
+        help="kube-apiserver's --http2-max-streams-per-connection (default: the server's own, 100)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "fleet-results.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="k8s-watcher-fleet-") as tmp:
-        result = run(args.contexts, args.crds, args.objects, args.idle, Path(tmp))
+        result = run(args.contexts, args.crds, args.objects, args.idle, Path(tmp), args.max_streams)
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
