@@ -10,13 +10,17 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watcher import __version__
 from watcher.checks.commands import register as register_check_commands
 from watcher.compat.commands import register as register_compat_commands
 from watcher.timeline.commands import register as register_history_commands
+
+if TYPE_CHECKING:
+    from watcher.plugin import Plugin
 
 log = logging.getLogger("watcher")
 
@@ -487,12 +491,26 @@ def plugin_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
 
-    from watcher.plugin import Plugin
-    from watcher.refresh import Relister
     from watcher.server import serve_plugin, serve_until_signalled
 
-    serve_until_signalled(serve_plugin(Plugin(Relister()), args.address, network=args.network))
+    # Listen first, build the plugin beside it: the CLI gives a local plugin 5 s to accept
+    # its connection (plugin-pb-go's connectToUnixSocket, three tries), and importing the
+    # cache, SQLAlchemy and the relist path is most of a second on a quiet machine and
+    # several on a loaded one; the calls wait for the plugin instead.
+    plugin = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plugin-build").submit(_local_plugin)
+    serve_until_signalled(serve_plugin(plugin, args.address, network=args.network))
     return 0
+
+
+def _local_plugin() -> Plugin:
+    try:
+        from watcher.plugin import Plugin
+        from watcher.refresh import Relister
+
+        return Plugin(Relister())
+    except Exception:
+        log.exception("the plugin could not be built: every call will fail")
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,8 +195,16 @@ class PluginServicer(plugin_pb2_grpc.PluginServicer):
     messages. Every failure becomes a gRPC status with a message that names the
     problem, never a bare traceback."""
 
-    def __init__(self, plugin: Plugin) -> None:
-        self.plugin = plugin
+    def __init__(self, plugin: Plugin | Future[Plugin]) -> None:
+        self._plugin = plugin
+
+    @property
+    def plugin(self) -> Plugin:
+        """The plugin; one still being built (``registry: local``, see
+        :func:`watcher.cli.plugin_main`) is waited for by each call."""
+        if isinstance(self._plugin, Future):
+            self._plugin = self._plugin.result()
+        return self._plugin
 
     def GetName(self, request: Any, context: Any) -> Any:
         return plugin_pb2.GetName.Response(name=self.plugin.name)
@@ -257,7 +266,7 @@ class PluginServicer(plugin_pb2_grpc.PluginServicer):
 
 
 def serve_plugin(
-    plugin: Plugin,
+    plugin: Plugin | Future[Plugin],
     address: str,
     *,
     network: str = "tcp",
