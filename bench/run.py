@@ -551,15 +551,18 @@ def bench_size(
     phase_seconds: float = 20,
     etcd_rates: tuple[int, ...] = (2000, 5000, 8000, 12000),
     with_official: bool = True,
+    daemon_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Every figure for one N. ``phase_seconds`` and ``etcd_rates`` shrink for the
     test suite's smoke run (tests/test_bench_smoke.py)."""
-    out: dict[str, Any] = {"n": n}
+    out: dict[str, Any] = {"n": n, "daemon_args": list(daemon_args)}
     print(f"== N = {n}", flush=True)
     with control_planes(CONTEXTS, workdir=work / "kube") as planes, postgres_server() as pg:
         out.update(populate(planes, n))
         cache = work / "cache.db"
-        daemon = DaemonProcess(planes.kubeconfig, cache, work / "daemon.log", ",".join(CONTEXTS))
+        daemon = DaemonProcess(
+            planes.kubeconfig, cache, work / "daemon.log", ",".join(CONTEXTS), extra_args=daemon_args
+        )
         daemon.start(synced=False)
         try:
             out["daemon_initial_sync_s"] = daemon.wait_synced()
@@ -704,12 +707,20 @@ def main() -> int:
         action="store_true",
         help="skip (c), the official plugin (7 min at 100k): a regression check of this project alone",
     )
+    parser.add_argument(
+        "--daemon-arg", action="append", default=[], metavar="ARG",
+        help="an argument for the daemon's serve, e.g. --daemon-arg=--no-history (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args()
     os.environ["CQ_TELEMETRY_LEVEL"] = "none"
     results = []
     for n in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix=f"k8s-watcher-bench-{n}-") as tmp:
-            results.append(bench_size(n, Path(tmp), with_official=not args.without_official))
+            results.append(
+                bench_size(
+                    n, Path(tmp), with_official=not args.without_official, daemon_args=tuple(args.daemon_arg)
+                )
+            )
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0
