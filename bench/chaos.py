@@ -42,6 +42,9 @@ class Report:
     churn_ops: int = 0
     syncs: Counter[str] = field(default_factory=Counter)
     sync_failures: Counter[str] = field(default_factory=Counter)
+    #: Why syncs failed: the CLI's last error line of each (a fault under a sync is expected
+    #: to fail it; the reason tells a daemon killed mid-sync from anything else).
+    sync_errors: list[str] = field(default_factory=list)
     relists: int = 0
     lost_events: int = 0
     cache_mismatches: list[str] = field(default_factory=list)
@@ -53,6 +56,7 @@ class Report:
             "churn_ops": self.churn_ops,
             "syncs": dict(self.syncs),
             "sync_failures": dict(self.sync_failures),
+            "sync_errors": self.sync_errors[:10],
             "relists": self.relists,
             "lost_events": self.lost_events,
             "cache_mismatches": len(self.cache_mismatches),
@@ -133,6 +137,8 @@ class Chaos:
         self.report.syncs[mode] += 1
         if result.returncode != 0:
             self.report.sync_failures[mode] += 1
+            errors = [line for line in result.output.splitlines() if "ERR" in line or "Error" in line]
+            self.report.sync_errors.append(f"{mode}: {(errors or ['(no error line)'])[-1][-300:]}")
             return False
         return True
 
