@@ -677,15 +677,12 @@ class ResourceInformer:
 
     def _bookmarked(self, rv: str | None) -> None:
         """A BOOKMARK taken off the stream while this task waited for the next batch,
-        every event before it applied: what :meth:`_apply_batch` and :meth:`_flush` do
-        with a batch of bookmarks alone (the RV moves, the checkpoint is deferred), on
-        the loop, without waking the task."""
+        every event before it applied: what :meth:`_apply_batch` does with a batch of
+        bookmarks alone (the RV moves; :meth:`_flush` defers the checkpoint), on the
+        loop, without waking the task."""
         if rv:
             self.resource_version = rv
-        self.status.resource_version = self.resource_version
-        bookmarks = self.options.bookmarks
-        assert bookmarks is not None  # followed only with deferred checkpoints
-        bookmarks.defer(self)
+        self._flush([("BOOKMARK", {})])
 
     def _apply_batch(
         self, batch: list[dict[str, Any]], gen: int | None, initial: list[dict[str, Any]]
