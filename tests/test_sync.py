@@ -186,6 +186,11 @@ def cached_meta(cache: Path, key: str) -> str | None:
         return state.read_meta(conn, key)
 
 
+def pg_row_count(dsn: str, tables: list[str]) -> int:
+    with psycopg.connect(dsn) as conn:
+        return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)  # type: ignore[index]
+
+
 def cached_names(cache: Path, resource: str, context: str, ns: str) -> list[str]:
     with state.reading(cache) as conn:
         return state.live_names(conn, context, resource, ns)
@@ -212,12 +217,14 @@ def test_incremental_mode_emits_only_changes_and_propagates_deletes(
     full = sync(tmp_path, dsn, spec, **source)
     assert full.returncode == 0, full.output[-3000:]
     assert_pg_equals_api(dsn, planes, ["dev", "prod"])
-    assert synced_resources(full) > 30  # the first incremental sync is a full snapshot
+    # The first incremental sync is a full snapshot: every row, then the cursor.
+    assert synced_resources(full) == pg_row_count(dsn, spec["tables"]) + 1
 
-    # No change at all: only the two k8s_clusters rows (always whole) travel.
+    # No change at all: only the two k8s_clusters rows (always whole) travel, and the
+    # cursor, as a row of the state table after them.
     idle = sync(tmp_path, dsn, spec, **source)
     assert idle.returncode == 0, idle.output[-3000:]
-    assert synced_resources(idle) == 2
+    assert synced_resources(idle) == 2 + 1
 
     admin = planes.servers["dev"].admin()
     configmap(admin, ns, "inc-a")
@@ -234,7 +241,7 @@ def test_incremental_mode_emits_only_changes_and_propagates_deletes(
     time.sleep(0.5)
     delta = sync(tmp_path, dsn, spec, **source)
     assert delta.returncode == 0, delta.output[-3000:]
-    assert synced_resources(delta) == 2 + 3  # clusters + inc-a, inc-b, cm0
+    assert synced_resources(delta) == 2 + 3 + 1  # clusters + inc-a, inc-b, cm0 + the cursor
     # The deletions reached PostgreSQL too: delete-record messages, run by the destination.
     assert_pg_equals_api(dsn, planes, ["dev", "prod"])
     # The cursor lives in the destination's state backend table: <cache id>:{context: seq}.
@@ -251,8 +258,61 @@ def test_incremental_mode_emits_only_changes_and_propagates_deletes(
     eventually(lambda: "cm0" not in [n for n in cached_names(cache, "configmaps", "prod", ns)])
     again = sync(tmp_path, dsn, spec, **source)
     assert again.returncode == 0
-    assert synced_resources(again) > 30
+    assert synced_resources(again) == pg_row_count(dsn, spec["tables"]) + 1
     assert_pg_equals_api(dsn, planes, ["dev", "prod"])
+
+
+def test_incremental_cursor_does_not_pass_rows_the_destination_failed_to_write(
+    planes: ControlPlanes, dsn: str, tmp_path: Path, start_daemon: Any
+) -> None:
+    """The cursor travels as the stream's last row: a destination that cannot write a
+    batch fails the sync without moving the cursor, and the next sync sends it again.
+    (Written by the state client instead, it committed at once, ahead of the rows.)"""
+    admin = planes.servers["dev"].admin()
+    ns = namespace(admin, unique("cursor"))
+    configmap(admin, ns, "before")
+    cache = tmp_path / "cursor" / "cache.db"
+    daemon = start_daemon(planes.kubeconfig, cache, "dev")
+    source = {
+        "registry": "grpc",
+        "path": f"127.0.0.1:{daemon.grpc_port}",
+        "with_state_backend": True,
+        "write_mode": "overwrite",
+    }
+    spec = {"incremental": True, "tables": ["k8s_clusters", "k8s_configmaps"]}
+    first = sync(tmp_path, dsn, spec, **source)
+    assert first.returncode == 0, first.output[-3000:]
+
+    def names() -> set[str]:
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute("SELECT name FROM k8s_configmaps WHERE namespace = %s", (ns,))
+            return {r[0] for r in rows}
+
+    assert names() == {"before"}
+    # The destination's insert fails for one row: its whole batch is rolled back.
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.name LIKE 'refused-%' THEN RAISE EXCEPTION 'refused by the test'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON k8s_configmaps "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    configmap(admin, ns, "refused-1")
+    configmap(admin, ns, "after-1")
+    eventually(lambda: {"refused-1", "after-1"} <= set(cached_names(cache, "configmaps", "dev", ns)))
+    failed = sync(tmp_path, dsn, spec, **source)
+    assert failed.returncode != 0, failed.output[-3000:]
+    assert "refused by the test" in failed.output, failed.output[-3000:]
+    assert names() == {"before"}
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DROP TRIGGER refuse ON k8s_configmaps")
+    again = sync(tmp_path, dsn, spec, **source)
+    assert again.returncode == 0, again.output[-3000:]
+    assert names() == {"before", "refused-1", "after-1"}
 
 
 @pytest.mark.parametrize(

@@ -190,7 +190,7 @@ class Plugin:
             since = cursor.since(snap, self.contexts) if cursor else None
             for table in tables:
                 yield SyncMigrateTable(snap.schema(table))
-            if spec.follow and cursor is not None and (migrate := cursor.in_band_table()) is not None:
+            if cursor is not None and (migrate := cursor.in_band_table()) is not None:
                 yield migrate
             rows = deletes = 0
             retired = _retired_since(snap, since, watched=self.contexts) if cursor is not None else []
@@ -239,7 +239,7 @@ class Plugin:
                 self.on_sync_done(elapsed, rows)
             sent = {ctx: snap.position.get(ctx, 0) for ctx in [*self.contexts, *retired]}
             if cursor is not None:
-                checkpoint = cursor.commit(snap.cache_id, sent, in_band=spec.follow)
+                checkpoint = cursor.commit(snap.cache_id, sent)
                 if checkpoint is not None:
                     yield checkpoint
             start = (snap.cache_id, sent)
@@ -292,7 +292,7 @@ class Plugin:
                         for ctx in (c for c in self.contexts if owns(CLUSTERS_TABLE, c)):
                             yield from (SyncInsert(b) for b in snap.batches(CLUSTERS_TABLE, ctx))
                     last = {ctx: snap.position.get(ctx, 0) for ctx in last}
-                    checkpoint = cursor.commit(snap.cache_id, last, in_band=True)
+                    checkpoint = cursor.commit(snap.cache_id, last)
                     if checkpoint is not None:
                         yield checkpoint
                     status.sent = dict(last)
@@ -433,29 +433,24 @@ class _Cursor:
         return resume_from(raw, cache_id=snap.cache_id, logs=snap.logs, contexts=contexts)
 
     def in_band_table(self) -> SyncMigrateTable | None:
-        """The state table, for a follow sync that writes its cursor as a row of the sync
-        stream (a CLI without checkpoint support: CLI 6.21.1 has none)."""
+        """The state table, for a sync that writes its cursor as a row of the sync stream
+        (a CLI without checkpoint support: CLI 6.21.1 has none)."""
         if not self.enabled or self.supports_checkpoints:
             return None
         return SyncMigrateTable(self.client.table.arrow_schema())
 
-    def commit(
-        self, cache_id: str, position: Mapping[str, int], *, in_band: bool = False
-    ) -> SyncCheckpoint | SyncInsert | None:
-        """Advance the cursor to ``position``. With checkpoint support it goes on the stream,
-        and the CLI persists it only once the destination committed everything before it.
-        ``in_band`` (a follow sync without checkpoints) sends it as a row of the state
-        table on the sync stream: the destination commits it in stream order, in the same
-        batch as the rows before it or a later one. Otherwise it is written to the backend
-        directly, at the end of the sync."""
+    def commit(self, cache_id: str, position: Mapping[str, int]) -> SyncCheckpoint | SyncInsert | None:
+        """Advance the cursor to ``position``: the message that says so, sent after every
+        row and deletion it covers. With checkpoint support a checkpoint, which the CLI
+        persists once the destination committed everything before it; without, a row of
+        the state table, which the destination commits in stream order, in the same
+        batch as the rows before it or a later one. Never the state client's own write:
+        that commits at once, while the destination still buffers the rows, so a sync
+        that failed after it (a destination that could not write its last batch, a CLI
+        interrupted, a daemon killed) would leave a cursor past rows that never arrived,
+        and the next incremental sync would not send them again (docs/streaming.md)."""
         if not self.enabled:
             return None
         value = encode_cursor(cache_id, position)
         record = self.client.table.record([(self.key, value)])
-        if self.supports_checkpoints:
-            return SyncCheckpoint(record)
-        if in_band:
-            return SyncInsert(record)
-        self.client.set_key(self.key, value)
-        self.client.flush()
-        return None
+        return SyncCheckpoint(record) if self.supports_checkpoints else SyncInsert(record)
