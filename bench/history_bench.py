@@ -44,13 +44,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 
 from bench.run import CONTEXTS, MIX
 from testbed.cq import destination_config, run_cloudquery, source_config
 from testbed.daemon import console_script
 from testbed.postgres import Postgres, postgres_server
-from watcher.history import CHANGES_KEY, CHANGES_TABLE, LIFETIMES_KEY, LIFETIMES_TABLE, HistoryPolicy
+from watcher.cache.history import Head, HistoryRecorder
+from watcher.history import (
+    CHANGES_KEY,
+    CHANGES_TABLE,
+    LIFETIMES_KEY,
+    LIFETIMES_TABLE,
+    HistoryPolicy,
+    history_doc,
+)
 from watcher.resources import BY_KEY, ResourceDescriptor
 from watcher.state import CacheStore, InformerStatus
 
@@ -387,6 +396,209 @@ def ingest_rounds(
         )
     ]
     return {"rounds": results, "median": summary, "churn_ratio_per_round": pairs}
+
+
+# --------------------------------------------------------------------------- 1d. floors
+
+
+class ChangeRowsOnly(HistoryRecorder):
+    """A floor, not a history: one change row per recorded event (the object after it,
+    no patch, no managers, no heads, no lifetimes), a status-only update recognised for
+    free from a dict in memory. What any design that keeps each recorded version as a
+    row, in the transaction that writes the object, must at least do."""
+
+    #: Rows without the object (about the size of a patch): what the bytes cost.
+    small = False
+
+    def __init__(self, policy: HistoryPolicy, sql: Callable[[str], str]) -> None:
+        super().__init__(policy, sql)
+        self._last: dict[str, bytes] = {}
+
+    def prefetch(self, conn: Any, context: str, resource: str, uids: Any) -> None:
+        pass
+
+    def upserted(
+        self, conn: Any, context: str, desc: ResourceDescriptor, versions: Any, next_seq: Any
+    ) -> list[Any]:
+        now, rows = time.time(), []
+        for _event, _raw, clean in versions:
+            meta = clean["metadata"]
+            doc = history_doc(clean, desc)
+            key = orjson.dumps({k: v for k, v in doc.items() if k != "status"})
+            before = self._last.get(meta["uid"])
+            if before == key:
+                continue
+            self._last[meta["uid"]] = key
+            seq = next_seq()
+            kind = "added" if before is None else "modified"
+            rv = meta.get("resourceVersion") or ""
+            rows.append(
+                self._change(context, desc, seq, kind, now, meta["uid"], meta, rv, None, [], None, doc)
+            )
+            rows.extend(self._more(context, desc, meta, rv, doc, seq, now, None) if before is None else ())
+        return self._keep(conn, rows)
+
+    def deleted(
+        self, conn: Any, context: str, desc: ResourceDescriptor, gone: Any, next_seq: Any
+    ) -> list[Any]:
+        now, rows = time.time(), []
+        for uid, _raw, clean in gone:
+            if clean is None:
+                continue
+            self._last.pop(uid, None)
+            doc = history_doc(clean, desc)
+            meta, seq = doc["metadata"], next_seq()
+            kept = None if self.small else doc
+            rows.append(self._change(context, desc, seq, "deleted", now, uid, meta, "", None, [], None, kept))
+            rows.extend(self._more(context, desc, meta, "", doc, seq, now, now))
+        return self._keep(conn, rows)
+
+    def _more(
+        self,
+        context: str,
+        desc: ResourceDescriptor,
+        meta: Any,
+        rv: str,
+        doc: Any,
+        seq: int,
+        now: float,
+        deleted_at: float | None,
+    ) -> list[Any]:
+        return []
+
+    def _keep(self, conn: Any, rows: list[Any]) -> list[Any]:
+        return rows  # into objects, as the history's rows are
+
+
+class SmallChangeRows(ChangeRowsOnly):
+    """The floor with rows of about a patch's size: the change's columns, no object."""
+
+    small = True
+
+
+class ConstantChangeRows(ChangeRowsOnly):
+    """The floor's database share alone: the same rows, each with one constant document
+    of a patch's size (nothing encoded per change)."""
+
+    _ROW = b"x" * 300
+
+    def _keep(self, conn: Any, rows: list[Any]) -> list[Any]:
+        return [(*r[:7], self._ROW, *r[8:]) for r in rows]
+
+    def _change(
+        self,
+        context: str,
+        desc: ResourceDescriptor,
+        seq: int,
+        kind: Any,
+        now: float,
+        uid: Any,
+        meta: Any,
+        rv: str,
+        *_: Any,
+    ) -> Any:
+        return (
+            context,
+            CHANGES_KEY,
+            f"{seq}",
+            CHANGES_TABLE,
+            meta.get("namespace"),
+            meta.get("name") or "",
+            rv,
+            b"",
+            seq,
+            None,
+            now,
+        )
+
+
+class ChangeRowsOwnTable(ChangeRowsOnly):
+    """The floor with the change rows in an append-only table of their own (SQLite,
+    WITHOUT ROWID, one B-tree keyed by (context, seq)) instead of ``objects`` (a rowid
+    table and four indexes)."""
+
+    def _keep(self, conn: Any, rows: list[Any]) -> list[Any]:
+        if rows:
+            conn.exec_driver_sql(
+                "CREATE TABLE IF NOT EXISTS floor_changes (context TEXT, seq INTEGER, observed_at REAL, "
+                "row BLOB, PRIMARY KEY (context, seq)) WITHOUT ROWID"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO floor_changes VALUES (?, ?, ?, ?)", [(r[0], r[8], r[10], r[7]) for r in rows]
+            )
+        return []
+
+
+class ChangeAndLifetimeRows(ChangeRowsOnly):
+    """The floor plus a lifetime row at each object's first version and deletion."""
+
+    def _more(
+        self,
+        context: str,
+        desc: ResourceDescriptor,
+        meta: Any,
+        rv: str,
+        doc: Any,
+        seq: int,
+        now: float,
+        deleted_at: float | None,
+    ) -> list[Any]:
+        head = Head(rv, doc, [], now, "added", seq)
+        return [self._lifetime(context, desc, head, meta, deleted_at=deleted_at, last_seq=seq)]
+
+
+#: The ladder from history off to the whole history: what each part of it costs.
+FLOORS: dict[str, type[HistoryRecorder] | None] = {
+    "off": None,
+    "change rows only, in objects": ChangeRowsOnly,
+    "change rows only, own table": ChangeRowsOwnTable,
+    "change rows without the object": SmallChangeRows,
+    "constant rows (nothing encoded)": ConstantChangeRows,
+    "change + lifetime rows": ChangeAndLifetimeRows,
+    "the history (default policy)": HistoryRecorder,
+}
+
+
+def floor_round(
+    where: Path, recorder: type[HistoryRecorder] | None, fleet: Fleet, reads: list[Any], events: int
+) -> float:
+    """One round (lists, then churn) with ``recorder`` as the writer's history (None:
+    off); its churn's watch events/s."""
+    store = CacheStore(where, history=policy(recorder is not None))
+    try:
+        if recorder is not None:  # the writer's own, or a floor in its place
+            store.history = recorder(HistoryPolicy(), store.history._sql)
+        populate(store, fleet)
+        started = time.perf_counter()
+        apply_churn(store, reads)
+        return events / (time.perf_counter() - started)
+    finally:
+        store.close()
+
+
+def floors(work: Path, fleet: Fleet, reads: list[Any], events: int, pairs: int) -> dict[str, Any]:
+    """``pairs`` passes over the ladder, forward then backward (a drift of the machine's
+    load hits every step alike); each step's churn rate and its ratio to off's median."""
+    rates: dict[str, list[float]] = {name: [] for name in FLOORS}
+    order = list(FLOORS)
+    for p in range(pairs):
+        for name in order if p % 2 == 0 else order[::-1]:
+            where = work / f"floor-{p}-{order.index(name)}" / "cache.db"
+            where.parent.mkdir()
+            rate = floor_round(where, FLOORS[name], fleet, reads, events)
+            rates[name].append(round(rate))
+            print(f"    pass {p} {name}: {rate:.0f} events/s", flush=True)
+            for f in where.parent.glob("*"):
+                f.unlink()
+    off = statistics.median(rates["off"])
+    return {
+        name: {
+            "events_per_s": got,
+            "median": statistics.median(got),
+            "ratio": round(statistics.median(got) / off, 3),
+        }
+        for name, got in rates.items()
+    }
 
 
 # --------------------------------------------------------------------------- 2. storage
@@ -900,12 +1112,18 @@ def main() -> int:
     parser.add_argument("--objects", type=int, default=100_000)
     parser.add_argument("--churn", type=int, default=100_000, help="watch events after the lists")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="on/off pairs on SQLite (0: skip the ingest part)"
+        "--rounds",
+        type=int,
+        default=3,
+        help="on/off pairs on SQLite (0: skip the ingest part but the floors)",
     )
     parser.add_argument("--pg-rounds", type=int, default=1, help="on/off pairs on PostgreSQL (0: none)")
     parser.add_argument("--asof-objects", type=int, default=100_000, help="0: skip the as-of part")
     parser.add_argument("--soak-seconds", type=float, default=600, help="0: skip the soak")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--floor-passes", type=int, default=3, help="passes over the floors' ladder, SQLite (0: none)"
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "history-results.json"))
     args = parser.parse_args()
     os.environ["CQ_TELEMETRY_LEVEL"] = "none"
@@ -920,7 +1138,7 @@ def main() -> int:
         work = Path(tmp)
         with psycopg.connect(pg.dsn) as conn:
             out["postgres"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-        if args.rounds:  # 0: no ingest part
+        if args.rounds or args.floor_passes:  # 0 and 0: no ingest part
             started = time.monotonic()
             fleet = Fleet(args.objects)
             reads = fleet.churn(args.churn)
@@ -954,13 +1172,14 @@ def main() -> int:
                     (work / f"s{r}{on}").mkdir()
                     return work / f"s{r}{on}" / "cache.db"
 
-                out["ingest_sqlite"] = ingest_rounds(
-                    sqlite_where, fleet, reads, events, args.rounds, sqlite_after
-                )
-                print(f"  medians: {out['ingest_sqlite']['median']}", flush=True)
-                out["storage"] = stores
-                print(f"2. storage: {json.dumps(stores)}", flush=True)
-                if args.pg_rounds:
+                if args.rounds:
+                    out["ingest_sqlite"] = ingest_rounds(
+                        sqlite_where, fleet, reads, events, args.rounds, sqlite_after
+                    )
+                    print(f"  medians: {out['ingest_sqlite']['median']}", flush=True)
+                    out["storage"] = stores
+                    print(f"2. storage: {json.dumps(stores)}", flush=True)
+                if args.rounds and args.pg_rounds:
                     print("1b. ingest, PostgreSQL cache", flush=True)
                     out["ingest_postgres"] = ingest_rounds(
                         lambda r, on: _database(pg, f"cache_{r}_{int(on)}"),
@@ -971,7 +1190,12 @@ def main() -> int:
                         pg_after,
                     )
                     print(f"  medians: {out['ingest_postgres']['median']}", flush=True)
-                if not args.no_profile:
+                if args.floor_passes:
+                    print("1d. floors: what each part of the history costs (SQLite)", flush=True)
+                    (work / "floors").mkdir()
+                    out["floors"] = floors(work / "floors", fleet, reads, events, args.floor_passes)
+                    print(f"  {json.dumps(out['floors'])}", flush=True)
+                if args.rounds and not args.no_profile:
                     print("1c. where a history-on round's writer time goes (py-spy)", flush=True)
                     (work / "p").mkdir()
                     out["profile"] = {
