@@ -512,6 +512,33 @@ class ConstantChangeRows(ChangeRowsOnly):
         )
 
 
+class ChangeSegments(ChangeRowsOnly):
+    """The floor with one row per watch read (or list page) holding all its changes'
+    documents: a segment, as a log stores records (what a cache format with segments
+    would write; its reader would split them)."""
+
+    def _keep(self, conn: Any, rows: list[Any]) -> list[Any]:
+        if not rows:
+            return []
+        first, last = rows[0], rows[-1]
+        body = b"\x1d".join(r[7] for r in rows)
+        return [
+            (
+                first[0],
+                CHANGES_KEY,
+                f"segment-{first[8]}",
+                CHANGES_TABLE,
+                None,
+                "",
+                "",
+                body,
+                last[8],
+                None,
+                last[10],
+            )
+        ]
+
+
 class ChangeRowsOwnTable(ChangeRowsOnly):
     """The floor with the change rows in an append-only table of their own (SQLite,
     WITHOUT ROWID, one B-tree keyed by (context, seq)) instead of ``objects`` (a rowid
@@ -554,6 +581,7 @@ FLOORS: dict[str, type[HistoryRecorder] | None] = {
     "change rows only, own table": ChangeRowsOwnTable,
     "change rows without the object": SmallChangeRows,
     "constant rows (nothing encoded)": ConstantChangeRows,
+    "one row per watch read (segments)": ChangeSegments,
     "change + lifetime rows": ChangeAndLifetimeRows,
     "the history (default policy)": HistoryRecorder,
 }
