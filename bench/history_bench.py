@@ -574,6 +574,33 @@ class ChangeAndLifetimeRows(ChangeRowsOnly):
         return [self._lifetime(context, desc, head, meta, deleted_at=deleted_at, last_seq=seq)]
 
 
+class HeadsInMemory(HistoryRecorder):
+    """The whole history with its heads in a dict, never read or written in the
+    database (nor decoded): what the best layout of the heads could win, at most."""
+
+    def __init__(self, policy: HistoryPolicy, sql: Callable[[str], str]) -> None:
+        super().__init__(policy, sql)
+        self._kept: dict[tuple[str, str, str], Head] = {}
+
+    def _heads(self, conn: Any, context: str, resource: str, uids: Any) -> dict[str, Head]:
+        found = {}
+        for uid in uids:
+            key = (context, resource, uid)
+            head = self._pending[key] if key in self._pending else self._kept.get(key)
+            if head is not None:
+                found[uid] = head
+        return found
+
+    def send(self, conn: Any) -> None:
+        for key, head in self._pending.items():
+            if head is None:
+                self._kept.pop(key, None)
+            else:
+                self._kept[key] = head
+        self._pending.clear()
+        super().send(conn)
+
+
 #: The ladder from history off to the whole history: what each part of it costs.
 FLOORS: dict[str, type[HistoryRecorder] | None] = {
     "off": None,
@@ -583,6 +610,7 @@ FLOORS: dict[str, type[HistoryRecorder] | None] = {
     "constant rows (nothing encoded)": ConstantChangeRows,
     "one row per watch read (segments)": ChangeSegments,
     "change + lifetime rows": ChangeAndLifetimeRows,
+    "the history, its heads in memory": HeadsInMemory,
     "the history (default policy)": HistoryRecorder,
 }
 
