@@ -315,6 +315,41 @@ def test_incremental_cursor_does_not_pass_rows_the_destination_failed_to_write(
     assert names() == {"before", "refused-1", "after-1"}
 
 
+def test_incremental_syncs_into_an_append_destination_with_the_cursor_in_the_backend(
+    planes: ControlPlanes, dsn: str, tmp_path: Path, start_daemon: Any
+) -> None:
+    """write_mode append strips primary keys, so its syncs cannot carry the state table
+    (the destination refuses to migrate it): the default cursor fails there with the
+    destination's own message, and ``cursor: backend`` writes it through the state client."""
+    admin = planes.servers["dev"].admin()
+    ns = namespace(admin, unique("append"))
+    configmap(admin, ns, "a")
+    cache = tmp_path / "append" / "cache.db"
+    daemon = start_daemon(planes.kubeconfig, cache, "dev")
+    source = {
+        "registry": "grpc",
+        "path": f"127.0.0.1:{daemon.grpc_port}",
+        "with_state_backend": True,
+        "write_mode": "append",
+    }
+    spec = {"incremental": True, "tables": ["k8s_clusters", "k8s_configmaps"]}
+    on_stream = sync(tmp_path, dsn, spec, **source)
+    assert on_stream.returncode != 0
+    assert "cq_state_k8s" in on_stream.output and "Primary key constraint removed" in on_stream.output
+
+    spec["cursor"] = "backend"
+    first = sync(tmp_path, dsn, spec, **source)
+    assert first.returncode == 0, first.output[-3000:]
+    configmap(admin, ns, "b")
+    eventually(lambda: "b" in cached_names(cache, "configmaps", "dev", ns))
+    second = sync(tmp_path, dsn, spec, **source)
+    assert second.returncode == 0, second.output[-3000:]
+    assert synced_resources(second) == 1 + 1  # the cluster's row and b: the cursor moved
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT name FROM k8s_configmaps WHERE namespace = %s", (ns,)).fetchall()
+    assert sorted(r[0] for r in rows) == ["a", "b"]  # appended once each
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [

@@ -172,7 +172,7 @@ class Plugin:
             log.error("context %s could not be synced: %s", ctx, why)
             if options.with_error_messages:
                 yield SyncError(CLUSTERS_TABLE, f"{ctx}: {why}")
-        cursor = _Cursor(options) if spec.incremental else None
+        cursor = _Cursor(options, on_stream=spec.cursor == "stream") if spec.incremental else None
         with SnapshotReader.open(spec.cache, batch_max_rows=spec.batch_max_rows) as snap:
             if spec.discovery:
                 tables += self.discovered_tables(snap, options)
@@ -409,7 +409,10 @@ class _Cursor:
     with the destination: how far each context's changes were sent by the last
     completed sync (:func:`encode_cursor`)."""
 
-    def __init__(self, options: SyncOptions) -> None:
+    def __init__(self, options: SyncOptions, *, on_stream: bool = True) -> None:
+        #: Whether the cursor goes on the sync stream (see commit), or through the state
+        #: client: a destination in write_mode append cannot take the state table's rows.
+        self.on_stream = on_stream
         # A shard's tables move on their own: each shard keeps a cursor of its own.
         self.key = CURSOR_KEY if options.shard is None else f"{CURSOR_KEY}|shard {options.shard}"
         # Imported here: the SDK's state client pulls in pandas (~60 MB), which a daemon
@@ -435,22 +438,29 @@ class _Cursor:
     def in_band_table(self) -> SyncMigrateTable | None:
         """The state table, for a sync that writes its cursor as a row of the sync stream
         (a CLI without checkpoint support: CLI 6.21.1 has none)."""
-        if not self.enabled or self.supports_checkpoints:
+        if not self.enabled or self.supports_checkpoints or not self.on_stream:
             return None
         return SyncMigrateTable(self.client.table.arrow_schema())
 
     def commit(self, cache_id: str, position: Mapping[str, int]) -> SyncCheckpoint | SyncInsert | None:
-        """Advance the cursor to ``position``: the message that says so, sent after every
-        row and deletion it covers. With checkpoint support a checkpoint, which the CLI
-        persists once the destination committed everything before it; without, a row of
-        the state table, which the destination commits in stream order, in the same
-        batch as the rows before it or a later one. Never the state client's own write:
-        that commits at once, while the destination still buffers the rows, so a sync
-        that failed after it (a destination that could not write its last batch, a CLI
-        interrupted, a daemon killed) would leave a cursor past rows that never arrived,
-        and the next incremental sync would not send them again (docs/streaming.md)."""
+        """Advance the cursor to ``position``, after every row and deletion it covers.
+        With checkpoint support: a checkpoint, which the CLI persists once the
+        destination committed everything before it. Otherwise, by default (``cursor:
+        stream``): a row of the state table on the stream, which the destination commits
+        in stream order, with the rows before it or later. ``cursor: backend`` (for
+        write_mode append, whose syncs cannot carry the state table) writes it through
+        the state client instead, at the end of the sync: that commits at once, while the
+        destination may still buffer rows, so a sync that fails after it (a destination
+        that could not write its last batch, a CLI interrupted, a daemon killed) leaves
+        the cursor past rows that never arrived (docs/configuration.md)."""
         if not self.enabled:
             return None
         value = encode_cursor(cache_id, position)
         record = self.client.table.record([(self.key, value)])
-        return SyncCheckpoint(record) if self.supports_checkpoints else SyncInsert(record)
+        if self.supports_checkpoints:
+            return SyncCheckpoint(record)
+        if self.on_stream:
+            return SyncInsert(record)
+        self.client.set_key(self.key, value)
+        self.client.flush()
+        return None

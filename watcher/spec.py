@@ -100,6 +100,14 @@ JSON_SCHEMA: dict[str, Any] = {
             "commits it, with the cursor written in order with the data (implies incremental).",
             "type": "boolean",
         },
+        "cursor": {
+            "description": "Where an incremental sync commits its cursor. 'stream' (default): as the sync's "
+            "last row, which the destination commits with the rows before it (write_mode overwrite or "
+            "overwrite-delete-stale). 'backend': written through the state backend at the end of the sync, "
+            "for write_mode append (its syncs cannot carry the state table); a sync that fails after that "
+            "write leaves the cursor past rows the destination never wrote.",
+            "enum": ["stream", "backend"],
+        },
         "max_staleness": {
             "description": "How old a context's cache may be without a live watch before a sync relists it (e.g. 90s, 10m, 1h).",
             "type": ["string", "number"],
@@ -163,6 +171,8 @@ class Spec:
     cache_url: str | None = None
     incremental: bool = False
     follow: bool = False
+    #: Where an incremental sync commits its cursor: "stream" or "backend" (see JSON_SCHEMA).
+    cursor: str = "stream"
     max_staleness: float = 600.0
     concurrency: int = 4
     batch_max_rows: int = 20_000
@@ -234,6 +244,13 @@ class Spec:
             if data.get("incremental") is False:
                 raise SpecError("follow: needs incremental (a follow sync sends changes since its cursor)")
             given["follow"] = given["incremental"] = True
+        if "cursor" in data:
+            given["cursor"] = str(data["cursor"])
+            if given["cursor"] == "backend" and given.get("follow"):
+                raise SpecError(
+                    "cursor: backend cannot be used with follow (a follow sync commits its cursor on the "
+                    "stream, in order with its changes; use write_mode overwrite)"
+                )
         if "max_staleness" in data:
             given["max_staleness"] = parse_duration(data["max_staleness"], field_name="max_staleness")
         for key in ("concurrency", "batch_max_rows"):

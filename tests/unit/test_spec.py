@@ -250,3 +250,12 @@ def test_cache_url_names_a_database_cache_and_wins_over_the_callers_cache_path(c
 def test_a_bad_cache_url_is_refused(clean_env: Path, raw: dict[str, Any], expected: str) -> None:
     with pytest.raises(SpecError, match=expected):
         Spec.parse(raw)
+
+
+def test_the_cursor_goes_on_the_stream_unless_the_spec_says_backend(clean_env: Path) -> None:
+    assert Spec.parse({"incremental": True}).cursor == "stream"
+    assert Spec.parse({"incremental": True, "cursor": "backend"}).cursor == "backend"
+    with pytest.raises(SpecError, match="cursor: 'state' is not one of"):
+        Spec.parse({"incremental": True, "cursor": "state"})
+    with pytest.raises(SpecError, match="cursor: backend cannot be used with follow"):
+        Spec.parse({"follow": True, "cursor": "backend"})
