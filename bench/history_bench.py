@@ -409,6 +409,8 @@ class ChangeRowsOnly(HistoryRecorder):
 
     #: Rows without the object (about the size of a patch): what the bytes cost.
     small = False
+    #: Lifetime rows too, at each object's first version and deletion.
+    lifetimes = False
 
     def __init__(self, policy: HistoryPolicy, sql: Callable[[str], str]) -> None:
         super().__init__(policy, sql)
@@ -432,10 +434,12 @@ class ChangeRowsOnly(HistoryRecorder):
             seq = next_seq()
             kind = "added" if before is None else "modified"
             rv = meta.get("resourceVersion") or ""
+            kept = None if self.small else doc
             rows.append(
-                self._change(context, desc, seq, kind, now, meta["uid"], meta, rv, None, [], None, doc)
+                self._change(context, desc, seq, kind, now, meta["uid"], meta, rv, None, [], None, kept)
             )
-            rows.extend(self._more(context, desc, meta, rv, doc, seq, now, None) if before is None else ())
+            if before is None:
+                rows.extend(self._lifetimes(context, desc, meta, rv, doc, seq, now, None))
         return self._keep(conn, rows)
 
     def deleted(
@@ -450,10 +454,10 @@ class ChangeRowsOnly(HistoryRecorder):
             meta, seq = doc["metadata"], next_seq()
             kept = None if self.small else doc
             rows.append(self._change(context, desc, seq, "deleted", now, uid, meta, "", None, [], None, kept))
-            rows.extend(self._more(context, desc, meta, "", doc, seq, now, now))
+            rows.extend(self._lifetimes(context, desc, meta, "", doc, seq, now, now))
         return self._keep(conn, rows)
 
-    def _more(
+    def _lifetimes(
         self,
         context: str,
         desc: ResourceDescriptor,
@@ -464,7 +468,11 @@ class ChangeRowsOnly(HistoryRecorder):
         now: float,
         deleted_at: float | None,
     ) -> list[Any]:
-        return []
+        """A lifetime row at the object's first version and its deletion, if ``lifetimes``."""
+        if not self.lifetimes:
+            return []
+        head = Head(rv, doc, [], now, "added", seq)
+        return [self._lifetime(context, desc, head, meta, deleted_at=deleted_at, last_seq=seq)]
 
     def _keep(self, conn: Any, rows: list[Any]) -> list[Any]:
         return rows  # into objects, as the history's rows are
@@ -481,9 +489,6 @@ class ConstantChangeRows(ChangeRowsOnly):
     of a patch's size (nothing encoded per change)."""
 
     _ROW = b"x" * 300
-
-    def _keep(self, conn: Any, rows: list[Any]) -> list[Any]:
-        return [(*r[:7], self._ROW, *r[8:]) for r in rows]
 
     def _change(
         self,
@@ -505,7 +510,7 @@ class ConstantChangeRows(ChangeRowsOnly):
             meta.get("namespace"),
             meta.get("name") or "",
             rv,
-            b"",
+            self._ROW,
             seq,
             None,
             now,
@@ -559,19 +564,7 @@ class ChangeRowsOwnTable(ChangeRowsOnly):
 class ChangeAndLifetimeRows(ChangeRowsOnly):
     """The floor plus a lifetime row at each object's first version and deletion."""
 
-    def _more(
-        self,
-        context: str,
-        desc: ResourceDescriptor,
-        meta: Any,
-        rv: str,
-        doc: Any,
-        seq: int,
-        now: float,
-        deleted_at: float | None,
-    ) -> list[Any]:
-        head = Head(rv, doc, [], now, "added", seq)
-        return [self._lifetime(context, desc, head, meta, deleted_at=deleted_at, last_seq=seq)]
+    lifetimes = True
 
 
 class HeadsInMemory(HistoryRecorder):
