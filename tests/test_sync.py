@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -262,33 +263,54 @@ def test_incremental_mode_emits_only_changes_and_propagates_deletes(
     assert_pg_equals_api(dsn, planes, ["dev", "prod"])
 
 
+@dataclass
+class IncrementalSetup:
+    """A namespace with one configmap in "dev", a daemon on it, and the source config
+    and spec of incremental syncs of its configmaps into ``write_mode``."""
+
+    admin: Any
+    ns: str
+    cache: Path
+    source: dict[str, Any]
+    spec: dict[str, Any]
+
+
+def _incremental_setup(
+    planes: ControlPlanes, tmp_path: Path, start_daemon: Any, name: str, configmap_name: str, write_mode: str
+) -> IncrementalSetup:
+    admin = planes.servers["dev"].admin()
+    ns = namespace(admin, unique(name))
+    configmap(admin, ns, configmap_name)
+    cache = tmp_path / name / "cache.db"
+    daemon = start_daemon(planes.kubeconfig, cache, "dev")
+    source = {
+        "registry": "grpc",
+        "path": f"127.0.0.1:{daemon.grpc_port}",
+        "with_state_backend": True,
+        "write_mode": write_mode,
+    }
+    spec = {"incremental": True, "tables": ["k8s_clusters", "k8s_configmaps"]}
+    return IncrementalSetup(admin, ns, cache, source, spec)
+
+
+def pg_configmap_names(dsn: str, ns: str) -> list[str]:
+    """The configmaps of ``ns`` in PostgreSQL, sorted, a name as often as it has rows."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT name FROM k8s_configmaps WHERE namespace = %s", (ns,)).fetchall()
+    return sorted(r[0] for r in rows)
+
+
 def test_incremental_cursor_does_not_pass_rows_the_destination_failed_to_write(
     planes: ControlPlanes, dsn: str, tmp_path: Path, start_daemon: Any
 ) -> None:
     """The cursor travels as the stream's last row: a destination that cannot write a
     batch fails the sync without moving the cursor, and the next sync sends it again.
     (Written by the state client instead, it committed at once, ahead of the rows.)"""
-    admin = planes.servers["dev"].admin()
-    ns = namespace(admin, unique("cursor"))
-    configmap(admin, ns, "before")
-    cache = tmp_path / "cursor" / "cache.db"
-    daemon = start_daemon(planes.kubeconfig, cache, "dev")
-    source = {
-        "registry": "grpc",
-        "path": f"127.0.0.1:{daemon.grpc_port}",
-        "with_state_backend": True,
-        "write_mode": "overwrite",
-    }
-    spec = {"incremental": True, "tables": ["k8s_clusters", "k8s_configmaps"]}
+    setup = _incremental_setup(planes, tmp_path, start_daemon, "cursor", "before", "overwrite")
+    admin, ns, spec, source = setup.admin, setup.ns, setup.spec, setup.source
     first = sync(tmp_path, dsn, spec, **source)
     assert first.returncode == 0, first.output[-3000:]
-
-    def names() -> set[str]:
-        with psycopg.connect(dsn) as conn:
-            rows = conn.execute("SELECT name FROM k8s_configmaps WHERE namespace = %s", (ns,))
-            return {r[0] for r in rows}
-
-    assert names() == {"before"}
+    assert pg_configmap_names(dsn, ns) == ["before"]
     # The destination's insert fails for one row: its whole batch is rolled back.
     with psycopg.connect(dsn) as conn:
         conn.execute(
@@ -302,17 +324,17 @@ def test_incremental_cursor_does_not_pass_rows_the_destination_failed_to_write(
         )
     configmap(admin, ns, "refused-1")
     configmap(admin, ns, "after-1")
-    eventually(lambda: {"refused-1", "after-1"} <= set(cached_names(cache, "configmaps", "dev", ns)))
+    eventually(lambda: {"refused-1", "after-1"} <= set(cached_names(setup.cache, "configmaps", "dev", ns)))
     failed = sync(tmp_path, dsn, spec, **source)
     assert failed.returncode != 0, failed.output[-3000:]
     assert "refused by the test" in failed.output, failed.output[-3000:]
-    assert names() == {"before"}
+    assert pg_configmap_names(dsn, ns) == ["before"]
 
     with psycopg.connect(dsn) as conn:
         conn.execute("DROP TRIGGER refuse ON k8s_configmaps")
     again = sync(tmp_path, dsn, spec, **source)
     assert again.returncode == 0, again.output[-3000:]
-    assert names() == {"before", "refused-1", "after-1"}
+    assert pg_configmap_names(dsn, ns) == ["after-1", "before", "refused-1"]
 
 
 def test_incremental_syncs_into_an_append_destination_with_the_cursor_in_the_backend(
@@ -321,18 +343,8 @@ def test_incremental_syncs_into_an_append_destination_with_the_cursor_in_the_bac
     """write_mode append strips primary keys, so its syncs cannot carry the state table
     (the destination refuses to migrate it): the default cursor fails there with the
     destination's own message, and ``cursor: backend`` writes it through the state client."""
-    admin = planes.servers["dev"].admin()
-    ns = namespace(admin, unique("append"))
-    configmap(admin, ns, "a")
-    cache = tmp_path / "append" / "cache.db"
-    daemon = start_daemon(planes.kubeconfig, cache, "dev")
-    source = {
-        "registry": "grpc",
-        "path": f"127.0.0.1:{daemon.grpc_port}",
-        "with_state_backend": True,
-        "write_mode": "append",
-    }
-    spec = {"incremental": True, "tables": ["k8s_clusters", "k8s_configmaps"]}
+    setup = _incremental_setup(planes, tmp_path, start_daemon, "append", "a", "append")
+    spec, source = setup.spec, setup.source
     on_stream = sync(tmp_path, dsn, spec, **source)
     assert on_stream.returncode != 0
     assert "cq_state_k8s" in on_stream.output and "Primary key constraint removed" in on_stream.output
@@ -340,14 +352,12 @@ def test_incremental_syncs_into_an_append_destination_with_the_cursor_in_the_bac
     spec["cursor"] = "backend"
     first = sync(tmp_path, dsn, spec, **source)
     assert first.returncode == 0, first.output[-3000:]
-    configmap(admin, ns, "b")
-    eventually(lambda: "b" in cached_names(cache, "configmaps", "dev", ns))
+    configmap(setup.admin, setup.ns, "b")
+    eventually(lambda: "b" in cached_names(setup.cache, "configmaps", "dev", setup.ns))
     second = sync(tmp_path, dsn, spec, **source)
     assert second.returncode == 0, second.output[-3000:]
     assert synced_resources(second) == 1 + 1  # the cluster's row and b: the cursor moved
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT name FROM k8s_configmaps WHERE namespace = %s", (ns,)).fetchall()
-    assert sorted(r[0] for r in rows) == ["a", "b"]  # appended once each
+    assert pg_configmap_names(dsn, setup.ns) == ["a", "b"]  # appended once each
 
 
 @pytest.mark.parametrize(
