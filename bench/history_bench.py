@@ -44,21 +44,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 
 from bench.run import CONTEXTS, MIX
 from testbed.cq import destination_config, run_cloudquery, source_config
 from testbed.daemon import console_script
 from testbed.postgres import Postgres, postgres_server
-from watcher.cache.history import Head, HistoryRecorder
 from watcher.history import (
     CHANGES_KEY,
     CHANGES_TABLE,
     LIFETIMES_KEY,
     LIFETIMES_TABLE,
     HistoryPolicy,
-    history_doc,
 )
 from watcher.resources import BY_KEY, ResourceDescriptor
 from watcher.state import CacheStore, InformerStatus
@@ -319,7 +316,7 @@ def populate(store: CacheStore, fleet: Fleet) -> None:
         for start in range(0, len(objs), PAGE):
             store.relist_page(ctx, desc, objs[start : start + PAGE], gen)
         store.end_relist(ctx, desc, gen, _status(ctx, desc, str(fleet.rv)))
-    store.flush()
+    store.flush(history=False)
 
 
 def apply_churn(store: CacheStore, reads: list[tuple[str, str, list[Event]]]) -> None:
@@ -328,30 +325,52 @@ def apply_churn(store: CacheStore, reads: list[tuple[str, str, list[Event]]]) ->
         store.apply_events(
             ctx, desc, events, _status(ctx, desc, events[-1][1]["metadata"]["resourceVersion"])
         )
-    store.flush()
+    store.flush(history=False)
 
 
 def policy(on: bool) -> HistoryPolicy:
     return HistoryPolicy() if on else HistoryPolicy(enabled=False)
 
 
-def one_round(where: str | Path, on: bool, fleet: Fleet, reads: list[Any], events: int) -> dict[str, Any]:
+#: The ingest rounds' arms: history off; on (the writer derives the history from its log
+#: once the burst is over); on with no backlog allowed (it derives after every batch of
+#: writes, as it does once a sustained rate has filled the backlog to its bound).
+ARMS: dict[str, tuple[bool, int | None]] = {
+    "off": (False, None),
+    "on": (True, None),
+    "on, no backlog": (True, 0),
+}
+
+
+def one_round(where: str | Path, arm: str, fleet: Fleet, reads: list[Any], events: int) -> dict[str, Any]:
+    on, backlog_max = ARMS[arm]
     store = CacheStore(where, history=policy(on))
+    if backlog_max is not None:
+        store.history_backlog_max = backlog_max
     try:
         started = time.perf_counter()
         populate(store, fleet)
         listed, churn_from = time.perf_counter(), time.time()
+        backlog_after_lists = store.history_backlog
         apply_churn(store, reads)
         ended = time.perf_counter()
+        backlog = store.history_backlog
+        store.flush()  # the history derived: every change and lifetime row written
+        derived = time.perf_counter()
     finally:
         store.close()
     return {
+        "arm": arm,
         "history": on,
         "list_s": round(listed - started, 3),
         "list_objects_per_s": round(fleet.size() / (listed - started)),
         "churn_s": round(ended - listed, 3),
         "churn_events_per_s": round(events / (ended - listed)),
         "total_events_per_s": round((fleet.size() + events) / (ended - started)),
+        "log_backlog_after_lists": backlog_after_lists,
+        "log_backlog_after_churn": backlog,
+        "derive_after_s": round(derived - ended, 3),
+        "complete_events_per_s": round((fleet.size() + events) / (derived - started)),
         "churn_started_at": churn_from,
     }
 
@@ -361,293 +380,53 @@ def sqlite_files(path: Path) -> int:
 
 
 def ingest_rounds(
-    make_where: Callable[[int, bool], str | Path],
+    make_where: Callable[[int, str], str | Path],
     fleet: Fleet,
     reads: list[Any],
     events: int,
     rounds: int,
-    after: Callable[[int, bool, str | Path, dict[str, Any]], dict[str, Any]] | None = None,
+    after: Callable[[int, str, str | Path, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """``rounds`` pairs, ABBA: on/off, off/on, ... (a drift of the machine's load hits both)."""
+    """``rounds`` passes over the arms, forward then backward (a drift of the machine's
+    load hits every arm alike)."""
     results = []
+    order = list(ARMS)
     for r in range(rounds):
-        for on in (True, False) if r % 2 == 0 else (False, True):
-            where = make_where(r, on)
-            res = one_round(where, on, fleet, reads, events)
+        for arm in order if r % 2 == 0 else order[::-1]:
+            where = make_where(r, arm)
+            res = one_round(where, arm, fleet, reads, events)
             if after is not None:
-                res.update(after(r, on, where, res))
+                res.update(after(r, arm, where, res))
             res["load_avg"] = os.getloadavg()[0]
-            print(f"    round {r} history {'on ' if on else 'off'}: {res}", flush=True)
+            print(f"    round {r} history {arm}: {res}", flush=True)
             results.append(res)
 
-    def med(on: bool, key: str) -> float:
-        return statistics.median(x[key] for x in results if x["history"] is on)
+    def med(arm: str, key: str) -> float:
+        return statistics.median(x[key] for x in results if x["arm"] == arm)
 
-    summary = {
-        k: {"on": med(True, k), "off": med(False, k)}
-        for k in ("churn_events_per_s", "list_objects_per_s", "total_events_per_s")
-    }
-    for figures in summary.values():
-        figures["ratio"] = round(figures["on"] / figures["off"], 3)
-    pairs = [
-        round(a["churn_events_per_s"] / b["churn_events_per_s"], 3)
-        for a, b in zip(
-            [x for x in results if x["history"]], [x for x in results if not x["history"]], strict=True
-        )
-    ]
-    return {"rounds": results, "median": summary, "churn_ratio_per_round": pairs}
-
-
-# --------------------------------------------------------------------------- 1d. floors
-
-
-class ChangeRowsOnly(HistoryRecorder):
-    """A floor, not a history: one change row per recorded event (the object after it,
-    no patch, no managers, no heads, no lifetimes), a status-only update recognised for
-    free from a dict in memory. What any design that keeps each recorded version as a
-    row, in the transaction that writes the object, must at least do."""
-
-    #: Rows without the object (about the size of a patch): what the bytes cost.
-    small = False
-    #: Lifetime rows too, at each object's first version and deletion.
-    lifetimes = False
-
-    def __init__(self, policy: HistoryPolicy, sql: Callable[[str], str]) -> None:
-        super().__init__(policy, sql)
-        self._last: dict[str, bytes] = {}
-
-    def prefetch(self, conn: Any, context: str, resource: str, uids: Any) -> None:
-        pass
-
-    def upserted(
-        self, conn: Any, context: str, desc: ResourceDescriptor, versions: Any, next_seq: Any
-    ) -> list[Any]:
-        now, rows = time.time(), []
-        for _event, _raw, clean in versions:
-            meta = clean["metadata"]
-            doc = history_doc(clean, desc)
-            key = orjson.dumps({k: v for k, v in doc.items() if k != "status"})
-            before = self._last.get(meta["uid"])
-            if before == key:
-                continue
-            self._last[meta["uid"]] = key
-            seq = next_seq()
-            kind = "added" if before is None else "modified"
-            rv = meta.get("resourceVersion") or ""
-            kept = None if self.small else doc
-            rows.append(
-                self._change(context, desc, seq, kind, now, meta["uid"], meta, rv, None, [], None, kept)
-            )
-            if before is None:
-                rows.extend(self._lifetimes(context, desc, meta, rv, doc, seq, now, None))
-        return self._keep(conn, rows)
-
-    def deleted(
-        self, conn: Any, context: str, desc: ResourceDescriptor, gone: Any, next_seq: Any
-    ) -> list[Any]:
-        now, rows = time.time(), []
-        for uid, _raw, clean in gone:
-            if clean is None:
-                continue
-            self._last.pop(uid, None)
-            doc = history_doc(clean, desc)
-            meta, seq = doc["metadata"], next_seq()
-            kept = None if self.small else doc
-            rows.append(self._change(context, desc, seq, "deleted", now, uid, meta, "", None, [], None, kept))
-            rows.extend(self._lifetimes(context, desc, meta, "", doc, seq, now, now))
-        return self._keep(conn, rows)
-
-    def _lifetimes(
-        self,
-        context: str,
-        desc: ResourceDescriptor,
-        meta: Any,
-        rv: str,
-        doc: Any,
-        seq: int,
-        now: float,
-        deleted_at: float | None,
-    ) -> list[Any]:
-        """A lifetime row at the object's first version and its deletion, if ``lifetimes``."""
-        if not self.lifetimes:
-            return []
-        head = Head(rv, doc, [], now, "added", seq)
-        return [self._lifetime(context, desc, head, meta, deleted_at=deleted_at, last_seq=seq)]
-
-    def _keep(self, conn: Any, rows: list[Any]) -> list[Any]:
-        return rows  # into objects, as the history's rows are
-
-
-class SmallChangeRows(ChangeRowsOnly):
-    """The floor with rows of about a patch's size: the change's columns, no object."""
-
-    small = True
-
-
-class ConstantChangeRows(ChangeRowsOnly):
-    """The floor's database share alone: the same rows, each with one constant document
-    of a patch's size (nothing encoded per change)."""
-
-    _ROW = b"x" * 300
-
-    def _change(
-        self,
-        context: str,
-        desc: ResourceDescriptor,
-        seq: int,
-        kind: Any,
-        now: float,
-        uid: Any,
-        meta: Any,
-        rv: str,
-        *_: Any,
-    ) -> Any:
-        return (
-            context,
-            CHANGES_KEY,
-            f"{seq}",
-            CHANGES_TABLE,
-            meta.get("namespace"),
-            meta.get("name") or "",
-            rv,
-            self._ROW,
-            seq,
-            None,
-            now,
-        )
-
-
-class ChangeSegments(ChangeRowsOnly):
-    """The floor with one row per watch read (or list page) holding all its changes'
-    documents: a segment, as a log stores records (what a cache format with segments
-    would write; its reader would split them)."""
-
-    def _keep(self, conn: Any, rows: list[Any]) -> list[Any]:
-        if not rows:
-            return []
-        first, last = rows[0], rows[-1]
-        body = b"\x1d".join(r[7] for r in rows)
-        return [
-            (
-                first[0],
-                CHANGES_KEY,
-                f"segment-{first[8]}",
-                CHANGES_TABLE,
-                None,
-                "",
-                "",
-                body,
-                last[8],
-                None,
-                last[10],
+    keys = (
+        "churn_events_per_s",
+        "list_objects_per_s",
+        "total_events_per_s",
+        "complete_events_per_s",
+        "derive_after_s",
+    )
+    summary: dict[str, dict[str, float]] = {k: {arm: med(arm, k) for arm in ARMS} for k in keys}
+    for key in keys[:4]:
+        for arm in order[1:]:
+            summary[key][f"{arm} / off"] = round(summary[key][arm] / summary[key]["off"], 3)
+    pairs = {
+        arm: [
+            round(a["churn_events_per_s"] / b["churn_events_per_s"], 3)
+            for a, b in zip(
+                [x for x in results if x["arm"] == arm],
+                [x for x in results if x["arm"] == "off"],
+                strict=True,
             )
         ]
-
-
-class ChangeRowsOwnTable(ChangeRowsOnly):
-    """The floor with the change rows in an append-only table of their own (SQLite,
-    WITHOUT ROWID, one B-tree keyed by (context, seq)) instead of ``objects`` (a rowid
-    table and four indexes)."""
-
-    def _keep(self, conn: Any, rows: list[Any]) -> list[Any]:
-        if rows:
-            conn.exec_driver_sql(
-                "CREATE TABLE IF NOT EXISTS floor_changes (context TEXT, seq INTEGER, observed_at REAL, "
-                "row BLOB, PRIMARY KEY (context, seq)) WITHOUT ROWID"
-            )
-            conn.exec_driver_sql(
-                "INSERT INTO floor_changes VALUES (?, ?, ?, ?)", [(r[0], r[8], r[10], r[7]) for r in rows]
-            )
-        return []
-
-
-class ChangeAndLifetimeRows(ChangeRowsOnly):
-    """The floor plus a lifetime row at each object's first version and deletion."""
-
-    lifetimes = True
-
-
-class HeadsInMemory(HistoryRecorder):
-    """The whole history with its heads in a dict, never read or written in the
-    database (nor decoded): what the best layout of the heads could win, at most."""
-
-    def __init__(self, policy: HistoryPolicy, sql: Callable[[str], str]) -> None:
-        super().__init__(policy, sql)
-        self._kept: dict[tuple[str, str, str], Head] = {}
-
-    def _heads(self, conn: Any, context: str, resource: str, uids: Any) -> dict[str, Head]:
-        found = {}
-        for uid in uids:
-            key = (context, resource, uid)
-            head = self._pending[key] if key in self._pending else self._kept.get(key)
-            if head is not None:
-                found[uid] = head
-        return found
-
-    def send(self, conn: Any) -> None:
-        for key, head in self._pending.items():
-            if head is None:
-                self._kept.pop(key, None)
-            else:
-                self._kept[key] = head
-        self._pending.clear()
-        super().send(conn)
-
-
-#: The ladder from history off to the whole history: what each part of it costs.
-FLOORS: dict[str, type[HistoryRecorder] | None] = {
-    "off": None,
-    "change rows only, in objects": ChangeRowsOnly,
-    "change rows only, own table": ChangeRowsOwnTable,
-    "change rows without the object": SmallChangeRows,
-    "constant rows (nothing encoded)": ConstantChangeRows,
-    "one row per watch read (segments)": ChangeSegments,
-    "change + lifetime rows": ChangeAndLifetimeRows,
-    "the history, its heads in memory": HeadsInMemory,
-    "the history (default policy)": HistoryRecorder,
-}
-
-
-def floor_round(
-    where: Path, recorder: type[HistoryRecorder] | None, fleet: Fleet, reads: list[Any], events: int
-) -> float:
-    """One round (lists, then churn) with ``recorder`` as the writer's history (None:
-    off); its churn's watch events/s."""
-    store = CacheStore(where, history=policy(recorder is not None))
-    try:
-        if recorder is not None:  # the writer's own, or a floor in its place
-            store.history = recorder(HistoryPolicy(), store.history._sql)
-        populate(store, fleet)
-        started = time.perf_counter()
-        apply_churn(store, reads)
-        return events / (time.perf_counter() - started)
-    finally:
-        store.close()
-
-
-def floors(work: Path, fleet: Fleet, reads: list[Any], events: int, pairs: int) -> dict[str, Any]:
-    """``pairs`` passes over the ladder, forward then backward (a drift of the machine's
-    load hits every step alike); each step's churn rate and its ratio to off's median."""
-    rates: dict[str, list[float]] = {name: [] for name in FLOORS}
-    order = list(FLOORS)
-    for p in range(pairs):
-        for name in order if p % 2 == 0 else order[::-1]:
-            where = work / f"floor-{p}-{order.index(name)}" / "cache.db"
-            where.parent.mkdir()
-            rate = floor_round(where, FLOORS[name], fleet, reads, events)
-            rates[name].append(round(rate))
-            print(f"    pass {p} {name}: {rate:.0f} events/s", flush=True)
-            for f in where.parent.glob("*"):
-                f.unlink()
-    off = statistics.median(rates["off"])
-    return {
-        name: {
-            "events_per_s": got,
-            "median": statistics.median(got),
-            "ratio": round(statistics.median(got) / off, 3),
-        }
-        for name, got in rates.items()
+        for arm in order[1:]
     }
+    return {"rounds": results, "median": summary, "churn_ratio_per_round": pairs}
 
 
 # --------------------------------------------------------------------------- 2. storage
@@ -715,25 +494,29 @@ def spied(out: Path) -> Iterator[None]:
 
 
 def profile_round(where: str | Path, fleet: Fleet, reads: list[Any], work: Path) -> dict[str, Any]:
-    """A history-on round with py-spy sampling the lists and the churn: the writer
-    thread's samples, inclusive, by the functions the history adds."""
+    """A history-on round with py-spy sampling the lists, the churn and the derivation
+    after them: the writer thread's samples, inclusive, by the functions the history adds."""
     store = CacheStore(where, history=policy(True))
     try:
         with spied(work / "spy-list.txt"):
             populate(store, fleet)
         with spied(work / "spy-churn.txt"):
             apply_churn(store, reads)
+        with spied(work / "spy-derive.txt"):
+            store.flush()
     finally:
         store.close()
-    return {"list": where_it_goes(work / "spy-list.txt"), "churn": where_it_goes(work / "spy-churn.txt")}
+    return {phase: where_it_goes(work / f"spy-{phase}.txt") for phase in ("list", "churn", "derive")}
 
 
 #: The history's parts, as they appear in py-spy's frames ("function (file:line)").
 PARTS = {
+    "logging versions (logged_upsert, logged_deletion)": "logged_",
+    "deriving a segment (HistoryRecorder.replay)": "replay (watcher/cache/history.py",
     "HistoryRecorder.upserted (all of the history on an upsert)": "upserted (watcher/cache/history.py",
     "HistoryRecorder.deleted": "deleted (watcher/cache/history.py",
     "heads SELECT (_heads)": "_heads (watcher/cache/history.py",
-    "heads UPSERT/DELETE (send)": "send (watcher/cache/history.py",
+    "send (the log's segments encoded and inserted; the heads' UPSERT/DELETE)": "send (watcher/cache/history.py",
     "json_patch": "json_patch (watcher/history.py",
     "managers_of (fieldsV1 fingerprints)": "managers_of (watcher/history.py",
     "changed_managers": "changed_managers (watcher/history.py",
@@ -1164,15 +947,14 @@ def main() -> int:
         "--rounds",
         type=int,
         default=3,
-        help="on/off pairs on SQLite (0: skip the ingest part but the floors)",
+        help="passes over the arms (off, on, on with no backlog) on SQLite (0: skip the ingest part)",
     )
-    parser.add_argument("--pg-rounds", type=int, default=1, help="on/off pairs on PostgreSQL (0: none)")
+    parser.add_argument(
+        "--pg-rounds", type=int, default=1, help="passes over the arms on PostgreSQL (0: none)"
+    )
     parser.add_argument("--asof-objects", type=int, default=100_000, help="0: skip the as-of part")
     parser.add_argument("--soak-seconds", type=float, default=600, help="0: skip the soak")
     parser.add_argument("--no-profile", action="store_true")
-    parser.add_argument(
-        "--floor-passes", type=int, default=3, help="passes over the floors' ladder, SQLite (0: none)"
-    )
     parser.add_argument("--out", default=str(REPO / "bench" / "history-results.json"))
     args = parser.parse_args()
     os.environ["CQ_TELEMETRY_LEVEL"] = "none"
@@ -1187,7 +969,7 @@ def main() -> int:
         work = Path(tmp)
         with psycopg.connect(pg.dsn) as conn:
             out["postgres"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-        if args.rounds or args.floor_passes:  # 0 and 0: no ingest part
+        if args.rounds:
             started = time.monotonic()
             fleet = Fleet(args.objects)
             reads = fleet.churn(args.churn)
@@ -1199,27 +981,27 @@ def main() -> int:
 
             with frozen_gc():
                 print("1. ingest, SQLite cache", flush=True)
-                stores: dict[bool, dict[str, Any]] = {}
+                stores: dict[str, dict[str, Any]] = {}
 
-                def sqlite_after(r: int, on: bool, where: str | Path, res: dict[str, Any]) -> dict[str, Any]:
+                def sqlite_after(r: int, arm: str, where: str | Path, res: dict[str, Any]) -> dict[str, Any]:
                     size = sqlite_files(Path(where))
                     found = storage(Path(where), res["churn_started_at"])
                     if r == 0:
-                        stores[on] = {"cache_file_bytes": size, **(found if on else {})}
+                        stores[arm] = {"cache_file_bytes": size, **(found if res["history"] else {})}
                     for p in Path(where).parent.glob("*"):
                         p.unlink()
                     return {"cache_file_bytes": size, "change_rows": found["change_rows"]}
 
-                def pg_after(r: int, on: bool, where: str | Path, res: dict[str, Any]) -> dict[str, Any]:
+                def pg_after(r: int, arm: str, where: str | Path, res: dict[str, Any]) -> dict[str, Any]:
                     with psycopg.connect(str(where)) as conn:
                         row = conn.execute(
                             "SELECT count(*) FROM objects WHERE resource = %s", (CHANGES_KEY,)
                         ).fetchone()
                     return {"change_rows": row[0] if row else None}
 
-                def sqlite_where(r: int, on: bool) -> Path:
-                    (work / f"s{r}{on}").mkdir()
-                    return work / f"s{r}{on}" / "cache.db"
+                def sqlite_where(r: int, arm: str) -> Path:
+                    (work / f"s{r}{list(ARMS).index(arm)}").mkdir()
+                    return work / f"s{r}{list(ARMS).index(arm)}" / "cache.db"
 
                 if args.rounds:
                     out["ingest_sqlite"] = ingest_rounds(
@@ -1231,7 +1013,7 @@ def main() -> int:
                 if args.rounds and args.pg_rounds:
                     print("1b. ingest, PostgreSQL cache", flush=True)
                     out["ingest_postgres"] = ingest_rounds(
-                        lambda r, on: _database(pg, f"cache_{r}_{int(on)}"),
+                        lambda r, arm: _database(pg, f"cache_{r}_{list(ARMS).index(arm)}"),
                         fleet,
                         reads,
                         events,
@@ -1239,11 +1021,6 @@ def main() -> int:
                         pg_after,
                     )
                     print(f"  medians: {out['ingest_postgres']['median']}", flush=True)
-                if args.floor_passes:
-                    print("1d. floors: what each part of the history costs (SQLite)", flush=True)
-                    (work / "floors").mkdir()
-                    out["floors"] = floors(work / "floors", fleet, reads, events, args.floor_passes)
-                    print(f"  {json.dumps(out['floors'])}", flush=True)
                 if args.rounds and not args.no_profile:
                     print("1c. where a history-on round's writer time goes (py-spy)", flush=True)
                     (work / "p").mkdir()

@@ -104,7 +104,21 @@ def _under_status(pointer: str) -> bool:
     return pointer == "/status" or pointer.startswith("/status/")
 
 
-def history_doc(clean: Mapping[str, Any], desc: ResourceDescriptor) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class HistoryKind:
+    """What a change row names of its object's kind: kept with the logged versions, whose
+    changes are derived later, without the informer's descriptor."""
+
+    key: str
+    kind: str
+    api_version: str
+
+    @classmethod
+    def of(cls, desc: ResourceDescriptor) -> HistoryKind:
+        return cls(desc.key, desc.kind, desc.api_version)
+
+
+def history_doc(clean: Mapping[str, Any], desc: HistoryKind) -> dict[str, Any]:
     """The recorded document of a sanitized object (see the module doc)."""
     meta = {k: v for k, v in (clean.get("metadata") or {}).items() if k != "resourceVersion"}
     # A metadata-only watch returns PartialObjectMetadata: name the object's own kind.

@@ -934,7 +934,7 @@ class ContextInformers:
             # CRDs are complete (a custom resource missing here would pass for a discovered
             # one). Read again only when a CRD changed, not for each rediscovery (every 5
             # minutes: 18,500 CRD rows decoded for a fleet of 100 contexts x 185 CRDs).
-            self.store.flush()
+            self.store.flush(history=False)
             self._crds_seen = seen
             crds = self.store.live_rows(self.context, CRD)
             self._custom = {d.key: d for d in (custom_object_descriptor(c) for c in crds) if d is not None}
@@ -1101,7 +1101,7 @@ class InformerManager:
     def add(self, client: KubeClient) -> None:
         """Start watching one more context (a kubeconfig reload); its informers resume
         from the resourceVersions stored for it, if any."""
-        self.store.flush()  # the checkpoints of a context just removed are committed
+        self.store.flush(history=False)  # the checkpoints of a context just removed are committed
         ctx = ContextInformers(
             client=client,
             store=self.store,
@@ -1157,4 +1157,4 @@ class InformerManager:
             ctx.stop()
         for ctx in self.contexts:
             ctx.join()
-        self.store.flush()
+        self.store.flush(history=False)

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
-from watcher.catalog import ALL_TABLES, needed_resources
+from watcher.catalog import ALL_TABLES, HISTORY_TABLES, needed_resources
 from watcher.discovery import plan_discovered
 from watcher.informers import (
     InformerOptions,
@@ -179,7 +179,7 @@ def _relist_context(
 
         builtin_errors = relist_all(descs)
         errors += builtin_errors
-        store.flush()
+        store.flush(history=False)
         custom = cached_custom_descriptors(store, ctx)
         if with_custom and CRD in descs:
             errors += relist_all(custom)
@@ -244,6 +244,10 @@ class DaemonInformers:
                 time.sleep(0.1)
             if cold:
                 failures[ctx] = f"still listing {', '.join(sorted(cold))} after {self.wait:.0f}s"
+        if any(t in HISTORY_TABLES for t in tables):
+            # The writer derives the history from its log when it has nothing else to
+            # write: what was logged until now is derived before the sync reads it.
+            self.manager.store.flush()
         return failures
 
     def test_connection(self, spec: Spec, contexts: list[str]) -> list[str]:

@@ -79,7 +79,7 @@ class ReplicaContexts:
             removed = ctx not in self._configured
         with self._lock(ctx):  # a start in progress finishes first
             self.manager.remove(ctx)
-        self.store.flush()
+        self.store.flush(history=False)
         if removed:
             self.store.drop_context(ctx)
             log.info("%s: removed from the kubeconfig; objects tombstoned", ctx)

@@ -44,7 +44,7 @@ class _Recorder:
     def unretire_context(self, ctx: str) -> None:
         self.calls.append(f"unretire {ctx}")
 
-    def flush(self) -> None:
+    def flush(self, *, history: bool = True) -> None:
         self.calls.append("flush")
 
     def drop_context(self, ctx: str) -> None:

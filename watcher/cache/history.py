@@ -1,12 +1,27 @@
-"""Object history, the cache's part: :class:`HistoryRecorder` turns the writer's object
-writes into change and lifetime rows, inside the writer's transaction.
+"""Object history, the cache's part: the writer logs each new version of an object with a
+history (:class:`HistoryLog`, in the transaction that stores the object), and later turns
+the log into change and lifetime rows (:meth:`HistoryRecorder.replay`), in the order it
+was written, when it has nothing else to write.
 
-What a change is, and the policy, live in :mod:`watcher.history`. Here:
+What a change is, and the policy, live in :mod:`watcher.history`. Why a log: computing a
+change (its patch needs the previous recorded version, its managers the previous
+entries) costs twice what storing the object does (BENCHMARKS.md, "History"). In the
+write path it made a burst of events, or a first list, take three times as long; logged,
+a version costs one encoded copy, and the inventory stays as fresh with history on as
+off. Nothing is lost in between: the log commits with the objects, and its derivation
+commits with the rows it makes, each segment's exactly once (a kill -9 leaves both or
+neither).
 
+- ``history_log`` holds the logged versions, a segment per run of one (context,
+  resource)'s writes in a transaction: ``["U", event, object, managers]`` (a new
+  version: its watch event type, or ``LISTED``), ``["D", uid, object or null,
+  managers]`` (a deletion; null: a relist did not return it), ``["L",
+  resourceVersion]`` (a list ended). Objects are sanitized as the cache stores them; of
+  ``managedFields`` only the entries' fingerprints are kept (``managers_of``).
 - ``history_heads`` holds each followed object's last recorded version: the next
-  change's patch and managers start from it. It is read once per batch of writes and
-  written when the transaction sends its statements (a retried transaction starts over
-  from the database, so :meth:`HistoryRecorder.reset` forgets what was pending).
+  change's patch and managers start from it. It is read once per segment and written
+  when the transaction sends its statements (a retried transaction starts over from the
+  database, so :meth:`HistoryRecorder.reset` forgets what was pending).
 - Change and lifetime rows are rows of ``objects`` under their own resource keys: they
   take the context's next seq like any write, so incremental and follow syncs carry
   them; they are never tombstoned, only purged by age or size (a purge is no deletion:
@@ -19,6 +34,7 @@ What a change is, and the policy, live in :mod:`watcher.history`. Here:
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +54,7 @@ from watcher.history import (
     LIFETIMES_KEY,
     LIFETIMES_TABLE,
     ChangeType,
+    HistoryKind,
     HistoryPolicy,
     ManagerEntry,
     changed_managers,
@@ -65,8 +82,18 @@ SELECT uid, resource_version, doc, managers, first_seen, first_seen_as, first_se
 WHERE context = ? AND resource = ? AND uid IN ({})
 """
 
+_INSERT_SEGMENT = """
+INSERT INTO history_log (context, resource, kind, api_version, observed_at, versions, body)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+#: A segment holds at most this many versions (a relist's pages would make one of 2,500:
+#: a single derivation step of half a second, with the writes waiting).
+SEGMENT_MAX = 500
+
 #: An objects row (the writer's upsert statement's parameters).
 ObjectRow = tuple[Any, ...]
+#: A logged operation (see the module doc), as JSON.
+LoggedOp = list[Any]
 
 
 @dataclass(slots=True)
@@ -81,8 +108,76 @@ class Head:
     first_seq: int
 
 
+def _entries(logged: list[list[Any]]) -> list[ManagerEntry]:
+    return [tuple(e) for e in logged]
+
+
 def _ts(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
+
+
+class HistoryLog:
+    """The versions one transaction logs (writer thread only): a segment per run of one
+    (context, resource)'s operations, sent with the transaction's other statements."""
+
+    def __init__(self, sql: Callable[[str], str]) -> None:
+        self._insert = sql(_INSERT_SEGMENT)
+        #: [context, kind, observed_at, ops] of each segment not sent yet.
+        self._segments: list[tuple[str, HistoryKind, float, list[LoggedOp]]] = []
+        #: Versions logged (sent or not) and derived by this transaction.
+        self.logged = 0
+        self.derived = 0
+        #: When the first version this transaction logged was seen.
+        self.first_seen_at: float | None = None
+
+    def reset(self) -> None:
+        self._segments.clear()
+        self.logged = self.derived = 0
+        self.first_seen_at = None
+
+    def versions(self, context: str, kind: HistoryKind, seen_at: float, ops: list[LoggedOp]) -> None:
+        """Log ``ops`` (see the module doc), seen at ``seen_at``, after those logged before.
+        (One watch read's runs of writes and deletions share a segment; two reads keep
+        their own times: an as-of query tells their versions apart by them.)"""
+        if not ops:
+            return
+        if self.first_seen_at is None:
+            self.first_seen_at = seen_at
+        last = self._segments[-1] if self._segments else None
+        if (
+            last is not None
+            and last[:3] == (context, kind, seen_at)
+            and len(last[3]) + len(ops) <= SEGMENT_MAX
+        ):
+            last[3].extend(ops)
+        else:
+            self._segments.append((context, kind, seen_at, list(ops)))
+        self.logged += len(ops)
+
+    def send(self, conn: Any) -> None:
+        if self._segments:
+            conn.exec_driver_sql(
+                self._insert,
+                [
+                    (context, kind.key, kind.kind, kind.api_version, at, len(ops), orjson.dumps(ops))
+                    for context, kind, at, ops in self._segments
+                ],
+            )
+            self._segments.clear()
+
+
+def logged_upsert(event: str, raw: dict[str, Any], clean: dict[str, Any]) -> LoggedOp:
+    """A new version, as logged: ``clean`` is what the cache stores of ``raw``."""
+    return ["U", event, clean, managers_of(raw)]
+
+
+def logged_deletion(uid: str, raw: dict[str, Any] | None, clean: dict[str, Any] | None) -> LoggedOp:
+    """A deletion, as logged (``raw`` None: only the cache knew the object)."""
+    return ["D", uid, clean, managers_of(raw) if raw is not None else []]
+
+
+def logged_list_end(resource_version: str) -> LoggedOp:
+    return ["L", resource_version]
 
 
 class HistoryRecorder:
@@ -208,24 +303,53 @@ class HistoryRecorder:
 
     # -- rows --------------------------------------------------------------------
 
+    def replay(
+        self,
+        conn: Any,
+        context: str,
+        kind: HistoryKind,
+        now: float,
+        ops: Sequence[LoggedOp],
+        next_seq: Callable[[], int],
+    ) -> list[ObjectRow]:
+        """The change and lifetime rows of one logged segment, observed at ``now``."""
+        self.prefetch(
+            conn,
+            context,
+            kind.key,
+            [op[2]["metadata"]["uid"] if op[0] == "U" else op[1] for op in ops if op[0] != "L"],
+        )
+        rows: list[ObjectRow] = []
+        for tag, run in itertools.groupby(ops, key=lambda op: op[0]):
+            if tag == "U":
+                versions = [(event, clean, _entries(managers)) for _, event, clean, managers in run]
+                rows += self.upserted(conn, context, kind, versions, next_seq, now)
+            elif tag == "D":
+                gone = [(uid, clean, _entries(managers)) for _, uid, clean, managers in run]
+                rows += self.deleted(conn, context, kind, gone, next_seq, now)
+            else:
+                for _, list_rv in run:
+                    rows += self.listed(conn, context, kind, list_rv, next_seq, now)
+        return rows
+
     def upserted(
         self,
         conn: Any,
         context: str,
-        desc: ResourceDescriptor,
-        versions: Sequence[tuple[str, dict[str, Any], dict[str, Any]]],
+        desc: HistoryKind,
+        versions: Sequence[tuple[str, dict[str, Any], list[ManagerEntry]]],
         next_seq: Callable[[], int],
+        now: float,
     ) -> list[ObjectRow]:
         """The rows recording new versions of objects: ``versions`` are (event type,
-        raw, sanitized) in the order they were observed; a list's objects come as
-        ``LISTED``."""
-        now = time.time()
-        heads = self._heads(conn, context, desc.key, [clean["metadata"]["uid"] for _, _, clean in versions])
+        sanitized object, its managers) in the order they were observed; a list's objects
+        come as ``LISTED``."""
+        heads = self._heads(conn, context, desc.key, [clean["metadata"]["uid"] for _, clean, _ in versions])
         listed_as: ChangeType = "added"
         if any(event == "LISTED" for event, _, _ in versions) and not self.followed(conn, context, desc.key):
             listed_as = "observed"  # the first list: these objects existed before
         rows: list[ObjectRow] = []
-        for event, raw, clean in versions:
+        for event, clean, managers in versions:
             meta = clean["metadata"]
             uid, rv = meta["uid"], meta.get("resourceVersion") or ""
             head = heads.get(uid)
@@ -234,7 +358,6 @@ class HistoryRecorder:
             doc = history_doc(clean, desc)
             if head is not None and not self.policy.status_updates and same_but_status(head.doc, doc):
                 continue  # status only (or no change the document shows): not recorded
-            managers = managers_of(raw)
             if head is None:
                 seq = next_seq()
                 # A MODIFIED object without a head was not followed (history just turned on).
@@ -262,16 +385,16 @@ class HistoryRecorder:
         self,
         conn: Any,
         context: str,
-        desc: ResourceDescriptor,
-        gone: Sequence[tuple[str, dict[str, Any] | None, dict[str, Any] | None]],
+        desc: HistoryKind,
+        gone: Sequence[tuple[str, dict[str, Any] | None, list[ManagerEntry]]],
         next_seq: Callable[[], int],
+        now: float,
     ) -> list[ObjectRow]:
-        """The rows recording deletions: (uid, raw, sanitized) of each object, the last
-        two None when only the cache knew it (a relist did not return it)."""
-        now = time.time()
+        """The rows recording deletions: (uid, sanitized object, its managers) of each
+        object, the object None when only the cache knew it (a relist did not return it)."""
         heads = self._heads(conn, context, desc.key, [uid for uid, _, _ in gone])
         rows: list[ObjectRow] = []
-        for uid, raw, clean in gone:
+        for uid, clean, managers in gone:
             head = heads.get(uid)
             if clean is None and head is None:
                 continue  # never recorded: nothing to close
@@ -280,7 +403,6 @@ class HistoryRecorder:
             rv = (clean or {}).get("metadata", {}).get("resourceVersion") or (
                 head.resource_version if head else ""
             )
-            managers = managers_of(raw) if raw is not None else []
             who = changed_managers(head.managers, managers) if head is not None else []
             seq = next_seq()
             rows.append(self._change(context, desc, seq, "deleted", now, uid, meta, rv, head, who, None, doc))
@@ -290,24 +412,35 @@ class HistoryRecorder:
         return rows
 
     def listed(
-        self, conn: Any, context: str, desc: ResourceDescriptor, list_rv: str, next_seq: Callable[[], int]
+        self,
+        conn: Any,
+        context: str,
+        desc: HistoryKind,
+        list_rv: str,
+        next_seq: Callable[[], int],
+        now: float,
     ) -> list[ObjectRow]:
         """A list of ``desc`` ended: a gap row if its history had begun before (the
         watch it replaces ended: versions in between may be missing). Called after the
         list's pages and deletions, so its objects' ``observed``/``added`` are decided."""
         rows: list[ObjectRow] = []
         if self.followed(conn, context, desc.key):
-            seq = next_seq()
-            rows.append(
-                self._change(context, desc, seq, "gap", time.time(), None, {}, list_rv, None, [], None, None)
-            )
+            rows.append(self.gap(context, desc, list_rv, next_seq, now))
         self._follow(context, desc.key)
         return rows
+
+    def gap(
+        self, context: str, desc: HistoryKind, resource_version: str, next_seq: Callable[[], int], now: float
+    ) -> ObjectRow:
+        """A row saying that versions of ``desc``'s objects may be missing before it."""
+        return self._change(
+            context, desc, next_seq(), "gap", now, None, {}, resource_version, None, [], None, None
+        )
 
     def _change(
         self,
         context: str,
-        desc: ResourceDescriptor,
+        desc: HistoryKind,
         seq: int,
         kind: ChangeType,
         now: float,
@@ -345,7 +478,7 @@ class HistoryRecorder:
     def _lifetime(
         self,
         context: str,
-        desc: ResourceDescriptor,
+        desc: HistoryKind,
         head: Head,
         meta: dict[str, Any],
         *,

@@ -77,6 +77,24 @@ history_heads = Table(
     Column("first_seq", BigInteger, nullable=False),
 )
 
+#: Versions of objects with a history, logged by the writer in the transaction that
+#: stores them and not yet turned into change and lifetime rows (``watcher.cache.history``):
+#: one row per run of a watch read's or list page's versions, derived in ``id`` order
+#: (then deleted) by the same writer when it has nothing else to write.
+history_log = Table(
+    "history_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("context", String, nullable=False),
+    Column("resource", String, nullable=False),
+    Column("kind", String, nullable=False),
+    Column("api_version", String, nullable=False),
+    Column("observed_at", Float, nullable=False),
+    Column("versions", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Index("history_log_by_context", "context", "id"),
+)
+
 #: The (context, resource) pairs whose history has begun: a later list of one follows a
 #: watch that ended (a 410, a restart past compaction): a gap in its history.
 history_followed = Table(

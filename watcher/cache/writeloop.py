@@ -2,17 +2,21 @@
 commits each batch in one transaction (the commit itself is the store's), and decides
 what a failure means: a database out of reach is waited for (nothing is dropped), a
 context another writer took is dropped from the batch (fencing), a write that keeps
-failing is dropped and counted (the informers then relist).
+failing is dropped and counted (the informers then relist). Between batches it runs
+the store's background work (the history's derivation) a step at a time: while nothing
+is queued, and after each batch when the store says it has fallen behind.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, TypeAlias
 
 from watcher.cache import backend
 from watcher.cache.backend import CacheLocation, CacheLocked, CacheUnusable
@@ -22,6 +26,11 @@ log = logging.getLogger(__name__)
 
 #: How long a write waits at most between two attempts while the database is unreachable.
 MAX_RETRY_DELAY = 30.0
+#: How long the writer waits for a write before it turns to its background work: longer
+#: than the gaps within a burst of watch events.
+IDLE_AFTER = 0.05
+#: How long background work rests after it failed.
+BACKGROUND_PAUSE = 30.0
 
 
 @dataclass
@@ -29,13 +38,38 @@ class Operation:
     """One queued write; ``apply`` runs on the writer thread inside a transaction.
     ``context``: the context it writes (its owner is checked first), or None."""
 
-    apply: Callable[[WriteTransaction], None]
+    apply: Callable[[WriteTransaction], object]
     context: str | None = None
     done: threading.Event | None = None
     #: Writes only through the coalesced statements (object upserts and tombstones,
     #: checkpoints): they share executemany calls with the operations around it. Any
     #: other operation first sends what is pending, so statements still run in order.
     coalesced: bool = False
+
+
+#: How the writer is doing when it asks for background work: ``idle`` (no write came for
+#: ``IDLE_AFTER``), ``light`` or ``heavy`` (just after a batch of writes, having spent
+#: less or more than half of the last second writing).
+Load = Literal["idle", "light", "heavy"]
+#: The store's background work: given the writer's load, the next step to run, or None.
+Background: TypeAlias = Callable[[Load], Callable[[WriteTransaction], object] | None]
+
+
+class BusyShare:
+    """The share of the last ``window`` seconds the writer spent committing writes."""
+
+    def __init__(self, window: float = 1.0) -> None:
+        self.window = window
+        self._spans: collections.deque[tuple[float, float]] = collections.deque()
+
+    def add(self, start: float, end: float) -> None:
+        self._spans.append((start, end))
+
+    def share(self, now: float) -> float:
+        cutoff = now - self.window
+        while self._spans and self._spans[0][1] < cutoff:
+            self._spans.popleft()
+        return sum(end - max(start, cutoff) for start, end in self._spans) / self.window
 
 
 class WriteLoop:
@@ -49,8 +83,12 @@ class WriteLoop:
         lock: backend.FileWriterLock | backend.AdvisoryWriterLock,
         batch_max: int,
         batch_wait: float,
+        background: Background | None = None,
     ) -> None:
         self._commit = commit
+        self._background = background
+        self._background_paused_until = 0.0
+        self._busy = BusyShare()
         self.location = location
         self._lock = lock
         self._batch_max = batch_max
@@ -100,7 +138,7 @@ class WriteLoop:
 
     def _run(self) -> None:
         while not self._lock_lost:
-            first = self._queue.get()
+            first = self._next()
             if first is None:
                 return
             batch = [first]
@@ -115,9 +153,60 @@ class WriteLoop:
                     stop = True
                     break
                 batch.append(op)
+            started = time.monotonic()
             self._apply(batch)
+            ended = time.monotonic()
+            self._busy.add(started, ended)
             if stop:
                 return
+            self._run_background_due(ended)
+
+    def _next(self) -> Operation | None:
+        """The next queued operation. While there is background work, it runs a step at
+        a time once no operation has come for ``IDLE_AFTER`` (a burst of writes is not
+        slowed by it), then between steps as long as none comes."""
+        wait = IDLE_AFTER
+        while not self._lock_lost:
+            step = self._background_step("idle")
+            if step is None:
+                return self._queue.get()
+            try:
+                return self._queue.get(timeout=wait)
+            except queue.Empty:
+                self._run_step(step)
+                wait = 0
+        return None
+
+    def _run_background_due(self, now: float) -> None:
+        """After a batch: background work that must not wait for the writer to be idle."""
+        step = self._background_step("heavy" if self._busy.share(now) > 0.5 else "light")
+        if step is not None:
+            self._run_step(step)
+
+    def _background_step(self, load: Load) -> Callable[[WriteTransaction], object] | None:
+        if self._background is None or time.monotonic() < self._background_paused_until:
+            return None
+        return self._background(load)
+
+    def _run_step(self, step: Callable[[WriteTransaction], object]) -> None:
+        """One step of background work, in a transaction of its own. Nobody waits for
+        it: a failure is logged and pauses the work (``BACKGROUND_PAUSE``); it is not
+        retried at once (the writes would wait) or counted as a dropped batch (the
+        informers would relist, which does not help it)."""
+        try:
+            self._commit([Operation(step)])
+        except ContextFenced as exc:
+            self.fenced[exc.context] = exc.owner
+            log.error("%s; its writes are dropped here", exc)
+        except CacheLocked as exc:
+            log.error("%s: this process stops writing", exc)
+            self._lock_lost = True
+        except Exception:
+            log.exception(
+                "cache %s: background work (the history's derivation) failed; paused for %.0fs",
+                self.location, BACKGROUND_PAUSE,
+            )  # fmt: skip
+            self._background_paused_until = time.monotonic() + BACKGROUND_PAUSE
 
     def _apply(self, batch: list[Operation]) -> None:
         failures = 0

@@ -8,6 +8,7 @@ The design is described in :mod:`watcher.state`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import os
@@ -20,11 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Table, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from watcher.cache import backend
 from watcher.cache.backend import CacheLocation, CacheLocked, CacheUnusable
-from watcher.cache.history import HistoryRecorder, purge_history
+from watcher.cache.history import (
+    HistoryLog,
+    HistoryRecorder,
+    LoggedOp,
+    logged_deletion,
+    logged_list_end,
+    logged_upsert,
+    purge_history,
+)
 from watcher.cache.reader import read_meta, stored_resource_versions
 from watcher.cache.schema import (
     SCHEMA_VERSION,
@@ -32,6 +43,7 @@ from watcher.cache.schema import (
     clusters,
     context_seqs,
     format_problem,
+    history_log,
     meta,
     metadata,
     objects,
@@ -39,8 +51,8 @@ from watcher.cache.schema import (
     unusable_reason,
 )
 from watcher.cache.transaction import ContextSeqs, WriteTransaction
-from watcher.cache.writeloop import Operation, WriteLoop
-from watcher.history import HISTORY_KEYS, HistoryPolicy
+from watcher.cache.writeloop import Load, Operation, WriteLoop
+from watcher.history import HISTORY_KEYS, HistoryKind, HistoryPolicy
 from watcher.resources import ResourceDescriptor
 from watcher.tables import columns_of, decode_row, derived_rows, extract_row, sanitize
 
@@ -69,6 +81,23 @@ _TOMBSTONE_OBJECT = """
 UPDATE objects SET deleted = TRUE, seq = ?, resource_version = ?
 WHERE context = ? AND resource = ? AND uid = ? AND NOT deleted
 """
+#: The oldest segments' sizes, then the bodies of those a derivation step takes (the
+#: bodies are 50-500 KB: read only those).
+_SEGMENT_SIZES = "SELECT id, context, versions, observed_at FROM history_log {where} ORDER BY id LIMIT 512"
+_SEGMENT_BODIES = """
+SELECT id, context, resource, kind, api_version, observed_at, body FROM history_log
+WHERE id <= ? {also} ORDER BY id
+"""
+_DELETE_SEGMENTS = "DELETE FROM history_log WHERE id IN ({})"
+#: Versions a derivation step turns into history rows at most (it takes at least one
+#: segment): an idle writer's step is short, so a write arriving meanwhile waits little;
+#: a catch-up (``flush``, a backlog past its bound) takes longer ones.
+IDLE_STEP = 250
+CATCH_UP_STEP = 2000
+#: How old the oldest logged version may get before the writer derives between batches
+#: of writes too, not only when it has none (a follow sync streams the history within
+#: about a second of the change, as it does objects).
+HISTORY_LAG = 1.0
 _STATUS_COLUMNS = [c.name for c in checkpoints.columns]
 #: An informer status as its checkpoint row (one C call).
 _status_row: Callable[[InformerStatus], tuple[Any, ...]] = operator.attrgetter(*_STATUS_COLUMNS)
@@ -132,6 +161,7 @@ class CacheStore:
         batch_max: int = 5000,
         batch_wait: float = 0.02,
         history: HistoryPolicy | None = None,
+        history_backlog_max: int = 200_000,
     ) -> None:
         self.location = CacheLocation.of(where)
         self.path: Path | None = self.location.path if self.location.is_sqlite else None
@@ -176,13 +206,30 @@ class CacheStore:
         self._upsert_object = backend.driver_sql(self.engine, _UPSERT_OBJECT)
         self._tombstone_object = backend.driver_sql(self.engine, _TOMBSTONE_OBJECT)
         self._upsert_status = backend.driver_sql(self.engine, _UPSERT_STATUS)
-        self.history = HistoryRecorder(
-            history or HistoryPolicy(), lambda sql: backend.driver_sql(self.engine, sql)
-        )
+        sql = functools.partial(backend.driver_sql, self.engine)
+        self.history = HistoryRecorder(history or HistoryPolicy(), sql)
+        self._history_log = HistoryLog(sql)
+        owned = "context IN (SELECT context FROM context_seqs WHERE owner = ?)"
+        self._segment_sizes = sql(_SEGMENT_SIZES.format(where=f"WHERE {owned}" if shared else ""))
+        self._segment_bodies = sql(_SEGMENT_BODIES.format(also=f"AND {owned}" if shared else ""))
+        #: Logged versions not yet derived (this writer's own, once it found it has no other).
+        self.history_backlog = self._logged_versions()
+        #: Beyond this backlog, the writer derives a step after each batch of writes too
+        #: (a sustained rate above what it derives must not make the log grow forever).
+        self.history_backlog_max = history_backlog_max
+        #: Whether the last derivation step found something to derive.
+        self._derivable = self.history_backlog > 0
+        #: When the oldest version not derived yet was seen (wall clock), if known.
+        self._oldest_logged: float | None = time.time() if self._derivable else None
         self._seqs = ContextSeqs(self.identity, shared=shared, upsert=self._upsert_stmt)
         self._gen = 0
         self._loop = WriteLoop(
-            self._commit, location=self.location, lock=self._lock, batch_max=batch_max, batch_wait=batch_wait
+            self._commit,
+            location=self.location,
+            lock=self._lock,
+            batch_max=batch_max,
+            batch_wait=batch_wait,
+            background=self._derivation_step,
         )
 
     @property
@@ -268,7 +315,10 @@ class CacheStore:
         try:
             with self.engine.begin() as conn:
                 tx = WriteTransaction(
-                    conn, self._seqs, status_sql=self._upsert_status, pending=(self.history,)
+                    conn,
+                    self._seqs,
+                    status_sql=self._upsert_status,
+                    pending=(self.history, self._history_log),
                 )
                 for op in ops:
                     if op.context is not None:
@@ -283,6 +333,13 @@ class CacheStore:
             self._seqs.forget()
             raise
         self._seqs.committed(seqs)
+        if self._history_log.logged:
+            self._derivable = True
+            if self._oldest_logged is None:
+                self._oldest_logged = self._history_log.first_seen_at
+        self.history_backlog = max(
+            0, self.history_backlog + self._history_log.logged - self._history_log.derived
+        )
 
     # -- context ownership ---------------------------------------------------
 
@@ -351,9 +408,104 @@ class CacheStore:
     def writer_alive(self) -> bool:
         return self._loop.alive()
 
-    def flush(self) -> None:
-        """Block until everything enqueued so far is committed."""
+    def flush(self, *, history: bool = True) -> None:
+        """Block until everything enqueued so far is committed, and (``history``) its
+        history derived: its change and lifetime rows written."""
         self._loop.submit(lambda _tx: None, wait=True)
+        if history:
+            self._derive_logged()
+
+    # -- the history's derivation ---------------------------------------------------
+
+    def _logged_versions(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.sum(history_log.c.versions), 0))).scalar_one())
+
+    def _derive_logged(self) -> int:
+        """Derive the versions logged and committed so far that this writer may (its own
+        contexts' in a replica), blocking until done; returns how many. (Not those logged
+        meanwhile: under a steady stream of writes the log would never be empty.)"""
+        derived: list[int] = []
+        budget = self.history_backlog
+
+        def step(tx: WriteTransaction) -> None:
+            derived.append(self._derive(tx, CATCH_UP_STEP))
+
+        while self._derivable and sum(derived) < budget:
+            before = len(derived)
+            self._loop.submit(step, wait=True)
+            # (Nothing appended: the step failed, and its batch was dropped.)
+            if len(derived) == before or not derived[-1]:
+                break
+        return sum(derived)
+
+    def _derivation_step(self, load: Load) -> Callable[[WriteTransaction], object] | None:
+        """The writer loop's background work: a derivation step when it is idle; between
+        batches of writes when its oldest logged version is older than ``HISTORY_LAG``,
+        unless the writes keep it busy (a burst is written first, its history after it);
+        and, however busy, when the log passed its bound."""
+        if not self._derivable:
+            return None
+        if load == "idle":
+            return functools.partial(self._derive, max_versions=IDLE_STEP)
+        if self.history_backlog > self.history_backlog_max:
+            # Back under the bound (a batch may log thousands of versions), and a step more.
+            excess = self.history_backlog - self.history_backlog_max
+            return functools.partial(self._derive, max_versions=excess + CATCH_UP_STEP)
+        late = self._oldest_logged is not None and time.time() - self._oldest_logged > HISTORY_LAG
+        if load == "light" and late:
+            return functools.partial(self._derive, max_versions=IDLE_STEP)
+        return None
+
+    def _derive(self, tx: WriteTransaction, max_versions: int) -> int:
+        """Turn the oldest logged segments (at least one, up to ``max_versions`` versions)
+        into change and lifetime rows, and delete them; returns the versions derived."""
+        owner = (self.identity,) if self.shared else ()
+        sizes = tx.conn.exec_driver_sql(self._segment_sizes, owner).fetchall()
+        taken: set[int] = set()
+        done = 0
+        next_seen: float | None = None
+        for seg_id, context, versions, observed_at in sizes:
+            if context in self.fenced:
+                continue
+            if taken and done + versions > max_versions:
+                next_seen = observed_at
+                break
+            taken.add(seg_id)
+            done += versions
+        if not taken:
+            self._derivable = False
+            self.history_backlog = 0
+            self._oldest_logged = None
+            return 0
+        # (A full page of sizes all taken: more may follow, seen about now.)
+        self._oldest_logged = next_seen if next_seen or len(sizes) < 512 else time.time()
+        bodies = tx.conn.exec_driver_sql(self._segment_bodies, (max(taken), *owner))
+        for seg_id, context, resource, kind, api_version, observed_at, body in bodies:
+            if seg_id not in taken:
+                continue  # a fenced context's
+            tx.enter(context)
+            what, next_seq = HistoryKind(resource, kind, api_version), functools.partial(tx.next_seq, context)
+            try:
+                rows = self.history.replay(tx.conn, context, what, observed_at, orjson.loads(body), next_seq)
+            except SQLAlchemyError:
+                raise
+            except Exception:
+                # A segment that cannot be derived must not stop the ones after it.
+                log.exception(
+                    "%s: history segment %d of %s could not be derived; recorded as a gap",
+                    context,
+                    seg_id,
+                    resource,
+                )
+                rows = [self.history.gap(context, what, "", next_seq, observed_at)]
+            tx.queue_rows(self._upsert_object, rows)
+        ids = sorted(taken)
+        tx.conn.exec_driver_sql(
+            backend.driver_sql(self.engine, _DELETE_SEGMENTS.format(", ".join("?" * len(ids)))), tuple(ids)
+        )
+        self._history_log.derived += done
+        return done
 
     def close(self, timeout: float = 30) -> None:
         """Commit what is queued and stop. A database still unreachable after
@@ -374,19 +526,20 @@ class CacheStore:
         desc: ResourceDescriptor,
         objs: Sequence[dict[str, Any]],
         gen: int | None,
+        seen_at: float,
         events: Sequence[str] | None = None,
     ) -> None:
-        """Upsert objects (and their derived rows, and their history); ``events``: each
-        object's watch event type (None: a list's page)."""
+        """Upsert objects (and their derived rows), and log their history as seen at
+        ``seen_at``; ``events``: each object's watch event type (None: a list's page)."""
         if not objs:
             return
         rows = []
-        versions = []
+        versions: list[LoggedOp] = []
         recorded = self.history.records(desc)
         for i, obj in enumerate(objs):
             clean = sanitize(obj, desc)
             if recorded:
-                versions.append((events[i] if events is not None else "LISTED", obj, clean))
+                versions.append(logged_upsert(events[i] if events is not None else "LISTED", obj, clean))
             m = clean["metadata"]
             namespace, name, rv = m.get("namespace"), m.get("name") or "", m.get("resourceVersion") or ""
             row = extract_row(clean, desc)
@@ -423,12 +576,16 @@ class CacheStore:
                 )
                 for d, uid, child, doc in derived_rows(clean, desc)
             )
-        if versions:
-            rows += self.history.upserted(tx.conn, context, desc, versions, lambda: tx.next_seq(context))
         tx.queue_rows(self._upsert_object, rows)
+        self._history_log.versions(context, HistoryKind.of(desc), seen_at, versions)
 
     def _tombstone(
-        self, tx: WriteTransaction, context: str, desc: ResourceDescriptor, objs: Sequence[dict[str, Any]]
+        self,
+        tx: WriteTransaction,
+        context: str,
+        desc: ResourceDescriptor,
+        objs: Sequence[dict[str, Any]],
+        seen_at: float,
     ) -> None:
         rows = []
         for obj in objs:
@@ -442,9 +599,10 @@ class CacheStore:
                 )
         tx.queue_rows(self._tombstone_object, rows)
         if self.history.records(desc):
-            gone = [(str((o.get("metadata") or {}).get("uid")), o, sanitize(o, desc)) for o in objs]
-            changes = self.history.deleted(tx.conn, context, desc, gone, lambda: tx.next_seq(context))
-            tx.queue_rows(self._upsert_object, changes)
+            gone = [
+                logged_deletion(str((o.get("metadata") or {}).get("uid")), o, sanitize(o, desc)) for o in objs
+            ]
+            self._history_log.versions(context, HistoryKind.of(desc), seen_at, gone)
 
     def apply_events(
         self,
@@ -456,13 +614,9 @@ class CacheStore:
         """Apply watch events (ADDED/MODIFIED/DELETED/BOOKMARK) and then the informer's
         checkpoint, in one transaction, in order."""
         events = list(events)
+        seen_at = time.time()
 
         def apply(tx: WriteTransaction) -> None:
-            if self.history.records(desc):
-                uids = [
-                    str((obj.get("metadata") or {}).get("uid")) for kind, obj in events if kind != "BOOKMARK"
-                ]
-                self.history.prefetch(tx.conn, context, desc.key, uids)
             # Runs of writes and runs of deletions, each run in one go, the runs in the
             # order the events came.
             upserts: list[dict[str, Any]] = []
@@ -471,18 +625,18 @@ class CacheStore:
             for kind, obj in events:
                 if kind in ("ADDED", "MODIFIED"):
                     if deletes:
-                        self._tombstone(tx, context, desc, deletes)
+                        self._tombstone(tx, context, desc, deletes, seen_at)
                         deletes = []
                     upserts.append(obj)
                     kinds.append(kind)
                 elif kind == "DELETED":
                     if upserts:
-                        self._upsert_rows(tx, context, desc, upserts, None, kinds)
+                        self._upsert_rows(tx, context, desc, upserts, None, seen_at, kinds)
                         upserts, kinds = [], []
                     deletes.append(obj)
-            self._upsert_rows(tx, context, desc, upserts, None, kinds)
+            self._upsert_rows(tx, context, desc, upserts, None, seen_at, kinds)
             if deletes:
-                self._tombstone(tx, context, desc, deletes)
+                self._tombstone(tx, context, desc, deletes, seen_at)
             self._write_status(tx, status)
 
         self._loop.submit(apply, context=context, coalesced=True)
@@ -496,8 +650,9 @@ class CacheStore:
         self, context: str, desc: ResourceDescriptor, items: Sequence[dict[str, Any]], gen: int
     ) -> None:
         items = list(items)
+        seen_at = time.time()
         self._loop.submit(
-            lambda tx: self._upsert_rows(tx, context, desc, items, gen),
+            lambda tx: self._upsert_rows(tx, context, desc, items, gen, seen_at),
             context=context,
             coalesced=True,
         )
@@ -505,6 +660,7 @@ class CacheStore:
     def end_relist(self, context: str, desc: ResourceDescriptor, gen: int, status: InformerStatus) -> None:
         """Tombstone every cached object of this resource that the list did not return,
         then record the list's resourceVersion: the cache now equals the list."""
+        seen_at = time.time()
 
         def apply(tx: WriteTransaction) -> None:
             missing = (
@@ -518,13 +674,9 @@ class CacheStore:
                 gone = tx.conn.execute(
                     select(objects.c.uid).where(missing & (objects.c.resource == desc.key))
                 )
-                next_seq = lambda: tx.next_seq(context)  # noqa: E731
-                rows = self.history.deleted(
-                    tx.conn, context, desc, [(u, None, None) for u in gone.scalars()], next_seq
-                )
-                rows += self.history.listed(tx.conn, context, desc, status.resource_version or "", next_seq)
-                tx.queue_rows(self._upsert_object, rows)
-                tx.send_pending()
+                ops = [logged_deletion(u, None, None) for u in gone.scalars()]
+                ops.append(logged_list_end(status.resource_version or ""))
+                self._history_log.versions(context, HistoryKind.of(desc), seen_at, ops)
             tx.conn.execute(
                 update(objects)
                 .where(missing & objects.c.resource.in_([desc.key, *(d.key for d in desc.derived)]))
@@ -673,6 +825,7 @@ class CacheStore:
         this writer purges; returns how many."""
         result: dict[str, int] = {}
         contexts = select(context_seqs.c.context).where(self._purgeable())
+        self.flush()  # what the log holds is history too: its age and size count
 
         def apply(tx: WriteTransaction) -> None:
             result["n"] = purge_history(
@@ -687,6 +840,6 @@ class CacheStore:
         PASSIVE: never waits for readers, so a long sync cannot stall the daemon."""
         if self.path is None:
             return
-        self.flush()
+        self.flush(history=False)
         with self.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
