@@ -182,7 +182,11 @@ def _fields(fields: Any) -> tuple[str, int]:
 
 def managers_of(obj: Mapping[str, Any]) -> list[ManagerEntry]:
     """The field managers of a raw object (before ``sanitize`` drops managedFields)."""
-    entries = (obj.get("metadata") or {}).get("managedFields") or []
+    return manager_entries((obj.get("metadata") or {}).get("managedFields") or [])
+
+
+def manager_entries(entries: Sequence[Any]) -> list[ManagerEntry]:
+    """The field managers of an object's ``managedFields`` entries."""
     return [
         (
             str(e.get("manager") or ""),

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.builders import CMS, configmap, informer_status
+from tests.unit.builders import CMS, SECRETS, configmap, informer_status
 from tests.unit.test_history import rows
 from watcher.cache import writeloop
 from watcher.cache.writeloop import BusyShare, WriteLoop
@@ -219,3 +219,47 @@ def test_a_failed_background_step_pauses_the_work_and_drops_no_write(tmp_path: P
     finally:
         loop.close(5)
         lock.release()
+
+
+def test_the_log_of_a_secret_holds_neither_its_data_nor_the_names_of_its_keys(
+    tmp_path: Path, no_idle_derivation: None
+) -> None:
+    path = tmp_path / "c.db"
+    store = CacheStore(path, batch_wait=0.0)
+    uid = str(uuid.uuid4())
+    entry = {
+        "manager": "kubectl",
+        "operation": "Update",
+        "time": "2026-12-06T10:00:00Z",
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:data": {"f:password": {}}},
+    }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "db",
+            "namespace": "ns",
+            "uid": uid,
+            "resourceVersion": "1",
+            "managedFields": [entry],
+        },
+        "data": {"password": "aHVudGVyMg=="},
+    }
+    config = configmap("c", str(uuid.uuid4()), "2", password="x")
+    config["metadata"]["managedFields"] = [entry]
+    try:
+        store.apply_events("ctx", SECRETS, [("ADDED", secret)], informer_status(SECRETS))
+        store.apply_events("ctx", CMS, [("ADDED", config)], informer_status())
+        store.flush(history=False)
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        bodies = dict(con.execute("SELECT resource, body FROM history_log").fetchall())
+        con.close()
+        assert b"aHVudGVy" not in bodies["secrets"] and b"password" not in bodies["secrets"]
+        assert b"kubectl" in bodies["secrets"]  # its managers, as fingerprints
+        assert b"f:password" in bodies["configmaps"]  # a ConfigMap's entries as they came
+        store.flush()
+        (change,) = [c for c in rows(store, CHANGES_TABLE) if c["uid"] == uid]
+        assert [m["manager"] for m in change["managers"]] == ["kubectl"]
+    finally:
+        store.close()

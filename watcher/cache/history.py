@@ -16,8 +16,9 @@ neither).
   resource)'s writes in a transaction: ``["U", event, object, managers]`` (a new
   version: its watch event type, or ``LISTED``), ``["D", uid, object or null,
   managers]`` (a deletion; null: a relist did not return it), ``["L",
-  resourceVersion]`` (a list ended). Objects are sanitized as the cache stores them; of
-  ``managedFields`` only the entries' fingerprints are kept (``managers_of``).
+  resourceVersion]`` (a list ended). Objects are sanitized as the cache stores them;
+  managers are the ``managedFields`` entries, or for a metadata-only kind (a Secret,
+  whose entries name its data's keys) only their fingerprints (``managers_of``).
 - ``history_heads`` holds each followed object's last recorded version: the next
   change's patch and managers start from it. It is read once per segment and written
   when the transaction sends its statements (a retried transaction starts over from the
@@ -60,6 +61,7 @@ from watcher.history import (
     changed_managers,
     history_doc,
     json_patch,
+    manager_entries,
     managers_of,
     same_but_status,
 )
@@ -108,7 +110,11 @@ class Head:
     first_seq: int
 
 
-def _entries(logged: list[list[Any]]) -> list[ManagerEntry]:
+def _entries(logged: list[Any]) -> list[ManagerEntry]:
+    """Managers from their logged form (see ``_logged_managers``): ``managedFields``
+    entries (objects), or fingerprints (lists)."""
+    if logged and isinstance(logged[0], dict):
+        return manager_entries(logged)
     return [tuple(e) for e in logged]
 
 
@@ -166,14 +172,25 @@ class HistoryLog:
             self._segments.clear()
 
 
-def logged_upsert(event: str, raw: dict[str, Any], clean: dict[str, Any]) -> LoggedOp:
+def logged_upsert(event: str, raw: dict[str, Any], clean: dict[str, Any], *, metadata_only: bool) -> LoggedOp:
     """A new version, as logged: ``clean`` is what the cache stores of ``raw``."""
-    return ["U", event, clean, managers_of(raw)]
+    return ["U", event, clean, _logged_managers(raw, metadata_only)]
 
 
-def logged_deletion(uid: str, raw: dict[str, Any] | None, clean: dict[str, Any] | None) -> LoggedOp:
+def logged_deletion(
+    uid: str, raw: dict[str, Any] | None, clean: dict[str, Any] | None, *, metadata_only: bool
+) -> LoggedOp:
     """A deletion, as logged (``raw`` None: only the cache knew the object)."""
-    return ["D", uid, clean, managers_of(raw) if raw is not None else []]
+    return ["D", uid, clean, _logged_managers(raw, metadata_only) if raw is not None else []]
+
+
+def _logged_managers(raw: dict[str, Any], metadata_only: bool) -> list[Any]:
+    """A version's managers as logged: its ``managedFields`` entries as they came (their
+    fingerprints are the derivation's work, not the writer's), but for a metadata-only
+    kind their fingerprints at once: a Secret's entries name its data's keys."""
+    if metadata_only:
+        return managers_of(raw)
+    return (raw.get("metadata") or {}).get("managedFields") or []
 
 
 def logged_list_end(resource_version: str) -> LoggedOp:

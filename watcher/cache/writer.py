@@ -539,7 +539,14 @@ class CacheStore:
         for i, obj in enumerate(objs):
             clean = sanitize(obj, desc)
             if recorded:
-                versions.append(logged_upsert(events[i] if events is not None else "LISTED", obj, clean))
+                versions.append(
+                    logged_upsert(
+                        events[i] if events is not None else "LISTED",
+                        obj,
+                        clean,
+                        metadata_only=desc.metadata_only,
+                    )
+                )
             m = clean["metadata"]
             namespace, name, rv = m.get("namespace"), m.get("name") or "", m.get("resourceVersion") or ""
             row = extract_row(clean, desc)
@@ -600,7 +607,13 @@ class CacheStore:
         tx.queue_rows(self._tombstone_object, rows)
         if self.history.records(desc):
             gone = [
-                logged_deletion(str((o.get("metadata") or {}).get("uid")), o, sanitize(o, desc)) for o in objs
+                logged_deletion(
+                    str((o.get("metadata") or {}).get("uid")),
+                    o,
+                    sanitize(o, desc),
+                    metadata_only=desc.metadata_only,
+                )
+                for o in objs
             ]
             self._history_log.versions(context, HistoryKind.of(desc), seen_at, gone)
 
@@ -674,7 +687,9 @@ class CacheStore:
                 gone = tx.conn.execute(
                     select(objects.c.uid).where(missing & (objects.c.resource == desc.key))
                 )
-                ops = [logged_deletion(u, None, None) for u in gone.scalars()]
+                ops = [
+                    logged_deletion(u, None, None, metadata_only=desc.metadata_only) for u in gone.scalars()
+                ]
                 ops.append(logged_list_end(status.resource_version or ""))
                 self._history_log.versions(context, HistoryKind.of(desc), seen_at, ops)
             tx.conn.execute(
