@@ -157,6 +157,8 @@ def test_grpc_daemon_warm_sync_updates_deletes_restart(
     assert code == 200
     assert 'k8s_watcher_informer_state{context="dev",resource="pods",state="watching"} 1.0' in metrics
     assert re.search(r'k8s_watcher_cache_rows\{table="k8s_pods"\} \d+', metrics)
+    assert re.search(r"^k8s_watcher_history_backlog \d+", metrics, re.M)
+    assert re.search(r"^k8s_watcher_history_lag_seconds [\d.e+-]+$", metrics, re.M)
     assert "k8s_watcher_sync_duration_seconds_count 2.0" in metrics
 
     # SIGTERM: clean exit; a restart resumes from the stored RVs without listing.

@@ -159,6 +159,16 @@ class _MetricsCollector:
         for ctx, seq in self.daemon.store.owned_positions().items():
             seqs.add_metric([ctx], seq)
         yield seqs
+        yield GaugeMetricFamily(
+            "k8s_watcher_history_backlog",
+            "Object versions logged for the history, not yet derived into change rows",
+            value=self.daemon.store.history_backlog,
+        )
+        yield GaugeMetricFamily(
+            "k8s_watcher_history_lag_seconds",
+            "Age of the oldest logged version not yet derived (0: none)",
+            value=self.daemon.store.history_lag_seconds(),
+        )
         if self.daemon.leases is not None:
             yield GaugeMetricFamily(
                 "k8s_watcher_leases_held",

@@ -421,6 +421,11 @@ class CacheStore:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.coalesce(func.sum(history_log.c.versions), 0))).scalar_one())
 
+    def history_lag_seconds(self) -> float:
+        """How long ago the oldest logged version not derived yet was seen (0: none)."""
+        oldest = self._oldest_logged
+        return max(0.0, time.time() - oldest) if oldest is not None and self._derivable else 0.0
+
     def _derive_logged(self) -> int:
         """Derive the versions logged and committed so far that this writer may (its own
         contexts' in a replica), blocking until done; returns how many. (Not those logged
