@@ -947,7 +947,7 @@ def main() -> int:
         "--rounds",
         type=int,
         default=3,
-        help="passes over the arms (off, on, on with no backlog) on SQLite (0: skip the ingest part)",
+        help="passes over the arms (off, on, on with no backlog) on SQLite (0: none; with --pg-rounds 0 too, no ingest part)",
     )
     parser.add_argument(
         "--pg-rounds", type=int, default=1, help="passes over the arms on PostgreSQL (0: none)"
@@ -969,7 +969,7 @@ def main() -> int:
         work = Path(tmp)
         with psycopg.connect(pg.dsn) as conn:
             out["postgres"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-        if args.rounds:
+        if args.rounds or args.pg_rounds:
             started = time.monotonic()
             fleet = Fleet(args.objects)
             reads = fleet.churn(args.churn)
@@ -1010,7 +1010,7 @@ def main() -> int:
                     print(f"  medians: {out['ingest_sqlite']['median']}", flush=True)
                     out["storage"] = stores
                     print(f"2. storage: {json.dumps(stores)}", flush=True)
-                if args.rounds and args.pg_rounds:
+                if args.pg_rounds:
                     print("1b. ingest, PostgreSQL cache", flush=True)
                     out["ingest_postgres"] = ingest_rounds(
                         lambda r, arm: _database(pg, f"cache_{r}_{list(ARMS).index(arm)}"),

@@ -20,6 +20,7 @@ from testbed.postgres import Postgres, postgres_server
 from tests.conftest import assert_pg_equals_api, cached, eventually, namespace, new_dsn, sync, truth, unique
 from tests.conftest import configmap as create_configmap
 from tests.unit.builders import CMS, NO_HISTORY, configmap, informer_status
+from watcher.cache import writeloop
 from watcher.snapshot import SnapshotReader
 from watcher.state import CacheLocked, CacheStore, CacheUnusable
 
@@ -161,6 +162,48 @@ def test_a_retired_context_let_go_by_its_replica_is_purged_by_another(cache_url:
     finally:
         a.close()
         b.close()
+
+
+def test_a_context_handed_over_before_its_history_was_derived_is_derived_by_its_new_owner_once(
+    cache_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history's log is the context's: versions its old owner logged and did not
+    derive become the new owner's to derive, exactly once; the old owner derives
+    nothing of a context it let go."""
+    monkeypatch.setattr(writeloop, "IDLE_AFTER", 3600.0)  # no derivation unless asked
+    old, new = (
+        CacheStore(cache_url, shared=True, batch_wait=0.0),
+        CacheStore(cache_url, shared=True, batch_wait=0.0),
+    )
+    try:
+        uid = str(uuid.uuid4())
+        old.claim_context("moved")
+        old.apply_events(
+            "moved",
+            CMS,
+            [("ADDED", configmap("x", uid, "1")), ("MODIFIED", configmap("x", uid, "2", k="v"))],
+            _status("moved", "2"),
+        )
+        old.flush(history=False)
+        old.release_context("moved")
+        old.flush()  # derives nothing of "moved": not its context any more
+        with psycopg.connect(cache_url) as conn:
+            assert conn.execute(
+                "SELECT count(*) FROM objects WHERE resource LIKE '~history/%'"
+            ).fetchone() == (0,)
+        new.claim_context("moved")
+        assert new.history_backlog == 2
+        new.flush()
+        with psycopg.connect(cache_url) as conn:
+            changes = conn.execute(
+                "SELECT resource_version FROM objects WHERE resource = '~history/changes' ORDER BY seq"
+            ).fetchall()
+            assert changes == [("1",), ("2",)]
+            assert conn.execute("SELECT count(*) FROM history_log").fetchone() == (0,)
+        assert new.history_backlog == 0
+    finally:
+        old.close()
+        new.close()
 
 
 def test_a_replica_that_lost_a_context_writes_nothing_more_for_it(cache_url: str) -> None:

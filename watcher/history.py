@@ -1,8 +1,9 @@
 """Object history, the pure part: what one change of an object is, which kinds keep a
 history, and the two history tables.
 
-A change is computed when the cache writer stores a new version of an object
-(:mod:`watcher.cache.history` does the bookkeeping): the *history document* of the new
+A change is computed for each new version of an object the cache writer stored (and
+logged: :mod:`watcher.cache.history` derives the changes from the log, and keeps the
+books): the *history document* of the new
 version (the object as cached: no managedFields, no last-applied annotation, a
 metadata-only kind's metadata only, and no resourceVersion, which has a column of its
 own) is compared with the last recorded one, giving an RFC 6902 JSON patch and the paths

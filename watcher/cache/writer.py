@@ -92,7 +92,7 @@ _DELETE_SEGMENTS = "DELETE FROM history_log WHERE id IN ({})"
 #: Versions a derivation step turns into history rows at most (it takes at least one
 #: segment): an idle writer's step is short, so a write arriving meanwhile waits little;
 #: a catch-up (``flush``, a backlog past its bound) takes longer ones.
-IDLE_STEP = 250
+IDLE_STEP = 100
 CATCH_UP_STEP = 2000
 #: How old the oldest logged version may get before the writer derives between batches
 #: of writes too, not only when it has none (a follow sync streams the history within
@@ -212,8 +212,13 @@ class CacheStore:
         owned = "context IN (SELECT context FROM context_seqs WHERE owner = ?)"
         self._segment_sizes = sql(_SEGMENT_SIZES.format(where=f"WHERE {owned}" if shared else ""))
         self._segment_bodies = sql(_SEGMENT_BODIES.format(also=f"AND {owned}" if shared else ""))
-        #: Logged versions not yet derived (this writer's own, once it found it has no other).
-        self.history_backlog = self._logged_versions()
+        #: Logged versions not yet derived: a lone writer's all; a replica's, those of the
+        #: contexts it claimed since it started.
+        if shared:
+            self.history_backlog = 0
+        else:
+            with self.engine.connect() as conn:
+                self.history_backlog = self._logged_versions(conn)
         #: Beyond this backlog, the writer derives a step after each batch of writes too
         #: (a sustained rate above what it derives must not make the log grow forever).
         self.history_backlog_max = history_backlog_max
@@ -352,6 +357,12 @@ class CacheStore:
                 select(context_seqs.c.seq).where(context_seqs.c.context == context).with_for_update()
             )
             self._seqs.take_over(tx.conn, context)
+            # What its previous writer logged and did not derive is this writer's now.
+            inherited = self._logged_versions(tx.conn, context)
+            if inherited:
+                self.history_backlog += inherited
+                self._derivable = True
+                self._oldest_logged = self._oldest_logged or time.time()
 
         self._loop.submit(apply, wait=True)
         self.fenced.pop(context, None)
@@ -417,9 +428,12 @@ class CacheStore:
 
     # -- the history's derivation ---------------------------------------------------
 
-    def _logged_versions(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.coalesce(func.sum(history_log.c.versions), 0))).scalar_one())
+    def _logged_versions(self, conn: Any, context: str | None = None) -> int:
+        """Versions in the log (of ``context``; else of every context)."""
+        query = select(func.coalesce(func.sum(history_log.c.versions), 0))
+        if context is not None:
+            query = query.where(history_log.c.context == context)
+        return int(conn.execute(query).scalar_one())
 
     def history_lag_seconds(self) -> float:
         """How long ago the oldest logged version not derived yet was seen (0: none)."""
