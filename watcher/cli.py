@@ -105,6 +105,17 @@ def _size(text: str) -> int:
     return int(value)
 
 
+def _count(text: str) -> int:
+    """A whole number, 0 or more."""
+    try:
+        value = int(text.strip().replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 200000)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (must be 0 or more)")
+    return value
+
+
 def _patterns(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
@@ -118,6 +129,7 @@ def _history_policy(args: argparse.Namespace) -> Any:
         ("on", "history_on"),
         ("retention_seconds", "history_retention"),
         ("max_bytes", "history_max_size"),
+        ("backlog_max", "history_backlog"),
     ):
         if getattr(args, option) is not None:
             given[key] = getattr(args, option)
@@ -432,6 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--history-max-size", type=_size, metavar="SIZE",
         help="purge the oldest changes beyond this size in the cache (default 1GiB)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--history-backlog", type=_count, metavar="VERSIONS",
+        help="versions logged for the history but not yet turned into change rows, at most, before the "
+        "writer derives them however busy (default 200000)",
     )  # fmt: skip
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--log-format", default="text", choices=["text", "json"])

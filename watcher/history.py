@@ -69,6 +69,9 @@ class HistoryPolicy:
     retention_seconds: float = DAY
     #: Beyond this many bytes of change rows, the oldest are purged first.
     max_bytes: int = 1 << 30
+    #: Versions logged but not yet derived into change rows, at most, before the writer
+    #: derives them between its writes however busy it is (``watcher.cache.writer``).
+    backlog_max: int = 200_000
 
     def records(self, desc: ResourceDescriptor) -> bool:
         if not self.enabled:

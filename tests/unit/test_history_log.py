@@ -4,6 +4,7 @@ derived into change and lifetime rows later, in order, exactly once
 
 from __future__ import annotations
 
+import argparse
 import sqlite3
 import threading
 import time
@@ -18,7 +19,7 @@ from tests.unit.test_history import rows
 from watcher.cache import writeloop
 from watcher.cache.writeloop import BusyShare, WriteLoop
 from watcher.cache.writer import CATCH_UP_STEP, HISTORY_LAG, IDLE_STEP
-from watcher.history import CHANGES_TABLE, LIFETIMES_TABLE
+from watcher.history import CHANGES_TABLE, LIFETIMES_TABLE, HistoryPolicy
 from watcher.state import CacheStore
 
 
@@ -261,5 +262,27 @@ def test_the_log_of_a_secret_holds_neither_its_data_nor_the_names_of_its_keys(
         store.flush()
         (change,) = [c for c in rows(store, CHANGES_TABLE) if c["uid"] == uid]
         assert [m["manager"] for m in change["managers"]] == ["kubectl"]
+    finally:
+        store.close()
+
+
+def test_the_backlog_bound_is_a_daemon_option_and_a_bad_value_is_refused() -> None:
+    from watcher.cli import _count, _history_policy
+
+    none = {f"history_{k}": None for k in ("off", "on", "retention", "max_size")}
+    given = argparse.Namespace(no_history=False, history_status_updates=False, history_backlog=5000, **none)
+    assert _history_policy(given).backlog_max == 5000
+    given.history_backlog = None
+    assert _history_policy(given).backlog_max == 200_000
+    assert _count("200_000") == 200_000 and _count("0") == 0
+    for bad in ("-1", "lots", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="not a count"):
+            _count(bad)
+
+
+def test_a_store_takes_its_backlog_bound_from_the_policy(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "c.db", history=HistoryPolicy(backlog_max=7))
+    try:
+        assert store.history_backlog_max == 7
     finally:
         store.close()

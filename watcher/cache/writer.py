@@ -161,7 +161,6 @@ class CacheStore:
         batch_max: int = 5000,
         batch_wait: float = 0.02,
         history: HistoryPolicy | None = None,
-        history_backlog_max: int = 200_000,
     ) -> None:
         self.location = CacheLocation.of(where)
         self.path: Path | None = self.location.path if self.location.is_sqlite else None
@@ -221,7 +220,7 @@ class CacheStore:
                 self.history_backlog = self._logged_versions(conn)
         #: Beyond this backlog, the writer derives a step after each batch of writes too
         #: (a sustained rate above what it derives must not make the log grow forever).
-        self.history_backlog_max = history_backlog_max
+        self.history_backlog_max = self.history.policy.backlog_max
         #: Whether the last derivation step found something to derive.
         self._derivable = self.history_backlog > 0
         #: When the oldest version not derived yet was seen (wall clock), if known.
