@@ -118,7 +118,9 @@ def test_crud_in_two_contexts_is_reflected(
     assert sum(s.events for s in statuses) >= 2 * 20
 
 
-def test_watch_cuts_do_not_relist(planes: ControlPlanes, run_informers: Runner) -> None:
+def test_watch_cuts_do_not_relist(
+    planes: ControlPlanes, run_informers: Runner, caplog: pytest.LogCaptureFixture
+) -> None:
     proxy = planes.servers["dev"].proxy
     assert proxy is not None
     admin = planes.servers["dev"].admin()
@@ -154,8 +156,16 @@ def test_watch_cuts_do_not_relist(planes: ControlPlanes, run_informers: Runner) 
         eventually(lambda d=desc: cache_matches(manager.store.path, "dev", admin, d), what=desc.key)
     statuses = {s.resource: s for s in manager.statuses()}
     assert len(written) > 50
-    # One streaming list + one re-watch per cut, each from the RV it had reached.
-    eventually(lambda: statuses["configmaps"].watches >= 21, what="a re-watch after every cut")
+    # One streaming list + one re-watch per cut, each from the RV it had reached. But
+    # a request the API server itself failed (a 500 under load: "etcd event received
+    # with PrevKv=nil") backs the informer off for about a second, and the one or two
+    # cuts in that second find no configmaps watch to cut: each such failure may hide
+    # two re-watches (and adds its own).
+    server_errors = sum("dev/configmaps: HTTP 5" in r.getMessage() for r in caplog.records)
+    eventually(
+        lambda: statuses["configmaps"].watches >= 21 - server_errors,
+        what=f"a re-watch after every cut ({server_errors} server errors)",
+    )
     assert sum(s.relists for s in statuses.values()) == 0
     assert all(s.lists == 1 for s in statuses.values()), {k: s.lists for k, s in statuses.items()}
 
