@@ -569,6 +569,7 @@ def destination_tables(dsn: str, work: Path) -> dict[str, Any]:
     store = CacheStore(cache)
     populate(store, fleet)
     apply_churn(store, fleet.churn(500))
+    store.flush()  # the history derived from the log
     store.close()
     kubeconfig = work / "ddl" / "kubeconfig"
     kubeconfig.write_text(
@@ -855,6 +856,7 @@ def soak(cache: Path, fleet: Fleet, seconds: float) -> dict[str, Any]:
     their work too."""
     store = CacheStore(cache)
     populate(store, fleet)
+    store.flush()  # the lists' history derived from the log
     store.close()  # sizes are of closed caches (WAL folded in), before and after
     before = storage(cache, time.time())
     size_before = sqlite_files(cache)
