@@ -164,6 +164,17 @@ def test_a_retired_context_let_go_by_its_replica_is_purged_by_another(cache_url:
         b.close()
 
 
+def test_the_history_log_is_stored_uncompressed_in_postgresql(cache_url: str) -> None:
+    """A segment is read once and deleted within seconds: PostgreSQL must not spend its
+    INSERT compressing it (pglz on 50-500 KB) while the writer waits."""
+    CacheStore(cache_url).close()
+    with psycopg.connect(cache_url) as conn:
+        storage = conn.execute(
+            "SELECT attstorage FROM pg_attribute WHERE attrelid = 'history_log'::regclass AND attname = 'body'"
+        ).fetchone()
+    assert storage == ("e",)  # EXTERNAL: out of line, not compressed
+
+
 def test_a_context_handed_over_before_its_history_was_derived_is_derived_by_its_new_owner_once(
     cache_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    event,
     text,
 )
 
@@ -94,6 +96,15 @@ history_log = Table(
     Column("body", LargeBinary, nullable=False),
     Index("history_log_by_context", "context", "id"),
 )
+
+
+# PostgreSQL would compress each segment (pglz, in the server, while the writer waits
+# for its INSERT): a segment is read once and deleted within seconds, so store it as is.
+@event.listens_for(history_log, "after_create")
+def _store_segments_as_they_are(_table: Table, connection: Any, **_: Any) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("ALTER TABLE history_log ALTER COLUMN body SET STORAGE EXTERNAL")
+
 
 #: The (context, resource) pairs whose history has begun: a later list of one follows a
 #: watch that ended (a 410, a restart past compaction): a gap in its history.
