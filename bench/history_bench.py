@@ -4,9 +4,11 @@
    (bench/run.py's MIX over 3 contexts, shaped as an API server returns them: uid,
    resourceVersion, managedFields, status) listed into a fresh cache, then a churn of
    watch events (creates, spec/label updates, status-only updates, deletes) applied 50 at
-   a time as a watch delivers them. Rounds alternate on/off (ABBA) on a SQLite cache and,
-   fewer, on a PostgreSQL cache; each round and the medians are reported. One more
-   history-on round under py-spy says where the writer thread's time goes.
+   a time as a watch delivers them; then the time the writer takes to derive the
+   history it logged. Three arms (``ARMS``: off, on, on with no backlog allowed), their
+   order reversed every round, on a SQLite cache and, fewer, on a PostgreSQL cache; each
+   round and the medians are reported. One more history-on round under py-spy says
+   where the writer thread's time goes (the lists, the churn, the derivation).
 2. Storage after that churn: bytes per change row (median, p99), heads per object,
    lifetimes, the cache file with history on vs off.
 3. As-of queries in a real PostgreSQL: 100k objects with 1M changes bulk-generated with
