@@ -57,6 +57,16 @@ def configmap(name: str, uid: str, rv: str, **data: str) -> dict[str, Any]:
     }
 
 
+def secret(name: str, uid: str, rv: str, **data: str) -> dict[str, Any]:
+    """A Secret as the API server returns it (``data`` base64 values)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": rv},
+        "data": data,
+    }
+
+
 def crd_row(**overrides: Any) -> dict[str, Any]:
     """A cached k8s_custom_resources row, as custom_object_descriptor reads it."""
     row = {

@@ -11,7 +11,7 @@ import jsonpatch
 import orjson
 import pytest
 
-from tests.unit.builders import CMS, SECRETS, configmap, informer_status
+from tests.unit.builders import CMS, SECRETS, configmap, informer_status, secret
 from watcher.catalog import selects
 from watcher.history import (
     CHANGES_TABLE,
@@ -256,23 +256,13 @@ def test_status_only_updates_are_skipped_and_the_next_patch_starts_from_the_last
 
 def test_a_secret_change_holds_metadata_only(store: CacheStore) -> None:
     uid = str(uuid.uuid4())
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": "db",
-            "namespace": "ns",
-            "uid": uid,
-            "resourceVersion": "1",
-            "labels": {"a": "1"},
-        },
-        "data": {"password": "aHVudGVyMg=="},
-        "stringData": {"token": "hunter2"},
-    }
-    changed = copy.deepcopy(secret)
+    db = secret("db", uid, "1", password="aHVudGVyMg==")
+    db["metadata"]["labels"] = {"a": "1"}
+    db["stringData"] = {"token": "hunter2"}
+    changed = copy.deepcopy(db)
     changed["metadata"].update(resourceVersion="2", labels={"a": "2"})
     changed["data"] = {"password": "c2VjcmV0"}
-    store.apply_events("ctx", SECRETS, [("ADDED", secret), ("MODIFIED", changed)], informer_status(SECRETS))
+    store.apply_events("ctx", SECRETS, [("ADDED", db), ("MODIFIED", changed)], informer_status(SECRETS))
     text = orjson.dumps(rows(store, CHANGES_TABLE), default=str)
     assert b"aHVudGVy" not in text and b"hunter2" not in text and b"c2VjcmV0" not in text
     assert b'"/metadata/labels/a"' in text

@@ -9,12 +9,13 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.unit.builders import CMS, SECRETS, configmap, informer_status
+from tests.unit.builders import CMS, SECRETS, configmap, informer_status, secret
 from tests.unit.test_history import rows
 from watcher.cache import writeloop
 from watcher.cache.writeloop import BusyShare, WriteLoop
@@ -45,6 +46,14 @@ def history_rows(path: Path) -> int:
 def no_idle_derivation(monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer never finds itself idle long enough to derive on its own."""
     monkeypatch.setattr(writeloop, "IDLE_AFTER", 3600.0)
+
+
+@pytest.fixture
+def store(tmp_path: Path, no_idle_derivation: None) -> Iterator[CacheStore]:
+    """A writer that derives only when flushed."""
+    s = CacheStore(tmp_path / "c.db", batch_wait=0.0)
+    yield s
+    s.close()
 
 
 def test_a_log_left_by_a_writer_that_stopped_is_derived_by_the_next_exactly_once(
@@ -100,29 +109,23 @@ def test_each_watch_read_keeps_the_time_it_was_seen(tmp_path: Path, no_idle_deri
         store.close()
 
 
-def test_a_segment_that_cannot_be_derived_is_a_gap_and_the_next_ones_are_derived(
-    tmp_path: Path, no_idle_derivation: None
-) -> None:
-    path = tmp_path / "c.db"
-    store = CacheStore(path, batch_wait=0.0)
-    try:
-        store.flush()
-        con = sqlite3.connect(path)
-        with con:  # a version without metadata: replaying it fails
-            con.execute(
-                "INSERT INTO history_log (context, resource, kind, api_version, observed_at, versions, body) "
-                "VALUES ('ctx', 'configmaps', 'ConfigMap', 'v1', ?, 1, ?)",
-                (time.time(), b'[["U", "ADDED", {"kind": "ConfigMap"}, []]]'),
-            )
-        con.close()
-        uid = str(uuid.uuid4())
-        store.apply_events("ctx", CMS, [("ADDED", configmap("a", uid, "1"))], informer_status(rv="1"))
-        changes = rows(store, CHANGES_TABLE)
-        assert [c["change_type"] for c in changes] == ["gap", "added"]
-        assert changes[1]["uid"] == uid
-        assert logged(path) == (0, 0)
-    finally:
-        store.close()
+def test_a_segment_that_cannot_be_derived_is_a_gap_and_the_next_ones_are_derived(store: CacheStore) -> None:
+    assert store.path is not None
+    store.flush()
+    con = sqlite3.connect(store.path)
+    with con:  # a version without metadata: replaying it fails
+        con.execute(
+            "INSERT INTO history_log (context, resource, kind, api_version, observed_at, versions, body) "
+            "VALUES ('ctx', 'configmaps', 'ConfigMap', 'v1', ?, 1, ?)",
+            (time.time(), b'[["U", "ADDED", {"kind": "ConfigMap"}, []]]'),
+        )
+    con.close()
+    uid = str(uuid.uuid4())
+    store.apply_events("ctx", CMS, [("ADDED", configmap("a", uid, "1"))], informer_status(rv="1"))
+    changes = rows(store, CHANGES_TABLE)
+    assert [c["change_type"] for c in changes] == ["gap", "added"]
+    assert changes[1]["uid"] == uid
+    assert logged(store.path) == (0, 0)
 
 
 def test_an_idle_writer_derives_its_log_on_its_own(tmp_path: Path) -> None:
@@ -222,11 +225,7 @@ def test_a_failed_background_step_pauses_the_work_and_drops_no_write(tmp_path: P
         lock.release()
 
 
-def test_the_log_of_a_secret_holds_neither_its_data_nor_the_names_of_its_keys(
-    tmp_path: Path, no_idle_derivation: None
-) -> None:
-    path = tmp_path / "c.db"
-    store = CacheStore(path, batch_wait=0.0)
+def test_the_log_of_a_secret_holds_neither_its_data_nor_the_names_of_its_keys(store: CacheStore) -> None:
     uid = str(uuid.uuid4())
     entry = {
         "manager": "kubectl",
@@ -235,35 +234,22 @@ def test_the_log_of_a_secret_holds_neither_its_data_nor_the_names_of_its_keys(
         "fieldsType": "FieldsV1",
         "fieldsV1": {"f:data": {"f:password": {}}},
     }
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": "db",
-            "namespace": "ns",
-            "uid": uid,
-            "resourceVersion": "1",
-            "managedFields": [entry],
-        },
-        "data": {"password": "aHVudGVyMg=="},
-    }
+    db = secret("db", uid, "1", password="aHVudGVyMg==")
     config = configmap("c", str(uuid.uuid4()), "2", password="x")
-    config["metadata"]["managedFields"] = [entry]
-    try:
-        store.apply_events("ctx", SECRETS, [("ADDED", secret)], informer_status(SECRETS))
-        store.apply_events("ctx", CMS, [("ADDED", config)], informer_status())
-        store.flush(history=False)
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        bodies = dict(con.execute("SELECT resource, body FROM history_log").fetchall())
-        con.close()
-        assert b"aHVudGVy" not in bodies["secrets"] and b"password" not in bodies["secrets"]
-        assert b"kubectl" in bodies["secrets"]  # its managers, as fingerprints
-        assert b"f:password" in bodies["configmaps"]  # a ConfigMap's entries as they came
-        store.flush()
-        (change,) = [c for c in rows(store, CHANGES_TABLE) if c["uid"] == uid]
-        assert [m["manager"] for m in change["managers"]] == ["kubectl"]
-    finally:
-        store.close()
+    for obj in (db, config):
+        obj["metadata"]["managedFields"] = [entry]
+    store.apply_events("ctx", SECRETS, [("ADDED", db)], informer_status(SECRETS))
+    store.apply_events("ctx", CMS, [("ADDED", config)], informer_status())
+    store.flush(history=False)
+    con = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
+    bodies = dict(con.execute("SELECT resource, body FROM history_log").fetchall())
+    con.close()
+    assert b"aHVudGVy" not in bodies["secrets"] and b"password" not in bodies["secrets"]
+    assert b"kubectl" in bodies["secrets"]  # its managers, as fingerprints
+    assert b"f:password" in bodies["configmaps"]  # a ConfigMap's entries as they came
+    store.flush()
+    (change,) = [c for c in rows(store, CHANGES_TABLE) if c["uid"] == uid]
+    assert [m["manager"] for m in change["managers"]] == ["kubectl"]
 
 
 def test_the_backlog_bound_is_a_daemon_option_and_a_bad_value_is_refused() -> None:
