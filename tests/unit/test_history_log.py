@@ -19,7 +19,7 @@ from tests.unit.builders import CMS, SECRETS, configmap, informer_status, secret
 from tests.unit.test_history import rows
 from watcher.cache import writeloop
 from watcher.cache.writeloop import BusyShare, WriteLoop
-from watcher.cache.writer import CATCH_UP_STEP, HISTORY_LAG, IDLE_STEP
+from watcher.cache.writer import BOUND_STEP, CATCH_UP_STEP, HISTORY_LAG, IDLE_STEP
 from watcher.history import CHANGES_TABLE, LIFETIMES_TABLE, HistoryPolicy
 from watcher.state import CacheStore
 
@@ -177,6 +177,8 @@ class TestWhenTheWriterDerives:
         store.history_backlog_max = 1000
         store.history_backlog = 4000
         assert self.step_size(store, "heavy") == 3000 + CATCH_UP_STEP
+        store.history_backlog = 1_000_000  # far past it: caught up over several batches
+        assert self.step_size(store, "heavy") == BOUND_STEP
 
 
 def test_the_busy_share_counts_the_last_second_only() -> None:

@@ -94,6 +94,7 @@ _DELETE_SEGMENTS = "DELETE FROM history_log WHERE id IN ({})"
 #: a catch-up (``flush``, a backlog past its bound) takes longer ones.
 IDLE_STEP = 100
 CATCH_UP_STEP = 2000
+BOUND_STEP = 10_000
 #: How old the oldest logged version may get before the writer derives between batches
 #: of writes too, not only when it has none (a follow sync streams the history within
 #: about a second of the change, as it does objects).
@@ -467,9 +468,11 @@ class CacheStore:
         if load == "idle":
             return functools.partial(self._derive, max_versions=IDLE_STEP)
         if self.history_backlog > self.history_backlog_max:
-            # Back under the bound (a batch may log thousands of versions), and a step more.
+            # Back under the bound (a batch may log thousands of versions), and a step
+            # more; at most BOUND_STEP at once (a log far past it, after a restart with a
+            # lower bound, is caught up over several batches, not in one long transaction).
             excess = self.history_backlog - self.history_backlog_max
-            return functools.partial(self._derive, max_versions=excess + CATCH_UP_STEP)
+            return functools.partial(self._derive, max_versions=min(excess + CATCH_UP_STEP, BOUND_STEP))
         late = self._oldest_logged is not None and time.time() - self._oldest_logged > HISTORY_LAG
         if load == "light" and late:
             return functools.partial(self._derive, max_versions=IDLE_STEP)
