@@ -88,8 +88,9 @@ _INSERT_SEGMENT = """
 INSERT INTO history_log (context, resource, kind, api_version, observed_at, versions, body)
 VALUES (?, ?, ?, ?, ?, ?, ?)
 """
-#: A segment holds at most this many versions (a relist's pages would make one of 2,500:
-#: a single derivation step of half a second, with the writes waiting).
+#: A segment holds at most this many versions (an informer's watch read or list page
+#: holds fewer; a larger operation is split, so one derivation step, which takes at
+#: least a segment, stays about a tenth of a second, with the writes waiting).
 SEGMENT_MAX = 500
 
 #: An objects row (the writer's upsert statement's parameters).
@@ -233,7 +234,7 @@ class HistoryRecorder:
     # -- heads -------------------------------------------------------------------
 
     def prefetch(self, conn: Any, context: str, resource: str, uids: Sequence[str]) -> None:
-        """Read the heads of a watch read's objects in one SELECT: its runs of writes and
+        """Read the heads of a segment's objects in one SELECT: its runs of writes and
         deletions (a SELECT each before) then find them here."""
         found = self._heads(conn, context, resource, uids)
         for uid in uids:
@@ -269,9 +270,9 @@ class HistoryRecorder:
         return found
 
     def _select_heads(self, n: int) -> str:
-        """The heads' SELECT of ``n`` uids, as driver SQL: it runs for every watch read and
-        every deletion, and building and compiling a Core select each time was a third of
-        a history-on writer's time (bench/history_bench.py)."""
+        """The heads' SELECT of ``n`` uids, as driver SQL: it runs for every segment, and
+        building and compiling a Core select each time was a third of a history-on
+        writer's time (bench/history_bench.py)."""
         if n not in self._select_heads_sql:
             self._select_heads_sql[n] = self._sql(_SELECT_HEADS.format(", ".join("?" * n)))
         return self._select_heads_sql[n]

@@ -196,17 +196,26 @@ class WriteLoop:
         try:
             self._commit([Operation(step)])
         except ContextFenced as exc:
-            self.fenced[exc.context] = exc.owner
-            log.error("%s; its writes are dropped here", exc)
+            self._fence(exc)
         except CacheLocked as exc:
-            log.error("%s: this process stops writing", exc)
-            self._lock_lost = True
+            self._stop_writing(exc)
         except Exception:
             log.exception(
                 "cache %s: background work (the history's derivation) failed; paused for %.0fs",
                 self.location, BACKGROUND_PAUSE,
             )  # fmt: skip
             self._background_paused_until = time.monotonic() + BACKGROUND_PAUSE
+
+    def _fence(self, exc: ContextFenced) -> None:
+        """Another writer owns the context now: its writes are skipped from here on."""
+        self.fenced[exc.context] = exc.owner
+        log.error("%s; its writes are dropped here", exc)
+
+    def _stop_writing(self, exc: CacheLocked) -> None:
+        """Another lone writer took the database while it was down: two writers would
+        hand out the same seqs. Stop; /healthz fails and the pod restarts."""
+        log.error("%s: this process stops writing", exc)
+        self._lock_lost = True
 
     def _apply(self, batch: list[Operation]) -> None:
         failures = 0
@@ -222,15 +231,11 @@ class WriteLoop:
                     log.info("cache database %s reachable again; writes resumed", self.location)
                 break
             except CacheLocked as exc:
-                # Another lone writer took the database while it was down: two writers
-                # would hand out the same seqs. Stop; /healthz fails and the pod restarts.
-                log.error("%s: this process stops writing", exc)
-                self._lock_lost = True
+                self._stop_writing(exc)
                 break
             except ContextFenced as exc:
                 # Not an error of the batch: drop that context's writes, keep the rest.
-                self.fenced[exc.context] = exc.owner
-                log.error("%s; its writes are dropped here", exc)
+                self._fence(exc)
             except Exception as exc:
                 if backend.is_connection_error(self.location, exc) and not self._closing.is_set():
                     # The database is down or out of reach: keep the batch (and, through

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from watcher.cache import backend
@@ -88,7 +88,6 @@ _SEGMENT_BODIES = """
 SELECT id, context, resource, kind, api_version, observed_at, body FROM history_log
 WHERE id <= ? {also} ORDER BY id
 """
-_DELETE_SEGMENTS = "DELETE FROM history_log WHERE id IN ({})"
 #: Versions a derivation step turns into history rows at most (it takes at least one
 #: segment): an idle writer's step is short, so a write arriving meanwhile waits little;
 #: a catch-up (``flush``, a backlog past its bound) takes longer ones.
@@ -521,10 +520,7 @@ class CacheStore:
                 )
                 rows = [self.history.gap(context, what, "", next_seq, observed_at)]
             tx.queue_rows(self._upsert_object, rows)
-        ids = sorted(taken)
-        tx.conn.exec_driver_sql(
-            backend.driver_sql(self.engine, _DELETE_SEGMENTS.format(", ".join("?" * len(ids)))), tuple(ids)
-        )
+        tx.conn.execute(delete(history_log).where(history_log.c.id.in_(taken)))
         self._history_log.derived += done
         return done
 
