@@ -102,6 +102,11 @@ def run(
             pid = daemon.proc.pid  # type: ignore[union-attr]
             out["watches"] = int(daemon.metric("k8s_watcher_api_streams"))
             print(f"  synced in {out['synced_s']:.1f}s, {out['watches']} streams", flush=True)
+            # The first lists' history is derived once the writer is idle: idle means after it.
+            derived_from = time.monotonic()
+            while daemon.metric("k8s_watcher_history_backlog") > 0 and time.monotonic() - derived_from < 600:
+                time.sleep(0.5)
+            out["history_derived_after_synced_s"] = time.monotonic() - derived_from
             time.sleep(5)
             cpu0, t0 = cpu_seconds(pid), time.monotonic()
             time.sleep(idle)
