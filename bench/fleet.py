@@ -30,6 +30,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,16 @@ def null_batches(cache: Path, contexts: list[str], path: Path) -> tuple[int, int
 
 
 def run(
-    contexts: int, crds: int, objects: int, idle: float, work: Path, max_streams: int = 0
+    contexts: int,
+    crds: int,
+    objects: int,
+    idle: float,
+    work: Path,
+    max_streams: int = 0,
+    daemon_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"contexts": contexts, "crds": crds, "objects_per_crd": objects}
+    out["daemon_args"] = list(daemon_args)
     # kube-apiserver advertises 100 streams a connection unless told otherwise.
     server_args = (f"--http2-max-streams-per-connection={max_streams}",) if max_streams else ()
     out["apiserver_args"] = list(server_args)
@@ -95,7 +103,7 @@ def run(
         names = fleet_kubeconfig(planes, kubeconfig, contexts)
         port = int(server.url.rsplit(":", 1)[1])
         cache = work / "cache.db"
-        daemon = DaemonProcess(kubeconfig, cache, work / "daemon.log", "*")
+        daemon = DaemonProcess(kubeconfig, cache, work / "daemon.log", "*", extra_args=list(daemon_args))
         daemon.start(synced=False, timeout=300)
         try:
             out["synced_s"] = daemon.wait_synced(timeout=3600)
@@ -205,10 +213,16 @@ def main() -> int:
         "--max-streams", type=int, default=0,
         help="kube-apiserver's --http2-max-streams-per-connection (default: the server's own, 100)",
     )  # fmt: skip
+    parser.add_argument(
+        "--daemon-arg", action="append", default=[], metavar="ARG",
+        help="an argument for k8s-watcher serve (repeat it), e.g. --daemon-arg=--no-history",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "fleet-results.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="k8s-watcher-fleet-") as tmp:
-        result = run(args.contexts, args.crds, args.objects, args.idle, Path(tmp), args.max_streams)
+        result = run(
+            args.contexts, args.crds, args.objects, args.idle, Path(tmp), args.max_streams, args.daemon_arg
+        )
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
