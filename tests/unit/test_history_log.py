@@ -17,9 +17,14 @@ import pytest
 
 from tests.unit.builders import CMS, SECRETS, configmap, informer_status, secret
 from tests.unit.test_history import rows
-from watcher.cache import writeloop
+from watcher.cache import writeloop, writer
 from watcher.cache.writeloop import BusyShare, WriteLoop
-from watcher.cache.writer import BOUND_STEP, CATCH_UP_STEP, HISTORY_LAG, IDLE_STEP
+from watcher.cache.writer import (
+    BOUND_STEP,
+    CATCH_UP_STEP,
+    HISTORY_LAG,
+    IDLE_STEP,
+)
 from watcher.history import CHANGES_TABLE, LIFETIMES_TABLE, HistoryPolicy
 from watcher.state import CacheStore
 
@@ -149,6 +154,7 @@ class TestWhenTheWriterDerives:
     @pytest.fixture
     def store(self, tmp_path: Path) -> Any:
         s = CacheStore(tmp_path / "c.db")
+        s._loop._background = None  # the test asks, not the writer's own loop
         s._derivable, s.history_backlog, s._oldest_logged = True, 10, time.time()
         yield s
         s.close()
@@ -179,6 +185,29 @@ class TestWhenTheWriterDerives:
         assert self.step_size(store, "heavy") == 3000 + CATCH_UP_STEP
         store.history_backlog = 1_000_000  # far past it: caught up over several batches
         assert self.step_size(store, "heavy") == BOUND_STEP
+
+    def test_a_step_past_the_bound_takes_what_the_last_batch_logged_so_the_log_cannot_grow(
+        self, tmp_path: Path, no_idle_derivation: None, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(writer, "BOUND_STEP", 100)  # batches log more than a step
+        path = tmp_path / "big.db"
+        store = CacheStore(path)
+        try:
+            store.history_backlog_max = 0
+            pages = [
+                [configmap(f"cm-{p}-{i}", str(uuid.uuid4()), "1") for i in range(200)] for p in range(20)
+            ]
+            gen = store.begin_relist()
+            for page in pages:
+                store.relist_page("ctx", CMS, page, gen)
+            store.flush(history=False)
+            deadline = time.monotonic() + 5  # (the step after the last batch runs after flush returns)
+            while logged(path) != (0, 0) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert logged(path) == (0, 0)
+            assert store.history_backlog == 0
+        finally:
+            store.close()
 
 
 def test_the_busy_share_counts_the_last_second_only() -> None:

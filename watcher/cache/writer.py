@@ -227,6 +227,8 @@ class CacheStore:
         self._oldest_logged: float | None = time.time() if self._derivable else None
         self._seqs = ContextSeqs(self.identity, shared=shared, upsert=self._upsert_stmt)
         self._gen = 0
+        #: Versions the last committed batch logged (the bound's step takes them too).
+        self._logged_last_batch = 0
         self._loop = WriteLoop(
             self._commit,
             location=self.location,
@@ -337,6 +339,7 @@ class CacheStore:
             self._seqs.forget()
             raise
         self._seqs.committed(seqs)
+        self._logged_last_batch = self._history_log.logged
         if self._history_log.logged:
             self._derivable = True
             if self._oldest_logged is None:
@@ -468,10 +471,13 @@ class CacheStore:
             return functools.partial(self._derive, max_versions=IDLE_STEP)
         if self.history_backlog > self.history_backlog_max:
             # Back under the bound (a batch may log thousands of versions), and a step
-            # more; at most BOUND_STEP at once (a log far past it, after a restart with a
-            # lower bound, is caught up over several batches, not in one long transaction).
+            # more. A log far past it (after a restart with a lower bound) is caught up
+            # BOUND_STEP at a time over several batches, not in one long transaction; but
+            # each step also takes what the last batch logged, so the log never grows
+            # past the bound however large the batches (an overloaded writer's are).
             excess = self.history_backlog - self.history_backlog_max
-            return functools.partial(self._derive, max_versions=min(excess + CATCH_UP_STEP, BOUND_STEP))
+            most = self._logged_last_batch + BOUND_STEP
+            return functools.partial(self._derive, max_versions=min(excess + CATCH_UP_STEP, most))
         late = self._oldest_logged is not None and time.time() - self._oldest_logged > HISTORY_LAG
         if load == "light" and late:
             return functools.partial(self._derive, max_versions=IDLE_STEP)
