@@ -19,12 +19,7 @@ from tests.unit.builders import CMS, SECRETS, configmap, informer_status, secret
 from tests.unit.test_history import rows
 from watcher.cache import writeloop, writer
 from watcher.cache.writeloop import BusyShare, WriteLoop
-from watcher.cache.writer import (
-    BOUND_STEP,
-    CATCH_UP_STEP,
-    HISTORY_LAG,
-    IDLE_STEP,
-)
+from watcher.cache.writer import BOUND_STEP, CATCH_UP_STEP, HISTORY_LAG, IDLE_STEP
 from watcher.history import CHANGES_TABLE, LIFETIMES_TABLE, HistoryPolicy
 from watcher.state import CacheStore
 
@@ -201,8 +196,10 @@ class TestWhenTheWriterDerives:
             for page in pages:
                 store.relist_page("ctx", CMS, page, gen)
             store.flush(history=False)
-            deadline = time.monotonic() + 5  # (the step after the last batch runs after flush returns)
-            while logged(path) != (0, 0) and time.monotonic() < deadline:
+            # The step after the last batch runs after flush returns, and the writer counts
+            # what it derived just after committing it.
+            deadline = time.monotonic() + 5
+            while (logged(path), store.history_backlog) != ((0, 0), 0) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert logged(path) == (0, 0)
             assert store.history_backlog == 0
