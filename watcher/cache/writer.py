@@ -227,8 +227,6 @@ class CacheStore:
         self._oldest_logged: float | None = time.time() if self._derivable else None
         self._seqs = ContextSeqs(self.identity, shared=shared, upsert=self._upsert_stmt)
         self._gen = 0
-        #: Versions the last committed batch logged (the bound's step takes them too).
-        self._logged_last_batch = 0
         self._loop = WriteLoop(
             self._commit,
             location=self.location,
@@ -339,7 +337,6 @@ class CacheStore:
             self._seqs.forget()
             raise
         self._seqs.committed(seqs)
-        self._logged_last_batch = self._history_log.logged
         if self._history_log.logged:
             self._derivable = True
             if self._oldest_logged is None:
@@ -474,9 +471,10 @@ class CacheStore:
             # more. A log far past it (after a restart with a lower bound) is caught up
             # BOUND_STEP at a time over several batches, not in one long transaction; but
             # each step also takes what the last batch logged, so the log never grows
-            # past the bound however large the batches (an overloaded writer's are).
+            # past the bound however large the batches (an overloaded writer's are). (The
+            # log's counters are reset as each transaction begins: they are the last one's.)
             excess = self.history_backlog - self.history_backlog_max
-            most = self._logged_last_batch + BOUND_STEP
+            most = self._history_log.logged + BOUND_STEP
             return functools.partial(self._derive, max_versions=min(excess + CATCH_UP_STEP, most))
         late = self._oldest_logged is not None and time.time() - self._oldest_logged > HISTORY_LAG
         if load == "light" and late:
