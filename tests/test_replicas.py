@@ -52,15 +52,15 @@ def _owners(cache_url: str) -> dict[str, str | None]:
         return {ctx: log.owner for ctx, log in state.read_context_logs(conn).items()}
 
 
+def _runs(d: DaemonProcess, owner: str | None) -> bool:
+    """Whether ``owner`` (an identity, <host>-<pid>-<random>) is the replica ``d``."""
+    return bool(owner) and d.proc is not None and f"-{d.proc.pid}-" in str(owner)
+
+
 def _held_by(cache_url: str, daemons: list[DaemonProcess]) -> dict[int, list[str]]:
-    """Replica index -> the contexts it owns in the cache (owners are <host>-<pid>-<random>)."""
+    """Replica index -> the contexts it owns in the cache."""
     owners = _owners(cache_url)
-    held: dict[int, list[str]] = {i: [] for i in range(len(daemons))}
-    for ctx, owner in owners.items():
-        for i, d in enumerate(daemons):
-            if owner and d.proc is not None and f"-{d.proc.pid}-" in owner:
-                held[i].append(ctx)
-    return held
+    return {i: [ctx for ctx, owner in owners.items() if _runs(d, owner)] for i, d in enumerate(daemons)}
 
 
 def _settled(cache_url: str, daemons: list[DaemonProcess]) -> bool:
@@ -69,7 +69,7 @@ def _settled(cache_url: str, daemons: list[DaemonProcess]) -> bool:
     is not enough: contexts handed over one at a time pass through spreads like 2/1/1
     on their way to the one :func:`assign` gives."""
     owners = _owners(cache_url)
-    live = {o for o in owners.values() if o and any(f"-{d.proc.pid}-" in o for d in daemons if d.proc)}
+    live = {str(o) for o in owners.values() if any(_runs(d, o) for d in daemons)}
     return len(live) == len(daemons) and owners == assign(live, CONTEXTS)
 
 

@@ -48,23 +48,23 @@ def running_pod(**status: Any) -> dict[str, Any]:
     }
 
 
-def configmap(name: str, uid: str, rv: str, **data: str) -> dict[str, Any]:
+def _core_object(kind: str, name: str, uid: str, rv: str, data: dict[str, str]) -> dict[str, Any]:
+    """A namespaced core/v1 object with ``data``, as the API server returns it."""
     return {
         "apiVersion": "v1",
-        "kind": "ConfigMap",
+        "kind": kind,
         "metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": rv},
         "data": data,
     }
+
+
+def configmap(name: str, uid: str, rv: str, **data: str) -> dict[str, Any]:
+    return _core_object("ConfigMap", name, uid, rv, data)
 
 
 def secret(name: str, uid: str, rv: str, **data: str) -> dict[str, Any]:
-    """A Secret as the API server returns it (``data`` base64 values)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": rv},
-        "data": data,
-    }
+    """A Secret (``data``: base64 values)."""
+    return _core_object("Secret", name, uid, rv, data)
 
 
 def crd_row(**overrides: Any) -> dict[str, Any]:
