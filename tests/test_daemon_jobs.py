@@ -8,7 +8,6 @@ PostgreSQL through the real CloudQuery PostgreSQL destination, and the daemon as
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import time
@@ -37,8 +36,8 @@ from tests.conftest import (
 )
 from tests.test_sync import synced_resources
 from watcher import cli, daemon, state
+from watcher.cursor import CURSOR_KEY, parse_cursor
 from watcher.daemon import MAX_PURGE_INTERVAL, Daemon, DaemonConfig, purge_interval
-from watcher.plugin import CURSOR_KEY
 
 # --------------------------------------------------------------------------- units
 
@@ -173,7 +172,9 @@ def _cursor_seq(dsn: str, context: str = "prod") -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT value FROM cq_state_k8s WHERE key = %s", (CURSOR_KEY,)).fetchone()
     assert row is not None, "no cursor in the state backend"
-    return int(json.loads(str(row[0]).partition(":")[2])[context])
+    stored = parse_cursor(str(row[0]))
+    assert stored is not None and stored.sent is not None, row
+    return stored.sent[context]
 
 
 def _read(cache: Path, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

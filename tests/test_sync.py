@@ -4,8 +4,8 @@ real API servers."""
 
 from __future__ import annotations
 
-import json
 import re
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +31,7 @@ from tests.conftest import (
     unreachable_cluster,
 )
 from watcher import state
+from watcher.cursor import parse_cursor
 
 
 def synced_resources(result: CqResult) -> int:
@@ -194,7 +195,7 @@ def pg_row_count(dsn: str, tables: list[str]) -> int:
         return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)  # type: ignore[index]
 
 
-def cached_names(cache: Path, resource: str, context: str, ns: str) -> list[str]:
+def cached_names(cache: Path, resource: str, context: str, ns: str | None) -> list[str]:
     with state.reading(cache) as conn:
         return state.live_names(conn, context, resource, ns)
 
@@ -247,12 +248,14 @@ def test_incremental_mode_emits_only_changes_and_propagates_deletes(
     assert synced_resources(delta) == 2 + 3 + 1  # clusters + inc-a, inc-b, cm0 + the cursor
     # The deletions reached PostgreSQL too: delete-record messages, run by the destination.
     assert_pg_equals_api(dsn, planes, ["dev", "prod"])
-    # The cursor lives in the destination's state backend table: <cache id>:{context: seq}.
+    # The cursor lives in the destination's state backend table:
+    # <cache id>/<lineage>:{context: seq}.
     with psycopg.connect(dsn) as conn:
         cursor = conn.execute("SELECT value FROM cq_state_k8s WHERE key = 'k8s-watcher|cursor'").fetchone()
-    cache_id, _, position = (cursor or ("",))[0].partition(":")
-    assert cache_id == cached_meta(cache, "cache_id")
-    assert sorted(json.loads(position)) == ["dev", "prod"] and min(json.loads(position).values()) > 0
+    stored = parse_cursor((cursor or ("",))[0])
+    assert stored is not None and stored.sent is not None
+    assert stored.cache_id == cached_meta(cache, "cache_id")
+    assert sorted(stored.sent) == ["dev", "prod"] and min(stored.sent.values()) > 0
 
     # A lost cursor (state table dropped) falls back to a full snapshot, still exact.
     with psycopg.connect(dsn) as conn:
@@ -337,6 +340,79 @@ def test_incremental_cursor_does_not_pass_rows_the_destination_failed_to_write(
     again = sync(tmp_path, dsn, spec, **source)
     assert again.returncode == 0, again.output[-3000:]
     assert pg_configmap_names(dsn, ns) == ["after-1", "before", "refused-1"]
+
+
+def test_an_incremental_sync_that_overlaps_the_one_before_does_not_bring_back_a_deleted_row(
+    planes: ControlPlanes, dsn: str, tmp_path: Path, start_daemon: Any
+) -> None:
+    """Two incremental syncs of one destination at once (a cron job that overran), both
+    from cursor c0. The older one's rows (the victim alive) can be committed after the
+    newer one deleted the victim, and the newer one's cursor after them: the row is
+    back, and no later sync deletes it. Triggers in the destination make that order
+    happen: the first DELETE statement (the older sync's) and the first INSERT
+    statement into k8s_clusters (the newer sync's, which runs while the older one
+    sleeps) each sleep. With the gate, the newer sync waits for the older one's cursor,
+    then sends the victim's deletion after it."""
+    admin = planes.servers["dev"].admin()
+    ns = namespace(admin, unique("overlap"))
+    configmap(admin, ns, "victim")
+    configmap(admin, ns, "doomed")
+    cache = tmp_path / "overlap" / "cache.db"
+    daemon = start_daemon(planes.kubeconfig, cache, "dev")
+    source = {
+        "registry": "grpc",
+        "path": f"127.0.0.1:{daemon.grpc_port}",
+        "with_state_backend": True,
+        "write_mode": "overwrite",
+    }
+    spec = {"incremental": True, "tables": ["k8s_clusters", "k8s_configmaps"]}
+    first = sync(tmp_path / "first", dsn, spec, **source)
+    assert first.returncode == 0, first.output[-3000:]
+    with psycopg.connect(dsn) as conn:
+        for name, seconds, event, table in (
+            ("delete", 5, "DELETE", "k8s_configmaps"),
+            ("insert", 8, "INSERT", "k8s_clusters"),
+        ):
+            # A sequence is outside transactions: only the first statement ever sleeps.
+            conn.execute(f"CREATE SEQUENCE first_{name}")
+            conn.execute(
+                f"CREATE FUNCTION hold_{name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF nextval('first_{name}') = 1 THEN PERFORM pg_sleep({seconds}); END IF; RETURN NULL; END $$"
+            )
+            conn.execute(
+                f"CREATE TRIGGER hold_{name} BEFORE {event} ON {table} FOR EACH STATEMENT EXECUTE FUNCTION hold_{name}()"
+            )
+    admin.patch(f"/api/v1/namespaces/{ns}/configmaps/victim", {"data": {"k": "v2"}})
+    admin.delete(f"/api/v1/namespaces/{ns}/configmaps/doomed")
+    eventually(lambda: cached_names(cache, "configmaps", "dev", ns) == ["victim"])
+    time.sleep(0.5)
+
+    results: dict[str, CqResult] = {}
+    older = threading.Thread(target=lambda: results.update(a=sync(tmp_path / "a", dsn, spec, **source)))
+    older.start()
+    eventually(lambda: _sleeping_in(dsn), timeout=60)  # its snapshot (the victim alive) is in flight
+    admin.delete(f"/api/v1/namespaces/{ns}/configmaps/victim")
+    eventually(lambda: "victim" not in cached_names(cache, "configmaps", "dev", ns))
+    newer = sync(tmp_path / "b", dsn, spec, **source)
+    older.join(120)
+    assert results["a"].returncode == 0, results["a"].output[-3000:]
+    assert newer.returncode == 0, newer.output[-3000:]
+    assert pg_configmap_names(dsn, ns) == []
+    # And a later sync has nothing left to mend: still equal to the API.
+    assert sync(tmp_path / "c", dsn, spec, **source).returncode == 0
+    assert pg_configmap_names(dsn, ns) == []
+    logged = daemon.log.read_text()
+    assert "waiting for the cursor of the sync before this one" in logged
+    assert "has not reached the destination" not in logged  # it came, and was waited for
+
+
+def _sleeping_in(dsn: str) -> bool:
+    """Whether a session of this database is inside the test's trigger (pg_sleep)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'"
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def test_incremental_syncs_into_an_append_destination_with_the_cursor_in_the_backend(

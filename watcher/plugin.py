@@ -19,20 +19,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import orjson
 
 from watcher import state
 from watcher.catalog import ALL_TABLES, HISTORY_TABLES, excluded, schema_for, selects
 from watcher.clusters import CLUSTERS_TABLE
+from watcher.cursor import Cursor, CursorGate
 from watcher.errors import CacheError
 from watcher.kubeconfig import KubeconfigError, resolve_contexts
 from watcher.messages import (
     Shard,
-    StateBackend,
-    SyncCheckpoint,
     SyncDeleteRecord,
     SyncError,
     SyncInsert,
@@ -42,7 +40,7 @@ from watcher.messages import (
 )
 from watcher.resources import CUSTOM_OBJECTS_TABLE
 from watcher.snapshot import SnapshotReader
-from watcher.spec import JSON_SCHEMA, Spec, SpecError
+from watcher.spec import JSON_SCHEMA, Spec
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -52,12 +50,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "k8s-watcher"
-CURSOR_KEY = "k8s-watcher|cursor"
 #: How often a follow sync looks for new changes (one read of the contexts' seqs).
 FOLLOW_POLL_SECONDS = 0.1
 #: How often a follow sync re-sends k8s_clusters (informer states, staleness): those
 #: rows are computed, not logged in the change sequence.
 FOLLOW_CLUSTERS_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Session:
+    """What one CLI's Init set up: its spec and the contexts that spec names. A daemon
+    serves several CLIs at once (a cron sync beside a follow stream, two pipelines into
+    two databases), each with a spec of its own, so the spec travels with each call
+    instead of living on the shared plugin."""
+
+    spec: Spec
+    contexts: list[str]
 
 
 @dataclass
@@ -96,25 +104,23 @@ class Plugin:
         self.refresher = refresher
         self.defaults = defaults or {}
         self.on_sync_done = on_sync_done
-        self.spec: Spec | None = None
-        self.contexts: list[str] = []
         self.follow_status = FollowStatus()
         self._follow_lock = threading.Lock()
+        self.cursor_gate = CursorGate()
 
-    def init(self, raw_spec: bytes, *, no_connection: bool) -> None:
+    def init(self, raw_spec: bytes, *, no_connection: bool) -> Session:
         spec = Spec.parse(raw_spec, defaults=self.defaults)
-        self.spec = spec
         if no_connection:
-            return
-        self.contexts = resolve_contexts(spec.kubeconfig, list(spec.contexts))
-        if not self.contexts:
+            return Session(spec, [])
+        contexts = resolve_contexts(spec.kubeconfig, list(spec.contexts))
+        if not contexts:
             raise KubeconfigError(f"kubeconfig {spec.kubeconfig} defines no context")
+        return Session(spec, contexts)
 
+    @staticmethod
     def select_tables(
-        self, patterns: list[str], skip: list[str], allowed: tuple[str, ...] | None = None
+        patterns: list[str], skip: list[str], allowed: tuple[str, ...] = ALL_TABLES
     ) -> tuple[str, ...]:
-        if allowed is None:
-            allowed = self.spec.tables if self.spec else ALL_TABLES
         chosen = [
             t for t in allowed
             if any(selects(p, t) for p in (patterns or ["*"]))
@@ -123,12 +129,12 @@ class Plugin:
         return tuple(chosen)
 
     def _with_custom_tables(
-        self, snap: SnapshotReader, options: SyncOptions, tables: tuple[str, ...]
+        self, session: Session, snap: SnapshotReader, options: SyncOptions, tables: tuple[str, ...]
     ) -> tuple[str, ...]:
         """``tables`` plus the typed table of every cached CRD (selected as the CLI asks,
         not excluded), without k8s_custom_objects when the spec wants typed tables only."""
-        spec = self._require_spec()
-        for resource, problems in snap.load_custom_tables(self.contexts).items():
+        spec = session.spec
+        for resource, problems in snap.load_custom_tables(session.contexts).items():
             log.warning("custom resource %s: %s", resource, "; ".join(problems))
         typed = tuple(
             t
@@ -140,19 +146,22 @@ class Plugin:
         kept = tuple(t for t in tables if spec.custom_objects == "both" or t != CUSTOM_OBJECTS_TABLE)
         return kept + typed
 
-    def discovered_tables(self, snap: SnapshotReader, options: SyncOptions) -> tuple[str, ...]:
+    def discovered_tables(
+        self, session: Session, snap: SnapshotReader, options: SyncOptions
+    ) -> tuple[str, ...]:
         """The tables of resources found in discovery that the cache holds for the
         synced contexts, selected as the CLI asks and not excluded by the spec."""
-        spec = self._require_spec()
+        spec = session.spec
         found = {
             table: key
-            for table, key in snap.cached_tables(self.contexts).items()
+            for table, key in snap.cached_tables(session.contexts).items()
             if table not in ALL_TABLES and not excluded(spec.exclude, table, key, key.partition(".")[0])
         }
         return self.select_tables(list(options.tables), list(options.skip_tables), tuple(sorted(found)))
 
-    def table_schemas(self, patterns: list[str], skip: list[str]) -> list[pa.Schema]:
-        return [schema_for(t) for t in self.select_tables(patterns, skip)]
+    def table_schemas(self, session: Session | None, patterns: list[str], skip: list[str]) -> list[pa.Schema]:
+        allowed = session.spec.tables if session is not None else ALL_TABLES
+        return [schema_for(t) for t in self.select_tables(patterns, skip, allowed)]
 
     def test_connection(self, raw_spec: bytes) -> list[str]:
         """Problems with the spec's contexts, one line each (empty: all reachable).
@@ -160,40 +169,56 @@ class Plugin:
         spec = Spec.parse(raw_spec, defaults=self.defaults)
         return self.refresher.test_connection(spec, resolve_contexts(spec.kubeconfig, list(spec.contexts)))
 
-    def sync(self, options: SyncOptions) -> Iterator[SyncMessage]:
-        spec = self._require_spec()
-        tables = self.select_tables(list(options.tables), list(options.skip_tables))
+    def sync(self, session: Session, options: SyncOptions) -> Iterator[SyncMessage]:
+        spec, contexts = session.spec, session.contexts
+        tables = self.select_tables(list(options.tables), list(options.skip_tables), spec.tables)
         started = time.monotonic()
         # The CRDs' typed tables are made from the cached custom objects.
         typed = CUSTOM_OBJECTS_TABLE in spec.tables and spec.custom_objects != "generic"
         needed = tables if not typed or CUSTOM_OBJECTS_TABLE in tables else (*tables, CUSTOM_OBJECTS_TABLE)
-        failures = self.refresher.refresh(spec, self.contexts, needed)
+        failures = self.refresher.refresh(spec, contexts, needed)
         for ctx, why in failures.items():
             log.error("context %s could not be synced: %s", ctx, why)
             if options.with_error_messages:
                 yield SyncError(CLUSTERS_TABLE, f"{ctx}: {why}")
-        cursor = _Cursor(options, on_stream=spec.cursor == "stream") if spec.incremental else None
+        cursor = Cursor(options, on_stream=spec.cursor == "stream") if spec.incremental else None
+        with cursor.held(self.cursor_gate, follow=spec.follow) if cursor is not None else nullcontext():
+            yield from self._send(session, options, tables, cursor, typed=typed, started=started)
+
+    def _send(
+        self,
+        session: Session,
+        options: SyncOptions,
+        tables: tuple[str, ...],
+        cursor: Cursor | None,
+        *,
+        typed: bool,
+        started: float,
+    ) -> Iterator[SyncMessage]:
+        """The snapshot (or the changes since the cursor), then with ``follow`` the
+        changes as they commit."""
+        spec, contexts = session.spec, session.contexts
         with SnapshotReader.open(spec.cache, batch_max_rows=spec.batch_max_rows) as snap:
             if spec.discovery:
-                tables += self.discovered_tables(snap, options)
+                tables += self.discovered_tables(session, snap, options)
             if typed:
-                tables = self._with_custom_tables(snap, options, tables)
+                tables = self._with_custom_tables(session, snap, options, tables)
             owns = _ownership(options.shard, by_pair=spec.incremental)
             if options.shard is not None:
-                tables = tuple(t for t in tables if any(owns(t, ctx) for ctx in self.contexts))
-                pairs = sum(owns(t, ctx) for t in tables for ctx in self.contexts)
+                tables = tuple(t for t in tables if any(owns(t, ctx) for ctx in contexts))
+                pairs = sum(owns(t, ctx) for t in tables for ctx in contexts)
                 unit = "pair" if spec.incremental else "whole table"
                 log.info(
                     "shard %s: %d tables, %d (table, context) pairs, sharded by %s",
                     options.shard, len(tables), pairs, unit,
                 )  # fmt: skip
-            since = cursor.since(snap, self.contexts) if cursor else None
+            since = cursor.since(snap.cache_id, snap.logs, contexts) if cursor else None
             for table in tables:
                 yield SyncMigrateTable(snap.schema(table))
             if cursor is not None and (migrate := cursor.in_band_table()) is not None:
                 yield migrate
             rows = deletes = 0
-            retired = _retired_since(snap, since, watched=self.contexts) if cursor is not None else []
+            retired = _retired_since(snap, since, watched=contexts) if cursor is not None else []
             for ctx in retired:
                 # A retired context's history stays at the destination: it happened.
                 for table in (t for t in tables if owns(t, ctx) and t not in HISTORY_TABLES):
@@ -204,11 +229,11 @@ class Plugin:
             # its rows, and would move the incremental cursor past changes never sent.
             # Only the (table, context) pairs that moved since the cursor are read: an
             # idle fleet's incremental sync costs a query per context, not per pair.
-            after = {ctx: seq for ctx in self.contexts if since and (seq := since.get(ctx)) is not None}
+            after = {ctx: seq for ctx in contexts if since and (seq := since.get(ctx)) is not None}
             moved = snap.changed(after) if after else set()
             for table in tables:
                 per_object = table != CLUSTERS_TABLE
-                mine = [c for c in self.contexts if owns(table, c)]
+                mine = [c for c in contexts if owns(table, c)]
                 whole = [c for c in mine if c not in after or not per_object]
                 clear_first = cursor is not None and per_object and table not in HISTORY_TABLES
                 for ctx in whole if clear_first else ():
@@ -228,38 +253,39 @@ class Plugin:
                     for batch in snap.batches(table, ctx, since_seq=after[ctx]):
                         rows += batch.num_rows
                         yield SyncInsert(batch)
-            full = since is None or all(since.get(ctx) is None for ctx in self.contexts)
+            full = since is None or all(since.get(ctx) is None for ctx in contexts)
             mode = "full snapshot" if full else f"changes since {_describe(since or {})}"
             elapsed = time.monotonic() - started
             log.info(
                 "sync sent %d rows and %d deletions from %d tables, %d contexts (%s) in %.2fs",
-                rows, deletes, len(tables), len(self.contexts), mode, elapsed,
+                rows, deletes, len(tables), len(contexts), mode, elapsed,
             )  # fmt: skip
             if self.on_sync_done is not None:
                 self.on_sync_done(elapsed, rows)
-            sent = {ctx: snap.position.get(ctx, 0) for ctx in [*self.contexts, *retired]}
+            sent = {ctx: snap.position.get(ctx, 0) for ctx in [*contexts, *retired]}
             if cursor is not None:
                 checkpoint = cursor.commit(snap.cache_id, sent)
                 if checkpoint is not None:
                     yield checkpoint
             start = (snap.cache_id, sent)
         if spec.follow and cursor is not None:
-            yield from self._follow(spec, tables, owns, cursor, start, options.stop or threading.Event())
+            yield from self._follow(session, tables, owns, cursor, start, options.stop or threading.Event())
 
     def _follow(
         self,
-        spec: Spec,
+        session: Session,
         tables: tuple[str, ...],
         owns: Callable[[str, str], bool],
-        cursor: _Cursor,
+        cursor: Cursor,
         start: tuple[str, dict[str, int]],
         stop: threading.Event,
     ) -> Iterator[SyncMessage]:
         """Send what the cache commits after ``start``, until ``stop``: per batch the
         deletions, then the rows, then the cursor, so the destination commits the cursor
         no earlier than the changes it covers (a stopped CLI resumes from it)."""
+        spec, contexts = session.spec, session.contexts
         cache_id, last = start
-        last = {ctx: last.get(ctx, 0) for ctx in self.contexts}
+        last = {ctx: last.get(ctx, 0) for ctx in contexts}
         selected = set(tables) - {CLUSTERS_TABLE}
         engine = state.open_reader(spec.cache)
         status = self.follow_status
@@ -285,11 +311,11 @@ class Plugin:
                             f"up to {_describe(purged)}, stream at {_describe(last)}); restart the sync"
                         )
                     if CUSTOM_OBJECTS_TABLE in spec.tables and spec.custom_objects != "generic":
-                        snap.load_custom_tables(self.contexts)  # the CRDs' typed tables, as of now
+                        snap.load_custom_tables(contexts)  # the CRDs' typed tables, as of now
                     yield from _changes(snap, selected, owns, last)
                     if refresh_clusters:
                         clusters_due = time.monotonic() + FOLLOW_CLUSTERS_SECONDS
-                        for ctx in (c for c in self.contexts if owns(CLUSTERS_TABLE, c)):
+                        for ctx in (c for c in contexts if owns(CLUSTERS_TABLE, c)):
                             yield from (SyncInsert(b) for b in snap.batches(CLUSTERS_TABLE, ctx))
                     last = {ctx: snap.position.get(ctx, 0) for ctx in last}
                     checkpoint = cursor.commit(snap.cache_id, last)
@@ -305,11 +331,6 @@ class Plugin:
             with self._follow_lock:
                 status.streams -= 1
             log.info("follow: stream ended at %s", _describe(last))
-
-    def _require_spec(self) -> Spec:
-        if self.spec is None:
-            raise SpecError("the plugin was not initialised with a spec")
-        return self.spec
 
 
 def _describe(position: Mapping[str, int | None]) -> str:
@@ -355,112 +376,3 @@ def _retired_since(
         if r["context"] not in watched and (after is None or r["seq"] > after):
             found.append(r["context"])
     return found
-
-
-def encode_cursor(cache_id: str, position: Mapping[str, int]) -> str:
-    """``<cache id>:{"<context>": <seq>, ...}``: how far each context's changes were sent."""
-    return f"{cache_id}:{orjson.dumps(dict(position), option=orjson.OPT_SORT_KEYS).decode()}"
-
-
-def resume_from(
-    raw: str | None, *, cache_id: str, logs: Mapping[str, state.ContextLog], contexts: list[str]
-) -> dict[str, int | None] | None:
-    """Where an incremental sync continues, per context, from the stored cursor (see
-    :func:`encode_cursor`): the seq after which to send changes, or None for a full
-    snapshot of that context (its log was purged past the cursor, or the cursor is
-    ahead of it). A context the cursor does not name was never sent: from 0. None
-    overall: a full snapshot of everything. The log says why."""
-    if not raw:
-        log.info("incremental: no cursor yet, full snapshot")
-        return None
-    cursor_cache, colon, body = raw.partition(":")
-    if colon and cursor_cache != cache_id:
-        log.info("incremental: the cursor %r belongs to another cache, full snapshot", raw[:80])
-        return None
-    try:
-        sent = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        sent = None
-    if not isinstance(sent, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in sent.values()
-    ):
-        log.info("incremental: the cursor %r is malformed or of an older version, full snapshot", raw[:80])
-        return None
-    since: dict[str, int | None] = {}
-    for ctx in {*contexts, *sent}:
-        seq = sent.get(ctx, 0)
-        found = logs.get(ctx)
-        if found is not None and seq < found.purged_seq:
-            log.info(
-                "incremental: %s: cursor %d is older than the retained change log (%d), full snapshot of it",
-                ctx, seq, found.purged_seq,
-            )  # fmt: skip
-            since[ctx] = None
-        elif seq > (found.seq if found is not None else 0):
-            log.info("incremental: %s: cursor %d is ahead of the cache, full snapshot of it", ctx, seq)
-            since[ctx] = None
-        else:
-            since[ctx] = seq
-    return since
-
-
-class _Cursor:
-    """The incremental cursor, kept in CloudQuery's state backend so that it travels
-    with the destination: how far each context's changes were sent by the last
-    completed sync (:func:`encode_cursor`)."""
-
-    def __init__(self, options: SyncOptions, *, on_stream: bool = True) -> None:
-        #: Whether the cursor goes on the sync stream (see commit), or through the state
-        #: client: a destination in write_mode append cannot take the state table's rows.
-        self.on_stream = on_stream
-        # A shard's tables move on their own: each shard keeps a cursor of its own.
-        self.key = CURSOR_KEY if options.shard is None else f"{CURSOR_KEY}|shard {options.shard}"
-        # Imported here: the SDK's state client pulls in pandas (~60 MB), which a daemon
-        # serving snapshot syncs never needs.
-        from cloudquery.sdk.plugin.plugin import BackendOptions
-        from cloudquery.sdk.stateclient.stateclient import StateClientBuilder
-
-        backend = options.backend or StateBackend(connection="", table_name="")
-        self.client = StateClientBuilder.build(
-            backend_options=BackendOptions(connection=backend.connection, table_name=backend.table_name)
-        )
-        self.enabled = bool(backend.table_name)
-        self.supports_checkpoints = options.supports_checkpoints
-        if not self.enabled:
-            log.warning(
-                "incremental mode without a state backend (backend_options): every sync is a full snapshot"
-            )
-
-    def since(self, snap: SnapshotReader, contexts: list[str]) -> dict[str, int | None] | None:
-        raw = self.client.get_key(self.key) if self.enabled else None
-        return resume_from(raw, cache_id=snap.cache_id, logs=snap.logs, contexts=contexts)
-
-    def in_band_table(self) -> SyncMigrateTable | None:
-        """The state table, for a sync that writes its cursor as a row of the sync stream
-        (a CLI without checkpoint support: CLI 6.21.1 has none)."""
-        if not self.enabled or self.supports_checkpoints or not self.on_stream:
-            return None
-        return SyncMigrateTable(self.client.table.arrow_schema())
-
-    def commit(self, cache_id: str, position: Mapping[str, int]) -> SyncCheckpoint | SyncInsert | None:
-        """Advance the cursor to ``position``, after every row and deletion it covers.
-        With checkpoint support: a checkpoint, which the CLI persists once the
-        destination committed everything before it. Otherwise, by default (``cursor:
-        stream``): a row of the state table on the stream, which the destination commits
-        in stream order, with the rows before it or later. ``cursor: backend`` (for
-        write_mode append, whose syncs cannot carry the state table) writes it through
-        the state client instead, at the end of the sync: that commits at once, while the
-        destination may still buffer rows, so a sync that fails after it (a destination
-        that could not write its last batch, a CLI interrupted, a daemon killed) leaves
-        the cursor past rows that never arrived (docs/configuration.md)."""
-        if not self.enabled:
-            return None
-        value = encode_cursor(cache_id, position)
-        record = self.client.table.record([(self.key, value)])
-        if self.supports_checkpoints:
-            return SyncCheckpoint(record)
-        if self.on_stream:
-            return SyncInsert(record)
-        self.client.set_key(self.key, value)
-        self.client.flush()
-        return None

@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from concurrent.futures import Future
@@ -41,7 +42,7 @@ from watcher.messages import (
 )
 
 if TYPE_CHECKING:
-    from watcher.plugin import Plugin
+    from watcher.plugin import Plugin, Session
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,34 @@ def sync_options(request: plugin_pb2.Sync.Request, stop: threading.Event | None 
     )
 
 
+class Sessions:
+    """Each CLI's :class:`~watcher.plugin.Session` by its connection: a CLI makes its
+    Init, GetTables and Sync on one connection (one gRPC peer address), and a daemon
+    serves several CLIs at once, so the Sync finds the spec its own Init sent. Bounded:
+    a CLI does not say when it is gone, so the least recently used are forgotten (a
+    sync under way holds its own session)."""
+
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self._by_peer: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, peer: str, session: Session) -> None:
+        with self._lock:
+            self._by_peer[peer] = session
+            self._by_peer.move_to_end(peer)
+            while len(self._by_peer) > self.LIMIT:
+                self._by_peer.popitem(last=False)
+
+    def get(self, peer: str) -> Session | None:
+        with self._lock:
+            found = self._by_peer.get(peer)
+            if found is not None:
+                self._by_peer.move_to_end(peer)
+            return found
+
+
 class PluginServicer(plugin_pb2_grpc.PluginServicer):
     """gRPC front of :class:`watcher.plugin.Plugin`: the one place that builds protocol
     messages. Every failure becomes a gRPC status with a message that names the
@@ -197,6 +226,7 @@ class PluginServicer(plugin_pb2_grpc.PluginServicer):
 
     def __init__(self, plugin: Plugin | Future[Plugin]) -> None:
         self._plugin = plugin
+        self.sessions = Sessions()
 
     @property
     def plugin(self) -> Plugin:
@@ -217,14 +247,17 @@ class PluginServicer(plugin_pb2_grpc.PluginServicer):
 
     def Init(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            self.plugin.init(request.spec, no_connection=request.no_connection)
+            self.sessions.put(
+                context.peer(), self.plugin.init(request.spec, no_connection=request.no_connection)
+            )
         except ConfigError as exc:
             log.error("invalid configuration: %s", exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k8s-watcher: {exc}")
         return plugin_pb2.Init.Response()
 
-    def GetTables(self, request: Any, context: Any) -> Any:
-        schemas = self.plugin.table_schemas(list(request.tables), list(request.skip_tables))
+    def GetTables(self, request: Any, context: grpc.ServicerContext) -> Any:
+        session = self.sessions.get(context.peer())
+        schemas = self.plugin.table_schemas(session, list(request.tables), list(request.skip_tables))
         return plugin_pb2.GetTables.Response(tables=[arrow.schema_to_bytes(s) for s in schemas])
 
     def Sync(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -232,8 +265,15 @@ class PluginServicer(plugin_pb2_grpc.PluginServicer):
         # (exit, signal) or the server shuts down, both of which run this callback.
         stop = threading.Event()
         context.add_callback(stop.set)
+        session = self.sessions.get(context.peer())
+        if session is None:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "k8s-watcher: Sync before Init on this connection (the plugin keeps each CLI's spec by its connection)",
+            )
+            return
         try:
-            for msg in self.plugin.sync(sync_options(request, stop)):
+            for msg in self.plugin.sync(session, sync_options(request, stop)):
                 yield to_protocol(msg)
         except (ConfigError, CacheError) as exc:
             log.error("sync failed: %s", exc)

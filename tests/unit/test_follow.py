@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.unit.builders import CMS, configmap, informer_status, seq_of
 from watcher.messages import SyncDeleteRecord, SyncInsert, SyncMessage, SyncMigrateTable, SyncOptions
-from watcher.plugin import Plugin
+from watcher.plugin import Plugin, Session
 from watcher.spec import Spec
 from watcher.state import CacheStore
 
@@ -28,15 +28,12 @@ def _next(messages: queue.Queue[SyncMessage], timeout: float = 5) -> SyncMessage
     return messages.get(timeout=timeout)
 
 
-def follow_plugin(cache: Path, table: str) -> Plugin:
-    plugin = Plugin(NoRefresh())
-    plugin.spec = Spec.parse({"follow": True, "cache_path": str(cache), "tables": [table]})
-    plugin.contexts = ["ctx"]
-    return plugin
+def follow_session(cache: Path, table: str) -> Session:
+    return Session(Spec.parse({"follow": True, "cache_path": str(cache), "tables": [table]}), ["ctx"])
 
 
 def following(
-    plugin: Plugin, tables: tuple[str, ...] = ("*",)
+    plugin: Plugin, session: Session, tables: tuple[str, ...] = ("*",)
 ) -> tuple[queue.Queue[SyncMessage], threading.Event, threading.Thread]:
     """A follow sync of ``tables`` (the CLI's patterns) running on a thread: its
     messages, its stop, the thread."""
@@ -44,7 +41,7 @@ def following(
     messages: queue.Queue[SyncMessage] = queue.Queue()
 
     def run() -> Any:
-        for msg in plugin.sync(SyncOptions(tables=tables, stop=stop)):
+        for msg in plugin.sync(session, SyncOptions(tables=tables, stop=stop)):
             messages.put(msg)
 
     thread = threading.Thread(target=run)
@@ -64,8 +61,8 @@ def test_follow_sends_changes_as_they_commit_and_stops(store: CacheStore, tmp_pa
         "ctx", CMS, [("ADDED", configmap("a", a, "1")), ("ADDED", configmap("b", b, "2"))], status
     )
     store.flush()
-    plugin = follow_plugin(tmp_path / "cache.db", "k8s_configmaps")
-    messages, stop, thread = following(plugin)
+    plugin = Plugin(NoRefresh())
+    messages, stop, thread = following(plugin, follow_session(tmp_path / "cache.db", "k8s_configmaps"))
     try:
         assert isinstance(_next(messages), SyncMigrateTable)
         assert _next(messages) == SyncDeleteRecord("k8s_configmaps", "ctx")  # first run: full snapshot
@@ -92,8 +89,10 @@ def test_follow_streams_new_changes_and_never_deletes_history(store: CacheStore,
     status = informer_status(CMS)
     store.apply_events("ctx", CMS, [("ADDED", configmap("a", a, "1"))], status)
     store.flush()
-    plugin = follow_plugin(tmp_path / "cache.db", "k8s_object_changes")
-    messages, stop, thread = following(plugin, ("k8s_object_changes",))  # named: history is opt-in
+    session = follow_session(tmp_path / "cache.db", "k8s_object_changes")
+    messages, stop, thread = following(
+        Plugin(NoRefresh()), session, ("k8s_object_changes",)
+    )  # named: history is opt-in
     try:
         assert isinstance(_next(messages), SyncMigrateTable)
         first = _next(messages)  # the full snapshot: no clearing of the history first
