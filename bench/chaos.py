@@ -45,6 +45,8 @@ class Report:
     #: Why syncs failed: the CLI's last error line of each (a fault under a sync is expected
     #: to fail it; the reason tells a daemon killed mid-sync from anything else).
     sync_errors: list[str] = field(default_factory=list)
+    #: Syncs started while another of the same mode (same database, same cursor) ran.
+    overlaps: Counter[str] = field(default_factory=Counter)
     relists: int = 0
     lost_events: int = 0
     cache_mismatches: list[str] = field(default_factory=list)
@@ -57,6 +59,7 @@ class Report:
             "syncs": dict(self.syncs),
             "sync_failures": dict(self.sync_failures),
             "sync_errors": self.sync_errors[:10],
+            "overlaps": dict(self.overlaps),
             "relists": self.relists,
             "lost_events": self.lost_events,
             "cache_mismatches": len(self.cache_mismatches),
@@ -85,6 +88,8 @@ class Chaos:
         )
         self.dsn = {mode: self._database(pg_dsn, mode) for mode in ("snapshot", "incremental")}
         self.relists_before_restarts = 0
+        self.running: Counter[str] = Counter()  # mode -> syncs in flight
+        self.lock_running = threading.Lock()
 
     @staticmethod
     def _database(dsn: str, name: str) -> str:
@@ -133,7 +138,14 @@ class Chaos:
             write_mode="overwrite" if mode == "incremental" else "overwrite-delete-stale",
         )
         workdir = self.work / f"cq-{mode}-{threading.get_ident()}"
-        result = run_cloudquery(["sync"], workdir=workdir, configs=[source, dest], timeout=600)
+        with self.lock_running:
+            self.report.overlaps[mode] += self.running[mode] > 0
+            self.running[mode] += 1
+        try:
+            result = run_cloudquery(["sync"], workdir=workdir, configs=[source, dest], timeout=600)
+        finally:
+            with self.lock_running:
+                self.running[mode] -= 1
         self.report.syncs[mode] += 1
         if result.returncode != 0:
             self.report.sync_failures[mode] += 1
