@@ -9,6 +9,7 @@ planes and PostgreSQL, and a file's tests run in one worker (module fixtures sta
 from __future__ import annotations
 
 import itertools
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 import yaml
@@ -25,6 +27,7 @@ from testbed.cq import CqResult, destination_config, run_cloudquery, source_conf
 from testbed.daemon import DaemonProcess
 from testbed.postgres import Postgres, postgres_server
 from watcher import state
+from watcher.cache.history import segment_ops
 from watcher.resources import BY_KEY, ResourceDescriptor
 
 PODS, CMS, NSS, SECRETS = (BY_KEY[k] for k in ("pods", "configmaps", "namespaces", "secrets"))
@@ -161,6 +164,18 @@ def new_dsn(pg: Postgres) -> str:
 def dsn(pg_server: Postgres) -> str:
     """A fresh database per test."""
     return new_dsn(pg_server)
+
+
+def cache_bytes(cache: Path) -> bytes:
+    """Every byte of a SQLite cache's files, and its history log's segments as JSON (they
+    are stored compressed, where a search of the file's bytes would not see a leak)."""
+    raw = b"".join(p.read_bytes() for p in cache.parent.glob(cache.name + "*"))
+    con = sqlite3.connect(f"file:{cache}?mode=ro", uri=True, timeout=30)
+    try:
+        segments = [orjson.dumps(segment_ops(b)) for (b,) in con.execute("SELECT body FROM history_log")]
+    finally:
+        con.close()
+    return raw + b"".join(segments)
 
 
 def pg_uids(dsn: str, table: str, context: str) -> set[str]:

@@ -22,6 +22,7 @@ from testbed.cluster import ControlPlanes, Pki
 from testbed.cq import run_cloudquery
 from tests.conftest import (
     assert_pg_equals_api,
+    cache_bytes,
     configmap,
     eventually,
     kubeconfig_with,
@@ -250,7 +251,7 @@ def test_canaries_never_leak_to_cache_postgres_logs_or_metrics(
     assert "db" in dump  # the secret's metadata arrived
     daemon.terminate()
     haystacks = {
-        "cache": b"".join(p.read_bytes() for p in cache.parent.glob("cache.db*")),
+        "cache": cache_bytes(cache),
         "postgres": dump.encode(),
         "daemon log": daemon.log.read_bytes(),
         "cli output": result.output.encode(),

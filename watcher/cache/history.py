@@ -13,7 +13,10 @@ commits with the rows it makes, each segment's exactly once (a kill -9 leaves bo
 neither).
 
 - ``history_log`` holds the logged versions, a segment per run of one (context,
-  resource)'s writes in a transaction: ``["U", event, object, managers]`` (a new
+  resource)'s writes in a transaction, as JSON compressed with zstd (level 1: 2 µs a
+  version and a tenth of the bytes, where the bytes a commit writes are most of what
+  logging costs; zlib at level 1 took 10 µs; an older, uncompressed segment is read
+  as it is): ``["U", event, object, managers]`` (a new
   version: its watch event type, or ``LISTED``), ``["D", uid, object or null,
   managers]`` (a deletion; null: a relist did not return it), ``["L",
   resourceVersion]`` (a list ended). Objects are sanitized as the cache stores them;
@@ -43,6 +46,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import zstandard
 from sqlalchemy import delete, func, select
 
 from watcher.cache.schema import history_followed, objects
@@ -93,6 +97,9 @@ VALUES (?, ?, ?, ?, ?, ?, ?)
 #: least a segment, stays about a tenth of a second, with the writes waiting).
 SEGMENT_MAX = 500
 
+#: A zstd frame's first bytes (a JSON segment's first byte is ``[``).
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
 #: An objects row (the writer's upsert statement's parameters).
 ObjectRow = tuple[Any, ...]
 #: A logged operation (see the module doc), as JSON.
@@ -129,6 +136,7 @@ class HistoryLog:
 
     def __init__(self, sql: Callable[[str], str]) -> None:
         self._insert = sql(_INSERT_SEGMENT)
+        self._compressor = zstandard.ZstdCompressor(level=1)
         #: [context, kind, observed_at, ops] of each segment not sent yet.
         self._segments: list[tuple[str, HistoryKind, float, list[LoggedOp]]] = []
         #: Versions logged (sent or not) and derived by this transaction.
@@ -166,11 +174,22 @@ class HistoryLog:
             conn.exec_driver_sql(
                 self._insert,
                 [
-                    (context, kind.key, kind.kind, kind.api_version, at, len(ops), orjson.dumps(ops))
+                    (context, kind.key, kind.kind, kind.api_version, at, len(ops), self._encode(ops))
                     for context, kind, at, ops in self._segments
                 ],
             )
             self._segments.clear()
+
+    def _encode(self, ops: list[LoggedOp]) -> bytes:
+        return self._compressor.compress(orjson.dumps(ops))
+
+
+def segment_ops(body: bytes) -> list[LoggedOp]:
+    """A stored segment's operations (see :meth:`HistoryLog.send`)."""
+    if body[:4] == _ZSTD_MAGIC:
+        body = zstandard.ZstdDecompressor().decompress(body)
+    ops: list[LoggedOp] = orjson.loads(body)
+    return ops
 
 
 def logged_upsert(event: str, raw: dict[str, Any], clean: dict[str, Any], *, metadata_only: bool) -> LoggedOp:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -35,6 +34,7 @@ from watcher.cache.history import (
     logged_list_end,
     logged_upsert,
     purge_history,
+    segment_ops,
 )
 from watcher.cache.reader import read_meta, stored_resource_versions
 from watcher.cache.schema import (
@@ -511,7 +511,7 @@ class CacheStore:
             tx.enter(context)
             what, next_seq = HistoryKind(resource, kind, api_version), functools.partial(tx.next_seq, context)
             try:
-                rows = self.history.replay(tx.conn, context, what, observed_at, orjson.loads(body), next_seq)
+                rows = self.history.replay(tx.conn, context, what, observed_at, segment_ops(body), next_seq)
             except SQLAlchemyError:
                 raise
             except Exception:
