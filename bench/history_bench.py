@@ -388,11 +388,12 @@ def ingest_rounds(
     events: int,
     rounds: int,
     after: Callable[[int, str, str | Path, dict[str, Any]], dict[str, Any]] | None = None,
+    arms: tuple[str, ...] = tuple(ARMS),
 ) -> dict[str, Any]:
-    """``rounds`` passes over the arms, forward then backward (a drift of the machine's
-    load hits every arm alike)."""
+    """``rounds`` passes over ``arms`` (``off`` first: the ratios are to it), forward
+    then backward (a drift of the machine's load hits every arm alike)."""
     results = []
-    order = list(ARMS)
+    order = list(arms)
     for r in range(rounds):
         for arm in order if r % 2 == 0 else order[::-1]:
             where = make_where(r, arm)
@@ -413,7 +414,7 @@ def ingest_rounds(
         "complete_events_per_s",
         "derive_after_s",
     )
-    summary: dict[str, dict[str, float]] = {k: {arm: med(arm, k) for arm in ARMS} for k in keys}
+    summary: dict[str, dict[str, float]] = {k: {arm: med(arm, k) for arm in order} for k in keys}
     for key in keys[:4]:
         for arm in order[1:]:
             summary[key][f"{arm} / off"] = round(summary[key][arm] / summary[key]["off"], 3)
@@ -956,11 +957,19 @@ def main() -> int:
     parser.add_argument(
         "--pg-rounds", type=int, default=1, help="passes over the arms on PostgreSQL (0: none)"
     )
+    parser.add_argument(
+        "--arms",
+        default=",".join(ARMS),
+        help="the ingest's arms, off first (default %(default)s; off,on: the target's pair alone, quicker)",
+    )
     parser.add_argument("--asof-objects", type=int, default=100_000, help="0: skip the as-of part")
     parser.add_argument("--soak-seconds", type=float, default=600, help="0: skip the soak")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--out", default=str(REPO / "bench" / "history-results.json"))
     args = parser.parse_args()
+    arms = tuple(args.arms.split(","))
+    if arms[0] != "off" or not set(arms) <= set(ARMS):
+        parser.error(f"--arms: off first, then some of {', '.join(list(ARMS)[1:])}")
     os.environ["CQ_TELEMETRY_LEVEL"] = "none"
     out: dict[str, Any] = {
         "args": vars(args),
@@ -1009,7 +1018,7 @@ def main() -> int:
 
                 if args.rounds:
                     out["ingest_sqlite"] = ingest_rounds(
-                        sqlite_where, fleet, reads, events, args.rounds, sqlite_after
+                        sqlite_where, fleet, reads, events, args.rounds, sqlite_after, arms
                     )
                     print(f"  medians: {out['ingest_sqlite']['median']}", flush=True)
                     out["storage"] = stores
@@ -1023,6 +1032,7 @@ def main() -> int:
                         events,
                         args.pg_rounds,
                         pg_after,
+                        arms,
                     )
                     print(f"  medians: {out['ingest_postgres']['median']}", flush=True)
                 if args.rounds and not args.no_profile:
