@@ -9,6 +9,7 @@ import logging
 import threading
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from watcher.cursor import Cursor, CursorGate, SyncConflict, encode_cursor
@@ -173,9 +174,7 @@ class FakeStateClient:
     def read_all_state(self) -> None:
         self.seen = dict(self.stored)
 
-    def record(self, rows: list[tuple[str, str]]) -> Any:
-        import pyarrow as pa
-
+    def record(self, rows: list[tuple[str, str]]) -> pa.RecordBatch:
         return pa.RecordBatch.from_pylist([{"key": k, "value": v} for k, v in rows])
 
 
