@@ -200,18 +200,24 @@ def cached_names(cache: Path, resource: str, context: str, ns: str | None) -> li
         return state.live_names(conn, context, resource, ns)
 
 
+def incremental_source(daemon: Any, write_mode: str = "overwrite") -> dict[str, Any]:
+    """The daemon's plugin (registry grpc) with CloudQuery's state backend: where the
+    incremental cursor lives."""
+    return {
+        "registry": "grpc",
+        "path": f"127.0.0.1:{daemon.grpc_port}",
+        "with_state_backend": True,
+        "write_mode": write_mode,
+    }
+
+
 def test_incremental_mode_emits_only_changes_and_propagates_deletes(
     planes: ControlPlanes, dsn: str, tmp_path: Path, start_daemon: Any
 ) -> None:
     ns = _populate(planes, ["dev", "prod"])
     cache = tmp_path / "inc" / "cache.db"
     daemon = start_daemon(planes.kubeconfig, cache, "dev,prod")
-    source = {
-        "registry": "grpc",
-        "path": f"127.0.0.1:{daemon.grpc_port}",
-        "with_state_backend": True,
-        "write_mode": "overwrite",
-    }
+    source = incremental_source(daemon)
     # Leases are renewed by the API servers every few seconds: leave them out so that
     # "nothing changed" is true and the counts below are exact.
     spec = {
@@ -288,12 +294,7 @@ def _incremental_setup(
     configmap(admin, ns, configmap_name)
     cache = tmp_path / name / "cache.db"
     daemon = start_daemon(planes.kubeconfig, cache, "dev")
-    source = {
-        "registry": "grpc",
-        "path": f"127.0.0.1:{daemon.grpc_port}",
-        "with_state_backend": True,
-        "write_mode": write_mode,
-    }
+    source = incremental_source(daemon, write_mode)
     spec = {"incremental": True, "tables": ["k8s_clusters", "k8s_configmaps"]}
     return IncrementalSetup(admin, ns, cache, source, spec)
 
@@ -359,12 +360,7 @@ def test_an_incremental_sync_that_overlaps_the_one_before_does_not_bring_back_a_
     configmap(admin, ns, "doomed")
     cache = tmp_path / "overlap" / "cache.db"
     daemon = start_daemon(planes.kubeconfig, cache, "dev")
-    source = {
-        "registry": "grpc",
-        "path": f"127.0.0.1:{daemon.grpc_port}",
-        "with_state_backend": True,
-        "write_mode": "overwrite",
-    }
+    source = incremental_source(daemon)
     spec = {"incremental": True, "tables": ["k8s_clusters", "k8s_configmaps"]}
     first = sync(tmp_path / "first", dsn, spec, **source)
     assert first.returncode == 0, first.output[-3000:]

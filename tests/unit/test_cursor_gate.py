@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from tests.unit.clock import ManualClock
 from watcher.cursor import Cursor, CursorGate, SyncConflict, encode_cursor
 from watcher.messages import StateBackend, SyncInsert, SyncOptions
 from watcher.state import ContextLog
@@ -20,19 +21,8 @@ CACHE = "0f8e2d3c4b5a46978877665544332211"
 KEY = ("cq_state_k8s", "k8s-watcher|cursor", "lineage-1")
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def fake_gate(**kwargs: Any) -> tuple[CursorGate, FakeClock]:
-    clock = FakeClock()
+def fake_gate(**kwargs: Any) -> tuple[CursorGate, ManualClock]:
+    clock = ManualClock(0.0)
     return CursorGate(clock=clock, sleep=clock.sleep, **kwargs), clock
 
 

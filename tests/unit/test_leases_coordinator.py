@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.clock import ManualClock
 from watcher.kube import ApiError
 from watcher.leases import (
     CONTEXT_ANNOTATION,
@@ -136,17 +137,6 @@ class Unreachable:
         return call
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @dataclass
 class Replica:
     identity: str
@@ -168,12 +158,12 @@ def leases() -> MemoryLeases:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-def make(leases: MemoryLeases, clock: FakeClock) -> Callable[..., Replica]:
+def make(leases: MemoryLeases, clock: ManualClock) -> Callable[..., Replica]:
     def make(identity: str, contexts: list[str] = CONTEXTS, **kw: Any) -> Replica:
         replica = Replica(identity, Unreachable(leases))
         options: dict[str, Any] = {
@@ -190,14 +180,14 @@ def make(leases: MemoryLeases, clock: FakeClock) -> Callable[..., Replica]:
     return make
 
 
-def rounds(clock: FakeClock, replicas: list[Replica], count: int, every: float = PERIOD) -> None:
+def rounds(clock: ManualClock, replicas: list[Replica], count: int, every: float = PERIOD) -> None:
     for _ in range(count):
         for r in replicas:
             r.step()
         clock.advance(every)
 
 
-def three_settled(make: Callable[..., Replica], clock: FakeClock) -> list[Replica]:
+def three_settled(make: Callable[..., Replica], clock: ManualClock) -> list[Replica]:
     """Replicas pod-a, pod-b and pod-c after enough rounds to share the contexts."""
     replicas = [make(name) for name in ("pod-a", "pod-b", "pod-c")]
     rounds(clock, replicas, 3)
@@ -216,7 +206,7 @@ def assert_each_context_held_once(replicas: list[Replica], leases: MemoryLeases)
 
 
 def test_three_replicas_converge_to_two_one_one_over_four_contexts(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     replicas = three_settled(make, clock)
     assert_each_context_held_once(replicas, leases)
@@ -242,7 +232,7 @@ def test_the_first_round_only_announces_the_replica(
 
 
 def test_a_newcomer_waits_for_the_holder_to_hand_over_and_never_steals(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     a = make("pod-a")
     rounds(clock, [a], 2)
@@ -264,7 +254,7 @@ def test_a_newcomer_waits_for_the_holder_to_hand_over_and_never_steals(
 
 
 def test_a_lease_renewed_by_another_holder_is_never_taken(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     leases.outsider_renews("prod", "someone-else")
     a = make("pod-a")
@@ -290,7 +280,7 @@ def test_a_lease_renewed_by_another_holder_is_never_taken(
 
 
 def test_a_silent_replica_loses_its_contexts_after_the_lease_duration_and_not_before(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     a, b, c = three_settled(make, clock)
     orphans = set(c.held)
@@ -311,7 +301,7 @@ def test_a_silent_replica_loses_its_contexts_after_the_lease_duration_and_not_be
 
 
 def test_stop_with_release_hands_over_at_once(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     a, b, c = three_settled(make, clock)
     orphans = set(c.held)
@@ -327,7 +317,7 @@ def test_stop_with_release_hands_over_at_once(
 
 
 def test_stop_without_release_leaves_the_leases_to_expire(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     a = make("pod-a")
     rounds(clock, [a], 2)
@@ -339,7 +329,7 @@ def test_stop_without_release_leaves_the_leases_to_expire(
 
 
 def test_on_released_runs_while_the_lease_is_still_held(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     holders_seen: list[tuple[str, str]] = []
 
@@ -361,7 +351,7 @@ def test_on_released_runs_while_the_lease_is_still_held(
 
 
 def test_an_api_failure_makes_a_holder_give_up_before_the_lease_can_expire(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     a = make("pod-a")
     rounds(clock, [a], 2)
@@ -385,7 +375,7 @@ def test_an_api_failure_makes_a_holder_give_up_before_the_lease_can_expire(
 
 
 def test_a_failing_renewal_alone_also_ends_in_giving_up(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     a = make("pod-a", contexts=["prod"])
     rounds(clock, [a], 2)
@@ -405,7 +395,7 @@ def test_a_failing_renewal_alone_also_ends_in_giving_up(
 
 
 def test_losing_a_race_for_a_lease_is_not_an_error(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     a = make("pod-a", contexts=["prod"])
     a.step()
@@ -432,7 +422,7 @@ def test_losing_a_race_for_a_lease_is_not_an_error(
 
 
 def test_a_conflict_on_renewal_keeps_the_lease(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     a = make("pod-a", contexts=["prod"])
     rounds(clock, [a], 2)
@@ -455,7 +445,7 @@ def test_a_conflict_on_renewal_keeps_the_lease(
 
 
 def test_a_lease_taken_over_by_another_replica_is_given_up(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     a = make("pod-a", contexts=["prod"])
     rounds(clock, [a], 2)
@@ -470,7 +460,7 @@ def test_a_lease_taken_over_by_another_replica_is_given_up(
 
 
 def test_set_contexts_adds_and_removes(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     a = make("pod-a", contexts=["dev", "prod"])
     rounds(clock, [a], 2)
@@ -482,7 +472,7 @@ def test_set_contexts_adds_and_removes(
 
 
 def test_a_failing_on_acquired_gives_the_lease_back_and_is_retried(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     failures = [RuntimeError("kubeconfig unreadable")]
 
@@ -499,7 +489,7 @@ def test_a_failing_on_acquired_gives_the_lease_back_and_is_retried(
 
 
 def test_a_failing_on_released_still_releases(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     def on_released(ctx: str) -> None:
         raise RuntimeError("flush failed")
@@ -516,7 +506,7 @@ def test_a_failing_on_released_still_releases(
 
 
 def test_the_lease_objects_follow_client_go(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     a = make("pod-a", contexts=["arn:aws:eks:eu-west-1:1:cluster/Prod"], group="team-1")
     rounds(clock, [a], 2)
@@ -545,14 +535,14 @@ def test_the_lease_objects_follow_client_go(
     assert released["leaseTransitions"] == 0
 
 
-def test_groups_in_one_namespace_are_independent(make: Callable[..., Replica], clock: FakeClock) -> None:
+def test_groups_in_one_namespace_are_independent(make: Callable[..., Replica], clock: ManualClock) -> None:
     a, b = make("pod-a", group="blue"), make("pod-b", group="green")
     rounds(clock, [a, b], 2)
     assert a.held == b.held == frozenset(CONTEXTS)
 
 
 def test_member_leases_of_replicas_gone_are_deleted(
-    make: Callable[..., Replica], leases: MemoryLeases, clock: FakeClock
+    make: Callable[..., Replica], leases: MemoryLeases, clock: ManualClock
 ) -> None:
     a, b, c = make("pod-a"), make("pod-b"), make("pod-c")
     rounds(clock, [a, b, c], 2)
