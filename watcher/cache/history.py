@@ -14,9 +14,9 @@ neither).
 
 - ``history_log`` holds the logged versions, a segment per run of one (context,
   resource)'s writes in a transaction, as JSON compressed with zstd (level 1: 2 µs a
-  version and a tenth of the bytes, where the bytes a commit writes are most of what
-  logging costs; zlib at level 1 took 10 µs; an older, uncompressed segment is read
-  as it is): ``["U", event, object, managers]`` (a new
+  version and a sixteenth of the bytes in the benchmark's churn, where the bytes a
+  commit writes are most of what logging costs; zlib at level 1 took 7 µs for less,
+  ``bench/log_codecs.py``; an older, uncompressed segment is read as it is): ``["U", event, object, managers]`` (a new
   version: its watch event type, or ``LISTED``), ``["D", uid, object or null,
   managers]`` (a deletion; null: a relist did not return it), ``["L",
   resourceVersion]`` (a list ended). Objects are sanitized as the cache stores them;
